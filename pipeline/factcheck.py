@@ -1,0 +1,107 @@
+"""Read the facts back out of question/answer text and compare them with a mask's facts.
+
+A deterministic parser for the controlled vocabulary of DESIGN.md: zone words, quadrant
+words ("<vertical> <horizontal> quadrant"), PRS-Med words ("top left", ..., "center"), size
+words, counts, yes/no and option letters. `mmrs validate` uses it to check that every
+answer states only facts its mask supports.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .facts import Facts
+from .qa import LETTERS, NUMBER_WORDS, location_zones
+
+_QUADRANT = re.compile(r"\b(upper|lower) (left|right) quadrant\b")
+_ZONE = re.compile(r"\b(?:(upper|middle|lower) (left|center|right)|center)\b")
+_PRSMED = re.compile(r"\b(?:(top|bottom) (left|right)|center)\b")
+_SIZE = re.compile(r"\b(tiny|small|medium|large)\b")
+_NUMBER = re.compile(r"\b(\d+|" + "|".join(NUMBER_WORDS) + r")\b")
+_YES_NO = re.compile(r"^\s*(yes|no)\b")
+_LETTER = re.compile(r"(?:^\s*\(?|\(|\b[Oo]ption\s+)([A-D])\b\)?")
+_NEGATION = re.compile(r"\b(no|not|none|absent)\b")
+
+
+def quadrants_in(text: str) -> list[str]:
+    return [" ".join(m) for m in _QUADRANT.findall(text.lower())]
+
+
+def zones_in(text: str) -> list[str]:
+    """Zone phrases, ignoring those that are part of a quadrant phrase."""
+    text = _QUADRANT.sub(" ", text.lower())
+    return [m.group(0) for m in _ZONE.finditer(text)]
+
+
+def prsmed_in(text: str) -> list[str]:
+    return [m.group(0) for m in _PRSMED.finditer(text.lower())]
+
+
+def sizes_in(text: str) -> list[str]:
+    return _SIZE.findall(text.lower())
+
+
+def numbers_in(text: str) -> list[int]:
+    return [int(n) if n.isdigit() else NUMBER_WORDS.index(n) for n in _NUMBER.findall(text.lower())]
+
+
+def check_answer(
+    question_type: str, question: str, answer: str, options: list[str] | None, facts: Facts
+) -> list[str]:
+    """Every way the question/answer pair disagrees with the facts (empty when true)."""
+    problems: list[str] = []
+    if "{{" in answer or "{%" in answer or "{{" in question:
+        problems.append("unrendered placeholder")
+    if question_type == "negative":
+        if facts.present:
+            problems.append("negative row but the mask is not empty")
+        if not _NEGATION.search(answer.lower()):
+            problems.append("negative answer does not say the target is absent")
+        if zones_in(answer) or quadrants_in(answer):
+            problems.append("negative answer states a position")
+        return problems
+    if not facts.present:
+        return [*problems, f"{question_type} row but the mask is empty"]
+
+    where = location_zones(facts)
+    quadrants = {facts.quadrant} | {c.quadrant for c in facts.components}
+    wrong = [z for z in zones_in(answer) if z not in where]
+    if question_type == "prsmed":
+        wrong = []
+        stated = prsmed_in(answer)
+        if stated != [facts.prsmed_position]:
+            problems.append(f"PRS-Med position {stated} != {facts.prsmed_position!r}")
+    if wrong:
+        problems.append(f"answer states zone(s) {wrong}; the mask is in {sorted(where)}")
+    bad_quadrants = [q for q in quadrants_in(answer) if q not in quadrants]
+    if bad_quadrants:
+        problems.append(f"answer states quadrant(s) {bad_quadrants}; facts: {sorted(quadrants)}")
+    bad_sizes = [s for s in sizes_in(answer) if s != facts.size]
+    if bad_sizes:
+        problems.append(f"answer states size {bad_sizes}; facts: {facts.size!r}")
+
+    if question_type in ("position", "referring") and not zones_in(answer):
+        problems.append("answer states no position")
+    elif question_type == "size" and not sizes_in(answer):
+        problems.append("answer states no size")
+    elif question_type == "count":
+        stated = numbers_in(answer)
+        if not stated or any(n != facts.n_components for n in stated):
+            problems.append(f"answer states count {stated}; facts: {facts.n_components}")
+    elif question_type == "verification":
+        asked = zones_in(question)
+        said = _YES_NO.match(answer.lower())
+        if len(asked) != 1 or said is None:
+            problems.append("verification row must ask one zone and answer yes or no")
+        elif (said.group(1) == "yes") != (asked[0] in where):
+            problems.append(f"answered {said.group(1)!r} for {asked[0]!r}; mask in {sorted(where)}")
+    elif question_type == "multiple_choice":
+        letter = _LETTER.search(answer)
+        if not options or len(options) != 4 or letter is None:
+            problems.append("multiple choice row needs 4 options and a letter in the answer")
+        elif options[LETTERS.index(letter.group(1))] != facts.zone:
+            problems.append(
+                f"option {letter.group(1)} is {options[LETTERS.index(letter.group(1))]!r}; "
+                f"facts: {facts.zone!r}"
+            )
+    return problems

@@ -1,0 +1,118 @@
+"""The one place that reads and writes 2D pixels (Pillow).
+
+Axis order: every array here is (row, col) = (y, x), row 0 at the top, as Pillow and NumPy
+give it. Masks come out as boolean arrays; label maps as integer arrays.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+# Formats whose bytes are kept as they are when no pixel changes; anything else (BMP, TIFF,
+# ...) is re-encoded losslessly to PNG so every viewer and `datasets` can show it.
+KEPT_FORMATS = {"JPEG": "jpg", "PNG": "png"}
+
+# Lossy masks (JPEG) carry grey levels around edges and noise near 0 and 255.
+BINARY_THRESHOLD = 127
+
+
+class PixelError(ValueError):
+    """A file that cannot be read as the image or mask it should be."""
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """An image file's own bytes plus what is needed to use them."""
+
+    data: bytes
+    format: str  # Pillow format name, e.g. "JPEG"
+    width: int
+    height: int
+    image: Image.Image  # decoded pixels
+
+
+def _open(path: Path, data: bytes) -> Image.Image:
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()  # decode fully: truncated and corrupt files fail here, not later
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise PixelError(f"{path}: cannot decode image ({exc})") from exc
+    return image
+
+
+def read_image(path: Path) -> DecodedImage:
+    """Read an image file fully; PixelError names the file when it is unreadable."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise PixelError(f"{path}: cannot read file ({exc.strerror})") from exc
+    image = _open(path, data)
+    return DecodedImage(data, image.format or "", image.width, image.height, image)
+
+
+def _raw_values(path: Path, image: Image.Image) -> np.ndarray:
+    """Single-channel values of a mask: palette indices, 0/1 for 1-bit, grey otherwise."""
+    if image.mode == "P":
+        return np.asarray(image)
+    if image.mode == "1":
+        return np.asarray(image, dtype=np.uint8)
+    if image.mode in ("L", "I", "I;16", "I;16B", "I;16L", "F"):
+        return np.asarray(image)
+    if image.mode in ("RGB", "RGBA", "LA", "CMYK", "YCbCr", "PA", "La", "RGBa"):
+        return np.asarray(image.convert("L"))
+    raise PixelError(f"{path}: unsupported mask mode {image.mode!r}")
+
+
+def read_binary_mask(path: Path) -> np.ndarray:
+    """Read a mask file as a boolean array.
+
+    Palette and 1-bit masks: foreground is any non-zero index. Others are read as grey
+    (RGB via Pillow's convert("L")): foreground is grey > 127, which survives lossy JPEG
+    masks; masks whose values never exceed 127 (0/1 masks, label values) use > 0 instead,
+    except JPEG masks, whose low values are compression noise.
+    """
+    image = read_image(path).image
+    values = _raw_values(path, image)
+    if image.mode in ("P", "1"):
+        return values > 0
+    if image.format == "JPEG" or values.max(initial=0) > BINARY_THRESHOLD:
+        return values > BINARY_THRESHOLD
+    return values > 0
+
+
+def read_label_map(path: Path) -> np.ndarray:
+    """Read a single-channel label map (palette indices or grey values) as integers."""
+    image = read_image(path).image
+    if image.mode not in ("P", "L", "I", "I;16", "I;16B", "I;16L", "1"):
+        raise PixelError(
+            f"{path}: a label map must be single-channel or palette, got mode {image.mode!r}"
+        )
+    if image.format == "JPEG":
+        raise PixelError(f"{path}: a label map cannot be lossy JPEG")
+    return _raw_values(path, image).astype(np.int64)
+
+
+def encode_png(pixels: np.ndarray | Image.Image) -> bytes:
+    """Encode pixels as PNG (deterministic bytes for the same pixels)."""
+    image = pixels if isinstance(pixels, Image.Image) else Image.fromarray(pixels)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def encode_mask(mask: np.ndarray) -> bytes:
+    """A boolean mask as a single-channel 0/255 PNG."""
+    return encode_png(mask.astype(np.uint8) * 255)
+
+
+def decode_mask(data: bytes) -> np.ndarray:
+    """Inverse of encode_mask (used by validation): a 0/255 PNG back to booleans."""
+    image = Image.open(io.BytesIO(data))
+    if image.mode != "L":
+        raise PixelError(f"mask PNG must be single-channel 'L', got {image.mode!r}")
+    return np.asarray(image) > BINARY_THRESHOLD

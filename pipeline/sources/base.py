@@ -1,0 +1,147 @@
+"""What a source adapter is and what it finds.
+
+An adapter looks at a data root in its dataset's native layout and yields, in a
+deterministic order, one `Case` per image (with its mask files and their meaning) or a
+`Problem` for a file it cannot pair (a mask with no image, an image with no mask). It reads
+no pixels: that is the converter's job.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..display import NO_DISPLAY, Display
+
+MODALITIES = ("ct", "mri", "xray", "ultrasound", "endoscopy", "dermoscopy")
+SPLITS = ("train", "validation", "test")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+class LayoutError(ValueError):
+    """A data root that does not hold the layout its source expects."""
+
+
+@dataclass(frozen=True)
+class MaskFile:
+    """One mask file and what it means: a binary mask of `target`, or a label map."""
+
+    path: Path
+    target: str | None = None
+    labels: Mapping[int, str] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.target is None) == (self.labels is None):
+            raise ValueError(f"{self.path}: a mask file has either a target or labels")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One image to convert, with everything known about it before reading pixels."""
+
+    source: str
+    case_id: str
+    patient_id: str
+    image: Path
+    masks: tuple[MaskFile, ...]
+    official_split: str | None = None
+    # Targets asked about even when their mask is empty in this image (negative rows).
+    targets: tuple[str, ...] = ()
+    # Targets whose empty mask is a true negative here (e.g. BUSI "normal"): they give
+    # negative rows. An empty mask of any other target is a bad case and is skipped.
+    absent_ok: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A file discovery could not turn into a case; it is reported, never dropped."""
+
+    source: str
+    file: Path
+    reason: str
+    case_id: str | None = None
+
+
+Discovered = Case | Problem
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """A registry entry: the single source of truth for CLI choices and the data card."""
+
+    name: str
+    modality: str
+    target: str
+    license: str
+    citation: str
+    homepage: str
+    layout: str
+    discover: Callable[[Path], Iterable[Discovered]] = field(repr=False, compare=False)
+    redistributable: bool | None = None
+    display: Display = NO_DISPLAY
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[a-z0-9_]+", self.name):
+            raise ValueError(f"source name must match [a-z0-9_]+, got {self.name!r}")
+        if self.modality not in MODALITIES:
+            raise ValueError(
+                f"source {self.name}: modality must be one of {', '.join(MODALITIES)}, "
+                f"got {self.modality!r}"
+            )
+
+
+def stem(path: Path | str) -> str:
+    """File name without all its extensions ("a.nii.gz" -> "a")."""
+    name = Path(path).name
+    return name.split(".", 1)[0] if not name.startswith(".") else name
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Image files directly in a folder, sorted by name."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def find_root(data_root: Path, holds: Callable[[Path], bool], expected: str) -> Path:
+    """The data root itself, or the one folder below it, that holds the layout.
+
+    Users point at either the dataset folder or the folder they unpacked it into.
+    """
+    if not data_root.is_dir():
+        raise LayoutError(f"data root {data_root} is not a folder (expected {expected})")
+    if holds(data_root):
+        return data_root
+    below = sorted(p for p in data_root.iterdir() if p.is_dir() and holds(p))
+    if len(below) == 1:
+        return below[0]
+    if len(below) > 1:
+        names = ", ".join(p.name for p in below)
+        raise LayoutError(f"data root {data_root} holds several candidate folders: {names}")
+    raise LayoutError(f"data root {data_root} does not hold the expected layout: {expected}")
+
+
+def pair_by_stem(
+    source: str,
+    images: Iterable[Path],
+    masks: Iterable[Path],
+    make_case: Callable[[Path, Path], Case],
+    image_key: Callable[[Path], str] = stem,
+    mask_key: Callable[[Path], str] = stem,
+) -> Iterator[Discovered]:
+    """Pair images and masks by key; unpaired files of either side become Problems."""
+    by_key: dict[str, Path] = {}
+    for mask in masks:
+        by_key.setdefault(mask_key(mask), mask)
+    used: set[str] = set()
+    for image in images:
+        key = image_key(image)
+        mask = by_key.get(key)
+        if mask is None:
+            yield Problem(source, image, "image has no mask", key)
+            continue
+        used.add(key)
+        yield make_case(image, mask)
+    for key, mask in sorted(by_key.items()):
+        if key not in used:
+            yield Problem(source, mask, "mask has no image", key)

@@ -1,0 +1,227 @@
+"""A source for any folder of 2D image/mask pairs, described by a YAML spec.
+
+Keys (see README.md, "Adding a dataset"):
+  name, modality, target, target_regex, images, masks, patient_id_regex, labels, display,
+  license, citation, homepage; and optionally exclude (globs of files that are not images),
+  split_regex (named group (?P<split>...) on the image's relative path: train/val/test) and
+  negatives (true: an empty mask is a true negative, not a bad case).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+from collections.abc import Iterator
+from fnmatch import fnmatch
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..display import parse_display
+from .base import Case, Discovered, MaskFile, Problem, SourceInfo, stem
+
+KEYS = {
+    "name",
+    "modality",
+    "target",
+    "target_regex",
+    "images",
+    "masks",
+    "patient_id_regex",
+    "labels",
+    "display",
+    "license",
+    "citation",
+    "homepage",
+    "exclude",
+    "split_regex",
+    "negatives",
+    "redistributable",
+}
+REQUIRED = ("name", "modality", "images", "masks")
+_SPLIT_WORDS = {
+    "train": "train",
+    "training": "train",
+    "tr": "train",
+    "val": "validation",
+    "valid": "validation",
+    "validation": "validation",
+    "test": "test",
+    "testing": "test",
+    "ts": "test",
+}
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+class SpecError(ValueError):
+    """A YAML spec that cannot describe a source; the message names the file and key."""
+
+
+def _regex(spec_path: Path, spec: dict, key: str, group: str) -> str | None:
+    pattern = spec.get(key)
+    if pattern is None:
+        return None
+    try:
+        compiled = re.compile(pattern.replace("{stem}", "x"))
+    except re.error as exc:
+        raise SpecError(f"{spec_path}: {key} is not a valid regex ({exc})") from exc
+    if group not in compiled.groupindex:
+        raise SpecError(f"{spec_path}: {key} needs a named group (?P<{group}>...)")
+    return pattern
+
+
+def _labels(spec_path: Path, value: Any) -> dict[int, str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not value:
+        raise SpecError(f"{spec_path}: labels must be a mapping {{value: structure}}")
+    try:
+        labels = {int(k): str(v) for k, v in value.items()}
+    except (TypeError, ValueError) as exc:
+        raise SpecError(f"{spec_path}: labels keys must be integers ({exc})") from exc
+    if 0 in labels:
+        raise SpecError(f"{spec_path}: labels must not name 0 (background)")
+    return labels
+
+
+def load_spec(spec_path: Path) -> SourceInfo:
+    """Read a YAML spec into a SourceInfo whose discover() follows it."""
+    try:
+        spec = yaml.safe_load(spec_path.read_text())
+    except OSError as exc:
+        raise SpecError(f"{spec_path}: cannot read spec ({exc.strerror})") from exc
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{spec_path}: not valid YAML ({exc})") from exc
+    if not isinstance(spec, dict):
+        raise SpecError(f"{spec_path}: a spec is a YAML mapping of keys")
+    unknown = sorted(set(spec) - KEYS)
+    if unknown:
+        raise SpecError(f"{spec_path}: unknown key(s) {', '.join(unknown)}")
+    missing = [key for key in REQUIRED if not spec.get(key)]
+    if missing:
+        raise SpecError(f"{spec_path}: missing key(s) {', '.join(missing)}")
+    labels = _labels(spec_path, spec.get("labels"))
+    target = spec.get("target")
+    if labels is None and not target:
+        raise SpecError(f"{spec_path}: give either target or labels")
+    target_regex = _regex(spec_path, spec, "target_regex", "target")
+    patient_regex = _regex(spec_path, spec, "patient_id_regex", "patient_id")
+    split_regex = _regex(spec_path, spec, "split_regex", "split")
+    try:
+        display = parse_display(spec.get("display", "none"))
+    except ValueError as exc:
+        raise SpecError(f"{spec_path}: {exc}") from exc
+    exclude = spec.get("exclude") or []
+    if isinstance(exclude, str):
+        exclude = [exclude]
+    name = str(spec["name"])
+    images_glob, masks_pattern = str(spec["images"]), str(spec["masks"])
+    negatives = bool(spec.get("negatives", False))
+
+    def discover(data_root: Path) -> Iterator[Discovered]:
+        if not data_root.is_dir():
+            raise SpecError(f"data root {data_root} is not a folder (spec {spec_path})")
+        images = sorted(
+            p
+            for p in data_root.glob(images_glob)
+            if p.is_file() and not any(fnmatch(p.name, pattern) for pattern in exclude)
+        )
+        if not images:
+            raise SpecError(f"data root {data_root} has no file matching images: {images_glob!r}")
+        used: set[Path] = set()
+        for image in images:
+            case = _case(data_root, image)
+            if isinstance(case, Case):
+                used.update(m.path for m in case.masks)
+            yield case
+        # Masks the pattern can reach that no image claimed.
+        reachable = _glob(
+            data_root, _GLOB_CHARS.sub("*", masks_pattern.format(stem="*", name="*", parent="**"))
+        )
+        for mask in reachable:
+            if mask not in used and mask not in images:
+                yield Problem(name, mask, "mask has no image", stem(mask))
+
+    def _case(data_root: Path, image: Path) -> Discovered:
+        relative = image.relative_to(data_root)
+        parent = relative.parent.as_posix()
+        pattern = masks_pattern.format(
+            stem=glob.escape(stem(image)),
+            name=glob.escape(image.name),
+            parent=glob.escape(parent) if parent != "." else ".",
+        )
+        masks = [m for m in _glob(data_root, pattern) if m != image]
+        case_id = relative.with_name(stem(image)).as_posix()
+        if not masks:
+            return Problem(name, image, f"image has no mask (looked for {pattern!r})", case_id)
+        patient = stem(image)
+        if patient_regex:
+            match = re.search(
+                patient_regex.replace("{stem}", re.escape(stem(image))), relative.as_posix()
+            )
+            if match is None:
+                return Problem(
+                    name, image, "patient_id_regex does not match the image path", case_id
+                )
+            patient = match["patient_id"]
+        split = None
+        if split_regex:
+            match = re.search(split_regex, relative.as_posix())
+            word = match["split"].lower() if match else None
+            split = _SPLIT_WORDS.get(word) if word else None
+            if match and split is None:
+                return Problem(name, image, f"split_regex matched unknown split {word!r}", case_id)
+        files: list[MaskFile] = []
+        for mask in masks:
+            if labels is not None:
+                files.append(MaskFile(mask, labels=labels))
+                continue
+            mask_target = _target(image, mask)
+            if mask_target is None:
+                return Problem(name, mask, "target_regex does not match the mask name", case_id)
+            files.append(MaskFile(mask, mask_target))
+        targets = tuple(
+            dict.fromkeys(
+                list(labels.values()) if labels is not None else [f.target for f in files]
+            )
+        )
+        return Case(
+            name,
+            case_id,
+            patient,
+            image,
+            tuple(files),
+            official_split=split,
+            targets=targets,
+            absent_ok=targets if negatives else (),
+        )
+
+    def _target(image: Path, mask: Path) -> str | None:
+        if target_regex:
+            pattern = target_regex.replace("{stem}", re.escape(stem(image)))
+            match = re.fullmatch(pattern, stem(mask)) or re.search(pattern, stem(mask))
+            if match is None:
+                return None
+            found = match["target"].replace("_", " ").strip()
+            return str(target).format(mask_stem=stem(mask), target=found) if target else found
+        return str(target).format(mask_stem=stem(mask))
+
+    return SourceInfo(
+        name=name,
+        modality=str(spec["modality"]),
+        target=str(target or ", ".join(labels.values())),
+        license=str(spec.get("license", "unknown")),
+        citation=str(spec.get("citation", "")),
+        homepage=str(spec.get("homepage", "")),
+        layout=f"images: {images_glob}; masks: {masks_pattern}",
+        discover=discover,
+        redistributable=spec.get("redistributable"),
+        display=display,
+    )
+
+
+def _glob(root: Path, pattern: str) -> list[Path]:
+    """Files under root matching a glob pattern (a plain relative path matches itself)."""
+    return sorted(Path(os.path.normpath(p)) for p in root.glob(pattern) if p.is_file())

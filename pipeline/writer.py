@@ -1,0 +1,115 @@
+"""Parquet shards in the Hugging Face layout: data/<split>-<i>-of-<n>.parquet.
+
+One image carries several QA rows. Rows of one image always share a row group, and the
+image and mask columns are dictionary-encoded with a dictionary page large enough for a
+whole row group, so each distinct image and mask is stored once per row group: the folder
+stays close to the bytes of the unique images and masks it holds. Shards are written under
+a staging folder and named `-of-<n>` only when the split is complete.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .schema import IMAGE_COLUMNS, SCHEMA, schema_with_features
+
+ROW_GROUP_BYTES = 32 * 2**20  # unique image + mask bytes buffered per row group
+SHARD_BYTES = 256 * 2**20  # start a new shard past this size
+
+_BINARY_LEAVES = [f"{column}.bytes" for column in IMAGE_COLUMNS]
+_STATISTICS = [
+    f.name for f in SCHEMA if f.name not in IMAGE_COLUMNS and not pa.types.is_nested(f.type)
+]
+
+
+def _leaves(name: str, data_type: pa.DataType) -> list[str]:
+    """Parquet column paths of an Arrow field ("options" -> "options.list.element")."""
+    if pa.types.is_struct(data_type):
+        return [leaf for child in data_type for leaf in _leaves(f"{name}.{child.name}", child.type)]
+    if pa.types.is_list(data_type):
+        return _leaves(f"{name}.list.element", data_type.value_type)
+    return [name]
+
+
+def _compression() -> dict[str, str]:
+    """zstd everywhere but the image bytes, which are PNG or JPEG already."""
+    leaves = [leaf for field in SCHEMA for leaf in _leaves(field.name, field.type)]
+    return {leaf: "none" if leaf in _BINARY_LEAVES else "zstd" for leaf in leaves}
+
+
+class SplitWriter:
+    """Streams the rows of one split into shards, an image's rows at a time."""
+
+    def __init__(
+        self,
+        folder: Path,
+        split: str,
+        row_group_bytes: int = ROW_GROUP_BYTES,
+        shard_bytes: int = SHARD_BYTES,
+    ) -> None:
+        self.folder = folder
+        self.split = split
+        self.row_group_bytes = row_group_bytes
+        self.shard_bytes = shard_bytes
+        self.shards: list[Path] = []
+        self.rows_written = 0
+        self._buffer: list[dict[str, Any]] = []
+        self._buffered_bytes = 0
+        self._writer: pq.ParquetWriter | None = None
+        self._schema = schema_with_features()
+
+    def add_image_rows(self, rows: list[dict[str, Any]]) -> None:
+        """Add every row of one image (they stay in one row group)."""
+        unique: dict[int, int] = {}
+        for row in rows:
+            for column in IMAGE_COLUMNS:
+                data = row[column]["bytes"]
+                unique[id(data)] = len(data)
+        self._buffer.extend(rows)
+        self._buffered_bytes += sum(unique.values())
+        if self._buffered_bytes >= self.row_group_bytes:
+            self._flush()
+
+    def _open_shard(self) -> pq.ParquetWriter:
+        path = self.folder / f".{self.split}-{len(self.shards):05d}.parquet.tmp"
+        self.shards.append(path)
+        return pq.ParquetWriter(
+            path,
+            self._schema,
+            compression=_compression(),
+            use_dictionary=True,
+            dictionary_pagesize_limit=max(2 * self.row_group_bytes, 2**20),
+            write_statistics=_STATISTICS,
+        )
+
+    def _flush(self) -> None:
+        if not self._buffer:
+            return
+        if self._writer is None:
+            self._writer = self._open_shard()
+        table = pa.Table.from_pylist(self._buffer, schema=self._schema)
+        self._writer.write_table(table, row_group_size=len(self._buffer))
+        self.rows_written += len(self._buffer)
+        self._buffer, self._buffered_bytes = [], 0
+        if self.shards[-1].stat().st_size >= self.shard_bytes:
+            self._writer.close()
+            self._writer = None
+
+    def close(self) -> list[Path]:
+        """Flush, close and give each shard its final name; returns the final paths."""
+        self._flush()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        total = len(self.shards)
+        final = []
+        for index, path in enumerate(self.shards):
+            target = self.folder / f"{self.split}-{index:05d}-of-{total:05d}.parquet"
+            path.replace(target)
+            final.append(target)
+        self.shards = final
+        return final
