@@ -236,25 +236,25 @@ def _build_into(
         if config.strict:
             raise BuildError(f"{request.source.name}: {entry['file']}: {reason} (--strict)")
 
-    tasks, task_requests = [], []
-    for request, item in discovered:
-        summary.sources[request.source.name].discovered += 1
-        if isinstance(item, Problem):
-            record(request, "skipped", item.case_id, item.file, item.reason)
-            continue
-        tasks.append((item, SourceMeta.of(request.source), config.ratios))
-        task_requests.append(request)
-
+    tasks = [
+        (item, SourceMeta.of(request.source), config.ratios)
+        for request, item in discovered
+        if isinstance(item, Case)
+    ]
     with (
         errors,
         tqdm(total=len(tasks), desc="build", unit="image", disable=not config.progress) as bar,
     ):
-        for (case, _, _), request, (status, result) in zip(
-            tasks, task_requests, _results(config, tasks, templates), strict=True
-        ):
+        results = _results(config, tasks, templates)
+        for request, item in discovered:  # in discovery order, so --strict stops at the first
+            summary.sources[request.source.name].discovered += 1
+            if isinstance(item, Problem):
+                record(request, "skipped", item.case_id, item.file, item.reason)
+                continue
+            status, result = next(results)
             bar.update()
             if status != "converted":
-                record(request, status, case.case_id, case.image, result)
+                record(request, status, item.case_id, item.image, result)
                 continue
             assert isinstance(result, Converted)
             owner = image_owner.get(result.image_id)
@@ -262,12 +262,12 @@ def _build_into(
                 record(
                     request,
                     "skipped",
-                    case.case_id,
-                    case.image,
+                    item.case_id,
+                    item.image,
                     f"identical image already converted as {owner[0]}/{owner[1]} ({owner[2]})",
                 )
                 continue
-            image_owner[result.image_id] = (request.source.name, case.case_id, result.split)
+            image_owner[result.image_id] = (request.source.name, item.case_id, result.split)
             _count(summary, request, result)
             writers[result.split].add_image_rows(result.rows)
 

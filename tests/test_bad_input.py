@@ -1,0 +1,90 @@
+"""Bad input: every case is counted, reported with file and reason, never dropped."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.build import BuildConfig, BuildError, SourceRequest, build
+from pipeline.demo import write_kvasir
+from pipeline.sources import REGISTRY
+from pipeline.validate import validate
+
+
+@pytest.fixture()
+def broken(tmp_path: Path) -> Path:
+    """A Kvasir-SEG folder with one of every kind of bad case beside good ones."""
+    folder = write_kvasir(tmp_path, 6, size=(80, 64))
+    images, masks = folder / "images", folder / "masks"
+    data = (images / "demo00000.jpg").read_bytes()
+    (images / "demo00000.jpg").write_bytes(data[: len(data) // 2])  # truncated
+    (images / "demo00001.jpg").write_bytes(b"not an image at all")  # corrupt
+    Image.new("L", (40, 30)).save(masks / "demo00002.jpg")  # size mismatch (and empty)
+    Image.new("L", (80, 64)).save(masks / "demo00003.jpg")  # empty mask
+    (masks / "orphan.jpg").write_bytes((masks / "demo00004.jpg").read_bytes())  # mask, no image
+    Image.fromarray(np.zeros((64, 80, 3), np.uint8)).save(images / "lonely.jpg")  # no mask
+    return folder
+
+
+def _config(folder: Path, out: Path, strict: bool = False) -> BuildConfig:
+    return BuildConfig((SourceRequest(REGISTRY["kvasir_seg"], folder),), out, strict=strict, progress=False)
+
+
+def test_bad_cases_are_reported_and_counted(broken: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    summary = build(_config(broken, out))
+    counts = summary.sources["kvasir_seg"]
+    assert counts.discovered == 8
+    assert (counts.converted, counts.skipped, counts.failed) == (2, 4, 2)
+    errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
+    by_file = {e["file"]: e for e in errors}
+    assert len(errors) == counts.skipped + counts.failed
+    assert by_file["images/demo00000.jpg"]["status"] == "failed"
+    assert "cannot decode" in by_file["images/demo00000.jpg"]["reason"]
+    assert by_file["images/demo00001.jpg"]["status"] == "failed"
+    assert "size mismatch" in by_file["images/demo00002.jpg"]["reason"]
+    assert "empty mask" in by_file["images/demo00003.jpg"]["reason"]
+    assert by_file["masks/orphan.jpg"]["reason"] == "mask has no image"
+    assert by_file["images/lonely.jpg"]["reason"] == "image has no mask"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["kvasir_seg"]["failed"] == 2
+    assert validate(out).ok
+
+
+def test_strict_stops_at_the_first_bad_case(broken: Path, tmp_path: Path) -> None:
+    out = tmp_path / "strict"
+    with pytest.raises(BuildError, match="demo00000.jpg: .*cannot decode.*--strict"):
+        build(_config(broken, out, strict=True))
+    assert not out.exists()
+    assert not list(tmp_path.glob(".strict*"))  # no staging left behind
+
+
+def test_wrong_layout_and_missing_root_are_one_line_errors(tmp_path: Path) -> None:
+    with pytest.raises(BuildError, match="does not exist"):
+        build(_config(tmp_path / "nowhere", tmp_path / "out"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BuildError, match=r"expected layout: Kvasir-SEG/images/<id>\.jpg"):
+        build(_config(tmp_path / "empty", tmp_path / "out"))
+
+
+def test_a_tampered_answer_fails_validation(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    folder = write_kvasir(tmp_path, 3, size=(90, 90))
+    out = tmp_path / "out"
+    build(_config(folder, out))
+    shard = sorted((out / "data").glob("*.parquet"))[0]
+    table = pq.read_table(shard)
+    rows = table.to_pylist()
+    index = next(i for i, r in enumerate(rows) if r["question_type"] == "position")
+    zone = rows[index]["zone"]
+    wrong = "lower right" if zone != "lower right" else "upper left"
+    rows[index]["answer"] = rows[index]["answer"].replace(zone, wrong)
+    pq.write_table(type(table).from_pylist(rows, schema=table.schema), shard)
+    result = validate(out)
+    assert not result.ok
+    assert any("states zone" in v for v in result.violations)

@@ -1,0 +1,47 @@
+"""The `mmrs` command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipeline.cli import main
+from pipeline.demo import write_busi
+
+
+def test_sources_lists_the_registry(capsys) -> None:
+    assert main(["sources"]) == 0
+    text = capsys.readouterr().out
+    for name in ("kvasir_seg", "cvc_clinicdb", "isic2018", "ph2", "busi", "montgomery", "covid_qu_ex"):
+        assert name in text
+    assert main(["sources", "--json"]) == 0
+    registry = json.loads(capsys.readouterr().out)
+    assert registry["busi"]["modality"] == "ultrasound"
+
+
+def test_build_then_validate(tmp_path: Path, capsys) -> None:
+    write_busi(tmp_path, 6)
+    out = tmp_path / "out"
+    # The data root may be the class folders' parent or the folder above it.
+    assert main(["build", "--source", "busi", "--data-root", str(tmp_path), "--out", str(out), "-q"]) == 0
+    printed = capsys.readouterr().out
+    assert "busi" in printed and "valid:" in printed
+    assert main(["validate", str(out), "-q", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["ok"] is True
+
+
+def test_bad_arguments_get_one_line_errors(tmp_path: Path, capsys) -> None:
+    assert main(["build", "--source", "nope=.", "--out", str(tmp_path / "o"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mmrs: error: unknown source 'nope'") and err.count("\n") == 1
+    assert main(["build", "--source", f"busi={tmp_path / 'missing'}", "--out", str(tmp_path / "o")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["build", "--source", "busi", "--out", str(tmp_path / "o")]) == 2
+    assert "DATA_ROOT" in capsys.readouterr().err
+    assert main(["build", "--source", "busi=.", "--split-ratios", "0.5,0.5", "--out", "o"]) == 2
+    assert "split ratios" in capsys.readouterr().err
+
+
+def test_validate_fails_on_a_folder_that_is_not_a_build(tmp_path: Path, capsys) -> None:
+    assert main(["validate", str(tmp_path), "-q"]) == 1
+    assert "no manifest.json" in capsys.readouterr().err
