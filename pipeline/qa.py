@@ -68,8 +68,10 @@ NUMBER_WORDS = (
 
 
 def default_templates_dir() -> Path:
-    """templates/ at the project root (the package sits beside it)."""
-    return Path(__file__).resolve().parent.parent / "templates"
+    """The project's templates/: beside the package in a checkout, inside it when installed."""
+    here = Path(__file__).resolve().parent
+    checkout = here.parent / "templates"
+    return checkout if checkout.is_dir() else here / "templates"
 
 
 @dataclass(frozen=True)
