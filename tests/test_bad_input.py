@@ -31,7 +31,9 @@ def broken(tmp_path: Path) -> Path:
 
 
 def _config(folder: Path, out: Path, strict: bool = False) -> BuildConfig:
-    return BuildConfig((SourceRequest(REGISTRY["kvasir_seg"], folder),), out, strict=strict, progress=False)
+    return BuildConfig(
+        (SourceRequest(REGISTRY["kvasir_seg"], folder),), out, strict=strict, progress=False
+    )
 
 
 def test_bad_cases_are_reported_and_counted(broken: Path, tmp_path: Path) -> None:

@@ -12,7 +12,15 @@ from pipeline.demo import write_busi
 def test_sources_lists_the_registry(capsys) -> None:
     assert main(["sources"]) == 0
     text = capsys.readouterr().out
-    for name in ("kvasir_seg", "cvc_clinicdb", "isic2018", "ph2", "busi", "montgomery", "covid_qu_ex"):
+    for name in (
+        "kvasir_seg",
+        "cvc_clinicdb",
+        "isic2018",
+        "ph2",
+        "busi",
+        "montgomery",
+        "covid_qu_ex",
+    ):
         assert name in text
     assert main(["sources", "--json"]) == 0
     registry = json.loads(capsys.readouterr().out)
@@ -23,7 +31,10 @@ def test_build_then_validate(tmp_path: Path, capsys) -> None:
     write_busi(tmp_path, 6)
     out = tmp_path / "out"
     # The data root may be the class folders' parent or the folder above it.
-    assert main(["build", "--source", "busi", "--data-root", str(tmp_path), "--out", str(out), "-q"]) == 0
+    assert (
+        main(["build", "--source", "busi", "--data-root", str(tmp_path), "--out", str(out), "-q"])
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "busi" in printed and "valid:" in printed
     assert main(["validate", str(out), "-q", "--json"]) == 0
@@ -34,7 +45,10 @@ def test_bad_arguments_get_one_line_errors(tmp_path: Path, capsys) -> None:
     assert main(["build", "--source", "nope=.", "--out", str(tmp_path / "o"), "-q"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("mmrs: error: unknown source 'nope'") and err.count("\n") == 1
-    assert main(["build", "--source", f"busi={tmp_path / 'missing'}", "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(["build", "--source", f"busi={tmp_path / 'missing'}", "--out", str(tmp_path / "o")])
+        == 2
+    )
     assert "does not exist" in capsys.readouterr().err
     assert main(["build", "--source", "busi", "--out", str(tmp_path / "o")]) == 2
     assert "DATA_ROOT" in capsys.readouterr().err

@@ -104,9 +104,9 @@ def load_spec(spec_path: Path) -> SourceInfo:
         raise SpecError(f"{spec_path}: missing key(s) {', '.join(missing)}")
     labels = _labels(spec_path, spec.get("labels"))
     target = spec.get("target")
-    if labels is None and not target:
-        raise SpecError(f"{spec_path}: give either target or labels")
     target_regex = _regex(spec_path, spec, "target_regex", "target")
+    if labels is None and not target and not target_regex:
+        raise SpecError(f"{spec_path}: give target, target_regex or labels")
     patient_regex = _regex(spec_path, spec, "patient_id_regex", "patient_id")
     split_regex = _regex(spec_path, spec, "split_regex", "split")
     try:
@@ -211,7 +211,7 @@ def load_spec(spec_path: Path) -> SourceInfo:
     return SourceInfo(
         name=name,
         modality=str(spec["modality"]),
-        target=str(target or ", ".join(labels.values())),
+        target=str(target or (", ".join(labels.values()) if labels else "from target_regex")),
         license=str(spec.get("license", "unknown")),
         citation=str(spec.get("citation", "")),
         homepage=str(spec.get("homepage", "")),

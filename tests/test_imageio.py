@@ -1,0 +1,76 @@
+"""Mask reading that survives real data: JPEG greys, 1-bit, palette, RGB, 0/1, 16-bit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.imageio import PixelError, read_binary_mask, read_image, read_label_map
+
+
+def _square(value: int = 255, shape=(40, 40)) -> np.ndarray:
+    pixels = np.zeros(shape, dtype=np.uint8)
+    pixels[10:30, 5:20] = value
+    return pixels
+
+
+EXPECTED = _square(1).astype(bool)
+
+
+def test_lossy_jpeg_mask_is_thresholded(tmp_path: Path) -> None:
+    path = tmp_path / "m.jpg"
+    Image.fromarray(_square()).convert("RGB").save(path, quality=60)
+    values = np.asarray(Image.open(path).convert("L"))
+    assert len(np.unique(values)) > 2  # grey levels from compression
+    mask = read_binary_mask(path)
+    assert abs(int(mask.sum()) - int(EXPECTED.sum())) <= 4
+    assert mask[20, 12] and not mask[2, 2]
+
+
+@pytest.mark.parametrize(
+    "write",
+    [
+        lambda p: Image.fromarray(_square()).convert("1").save(p),  # 1-bit
+        lambda p: Image.fromarray(_square(1)).save(p),  # 0/1
+        lambda p: Image.fromarray(_square()).save(p),  # 0/255
+        lambda p: Image.fromarray(np.stack([_square()] * 3, -1)).save(p),  # RGB
+        lambda p: Image.fromarray(np.stack([_square()] * 4, -1)).save(p),  # RGBA
+        lambda p: Image.fromarray(_square(1).astype(np.uint16) * 65535).save(p),  # 16-bit
+    ],
+)
+def test_lossless_masks_read_exactly(tmp_path: Path, write) -> None:
+    path = tmp_path / "m.png"
+    write(path)
+    assert np.array_equal(read_binary_mask(path), EXPECTED)
+
+
+def test_palette_masks_use_indices(tmp_path: Path) -> None:
+    values = _square(1)
+    values[30:35, 30:35] = 2
+    image = Image.fromarray(values, mode="P")
+    image.putpalette([0, 0, 0, 10, 10, 10, 20, 20, 20] + [0] * 759)  # dark colours
+    path = tmp_path / "p.png"
+    image.save(path)
+    assert read_binary_mask(path).sum() == EXPECTED.sum() + 25
+    labels = read_label_map(path)
+    assert set(np.unique(labels)) == {0, 1, 2}
+
+
+def test_label_maps_must_be_lossless_single_channel(tmp_path: Path) -> None:
+    Image.fromarray(np.stack([_square()] * 3, -1)).save(tmp_path / "rgb.png")
+    with pytest.raises(PixelError, match="rgb.png: a label map must be single-channel"):
+        read_label_map(tmp_path / "rgb.png")
+    Image.fromarray(_square(2)).save(tmp_path / "l.jpg")
+    with pytest.raises(PixelError, match="lossy JPEG"):
+        read_label_map(tmp_path / "l.jpg")
+
+
+def test_unreadable_files_name_the_file(tmp_path: Path) -> None:
+    (tmp_path / "x.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    with pytest.raises(PixelError, match=r"x\.png: cannot decode"):
+        read_image(tmp_path / "x.png")
+    with pytest.raises(PixelError, match=r"missing\.png: cannot read"):
+        read_image(tmp_path / "missing.png")
