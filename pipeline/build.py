@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
-import os
 import shutil
 from collections import Counter
 from collections.abc import Iterator
@@ -94,9 +93,9 @@ class BuildSummary:
 _PLANNER: QAPlanner | None = None
 
 
-def _init_worker(templates: TemplateSet, seed: int) -> None:
+def _init_worker(templates_dir: Path | None, seed: int) -> None:
     global _PLANNER
-    _PLANNER = QAPlanner(templates, seed)
+    _PLANNER = QAPlanner(load_templates(templates_dir), seed)
 
 
 def _convert(task: tuple[Case, SourceMeta, SplitRatios]) -> tuple[str, Any]:
@@ -173,15 +172,15 @@ def _file_hash(path: Path) -> str:
 
 
 def _results(
-    config: BuildConfig, tasks: list[tuple[Case, SourceMeta, SplitRatios]], templates: TemplateSet
+    config: BuildConfig, tasks: list[tuple[Case, SourceMeta, SplitRatios]]
 ) -> Iterator[tuple[str, Any]]:
     """Converted cases in task order, from this process or a pool of workers."""
+    initargs = (config.templates_dir, config.seed)
     if config.workers <= 1:
-        _init_worker(templates, config.seed)
+        _init_worker(*initargs)
         yield from map(_convert, tasks)
         return
-    context = multiprocessing.get_context("spawn" if os.name == "nt" else "fork")
-    with context.Pool(config.workers, _init_worker, (templates, config.seed)) as pool:
+    with multiprocessing.Pool(config.workers, _init_worker, initargs) as pool:
         yield from pool.imap(_convert, tasks, chunksize=CHUNK)
 
 
@@ -245,7 +244,7 @@ def _build_into(
         errors,
         tqdm(total=len(tasks), desc="build", unit="image", disable=not config.progress) as bar,
     ):
-        results = _results(config, tasks, templates)
+        results = _results(config, tasks)
         for request, item in discovered:  # in discovery order, so --strict stops at the first
             summary.sources[request.source.name].discovered += 1
             if isinstance(item, Problem):
