@@ -146,7 +146,12 @@ class _Checker:
                     f"{label}: {column} is {row[column]!r}, the mask gives {derived[column]!r}"
                 )
         for problem in check_answer(
-            row["question_type"], row["question"], row["answer"], row["options"], facts
+            row["question_type"],
+            row["question"],
+            row["answer"],
+            row["options"],
+            facts,
+            target=row["target"],
         ):
             self.result.add(f"{label} ({row['template_id']}): {problem}")
 

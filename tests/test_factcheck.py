@@ -65,3 +65,12 @@ def test_negative_rows_need_an_empty_mask_and_a_negation() -> None:
 
 def test_unrendered_placeholders_are_caught() -> None:
     assert check_answer("position", "Where?", "In the {{ zone }}.", None, _facts())
+
+
+def test_target_names_state_no_facts() -> None:
+    facts = _facts()
+    answer = "There is one rib right 9 region."
+    assert check_answer("count", "How many?", answer, None, facts)  # read as [1, 9] ...
+    assert check_answer("count", "How many?", answer, None, facts, target="rib right 9") == []
+    answer = "The Small Bowel is in the upper left of the image."
+    assert check_answer("position", "Where?", answer, None, facts, target="small bowel") == []
