@@ -79,14 +79,14 @@ def cmd_build(args: argparse.Namespace) -> int:
     )
     summary = build(config)
     _print_summary(summary.as_dict(), config.out)
-    result = validate(config.out, progress=not args.quiet)
+    result = validate(config.out, progress=not args.quiet, workers=config.workers)
     _print_validation(result, config.out)
     return 0 if result.ok else 1
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     folder = Path(args.folder).expanduser()
-    result = validate(folder, progress=not args.quiet)
+    result = validate(folder, progress=not args.quiet, workers=args.workers)
     if args.json:
         print(json.dumps(result.as_dict(), indent=2))
     else:
@@ -159,6 +159,7 @@ def parser() -> argparse.ArgumentParser:
     v = commands.add_parser("validate", help="check a built folder against the row contract")
     v.add_argument("folder")
     v.add_argument("--json", action="store_true", help="print the result as JSON")
+    v.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     v.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     v.set_defaults(func=cmd_validate)
 

@@ -122,15 +122,64 @@ def size_word(area_fraction: float) -> str:
     raise ValueError(f"area fraction must be >= 0, got {area_fraction}")
 
 
-def _centroid_bbox(rows: np.ndarray, cols: np.ndarray, height: int, width: int):
-    centroid = ((float(cols.mean()) + 0.5) / width, (float(rows.mean()) + 0.5) / height)
+@dataclass(frozen=True)
+class Instance:
+    """One instance's pixels: a boolean patch at (top, left) of an image of `shape`."""
+
+    top: int
+    left: int
+    patch: np.ndarray
+    shape: tuple[int, int]
+
+    def full(self) -> np.ndarray:
+        """The instance as a full-frame boolean mask."""
+        mask = np.zeros(self.shape, dtype=bool)
+        height, width = self.patch.shape
+        mask[self.top : self.top + height, self.left : self.left + width] = self.patch
+        return mask
+
+
+def _extent(patch: np.ndarray, top: int, left: int, shape: tuple[int, int]):
+    """Pixel count, centroid and bbox of a boolean patch placed at (top, left)."""
+    height, width = shape
+    row_counts = patch.sum(axis=1)
+    col_counts = patch.sum(axis=0)
+    count = int(row_counts.sum())
+    rows = np.flatnonzero(row_counts)
+    cols = np.flatnonzero(col_counts)
+    mean_row = float(np.dot(np.arange(patch.shape[0]), row_counts)) / count + top
+    mean_col = float(np.dot(np.arange(patch.shape[1]), col_counts)) / count + left
+    centroid = ((mean_col + 0.5) / width, (mean_row + 0.5) / height)
     bbox = (
-        int(cols.min()) / width,
-        int(rows.min()) / height,
-        (int(cols.max()) + 1) / width,
-        (int(rows.max()) + 1) / height,
+        (left + int(cols[0])) / width,
+        (top + int(rows[0])) / height,
+        (left + int(cols[-1]) + 1) / width,
+        (top + int(rows[-1]) + 1) / height,
     )
-    return centroid, bbox
+    return count, centroid, bbox
+
+
+def _prsmed(box: tuple[int, int, int, int], shape: tuple[int, int]) -> tuple[str, bool]:
+    """PRS-Med's label from a pixel-index box (x0, y0, x1, y1), inclusive."""
+    height, width = shape
+    x0, y0, x1, y1 = box
+    cx, cy = width // 2, height // 2
+    if x0 <= cx <= x1 and y0 <= cy <= y1:
+        return "center", True
+    bx, by = (x0 + x1) // 2, (y0 + y1) // 2
+    near = math.hypot(bx - cx, by - cy) < 0.2 * width
+    vertical = "top" if by < cy else "bottom"
+    horizontal = "left" if bx < cx else "right"
+    return f"{vertical} {horizontal}", near
+
+
+def _box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """Inclusive pixel-index box (x0, y0, x1, y1) of a mask, None when empty."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask[rows[0] : rows[-1] + 1].any(axis=0))
+    return int(cols[0]), int(rows[0]), int(cols[-1]), int(rows[-1])
 
 
 def prsmed_label(mask: np.ndarray) -> tuple[str | None, bool | None]:
@@ -142,40 +191,29 @@ def prsmed_label(mask: np.ndarray) -> tuple[str | None, bool | None]:
     middle is "near" when closer to the centre than 20 % of the image width.
     Kept in its own column so results stay comparable with the paper.
     """
-    rows, cols = np.nonzero(mask)
-    if rows.size == 0:
-        return None, None
-    height, width = mask.shape
-    cx, cy = width // 2, height // 2
-    x0, x1, y0, y1 = int(cols.min()), int(cols.max()), int(rows.min()), int(rows.max())
-    if x0 <= cx <= x1 and y0 <= cy <= y1:
-        return "center", True
-    bx, by = (x0 + x1) // 2, (y0 + y1) // 2
-    near = math.hypot(bx - cx, by - cy) < 0.2 * width
-    vertical = "top" if by < cy else "bottom"
-    horizontal = "left" if bx < cx else "right"
-    return f"{vertical} {horizontal}", near
+    box = _box(mask)
+    return (None, None) if box is None else _prsmed(box, mask.shape)
 
 
-def components_of(mask: np.ndarray) -> list[np.ndarray]:
-    """The instances of a mask as boolean masks, in a deterministic order.
+def _instances(crop: np.ndarray, top: int, left: int, shape: tuple[int, int]) -> list[Instance]:
+    """The instances of a cropped mask, in a deterministic order.
 
     8-connectivity; components below MIN_COMPONENT_FRACTION are not instances (see above).
     Order: largest area first; equal areas by their first pixel in row-major order.
     """
-    labelled, count = ndimage.label(mask, structure=_EIGHT_CONNECTED)
-    if count == 0:
-        return []
+    labelled, count = ndimage.label(crop, structure=_EIGHT_CONNECTED)
+    if count == 1:
+        return [Instance(top, left, crop, shape)]
     sizes = np.bincount(labelled.ravel(), minlength=count + 1)[1:]
-    # First pixel (row-major) of each label, for a stable tie-break.
-    flat = labelled.ravel()
-    nonzero = np.flatnonzero(flat)
-    first = np.full(count, flat.size, dtype=np.int64)
-    np.minimum.at(first, flat[nonzero] - 1, nonzero)
-    minimum = max(1, math.ceil(MIN_COMPONENT_FRACTION * mask.size))
-    order = sorted(range(count), key=lambda i: (-int(sizes[i]), int(first[i])))
-    kept = [i for i in order if sizes[i] >= minimum] or order[:1]
-    return [labelled == (i + 1) for i in kept]
+    found = []
+    for index, (row_slice, col_slice) in enumerate(ndimage.find_objects(labelled)):
+        patch = labelled[row_slice, col_slice] == index + 1
+        first = (row_slice.start, col_slice.start + int(np.argmax(patch[0])))
+        found.append((-int(sizes[index]), first, row_slice, col_slice, patch))
+    found.sort(key=lambda item: (item[0], item[1]))
+    minimum = max(1, math.ceil(MIN_COMPONENT_FRACTION * shape[0] * shape[1]))
+    kept = [item for item in found if -item[0] >= minimum] or found[:1]
+    return [Instance(top + r.start, left + c.start, patch, shape) for _, _, r, c, patch in kept]
 
 
 def compute_facts(mask: np.ndarray) -> Facts:
@@ -183,33 +221,37 @@ def compute_facts(mask: np.ndarray) -> Facts:
     return analyse(mask)[0]
 
 
-def analyse(mask: np.ndarray) -> tuple[Facts, list[np.ndarray]]:
-    """The facts of a 2D boolean mask and its instances' masks (in `components` order)."""
+def analyse(mask: np.ndarray) -> tuple[Facts, list[Instance]]:
+    """The facts of a 2D boolean mask and its instances (in `components` order)."""
     if mask.ndim != 2:
         raise ValueError(f"mask must be 2D, got shape {mask.shape}")
     mask = mask.astype(bool, copy=False)
-    height, width = mask.shape
-    rows, cols = np.nonzero(mask)
-    if rows.size == 0:
+    shape = (mask.shape[0], mask.shape[1])
+    box = _box(mask)
+    if box is None:
         return Facts(None, None, 0.0, 0, (), None, None, None, None, None), []
-    total = mask.size
-    centroid, bbox = _centroid_bbox(rows, cols, height, width)
+    x0, y0, x1, y1 = box
+    crop = mask[y0 : y1 + 1, x0 : x1 + 1]
+    total = shape[0] * shape[1]
+    count, centroid, bbox = _extent(crop, y0, x0, shape)
+    instances = _instances(crop, y0, x0, shape)
     components = []
-    instance_masks = components_of(mask)
-    for component in instance_masks:
-        c_rows, c_cols = np.nonzero(component)
-        c_centroid, c_bbox = _centroid_bbox(c_rows, c_cols, height, width)
+    for instance in instances:
+        if instance.patch is crop:  # a single instance: the mask itself
+            pixels, c_centroid, c_bbox = count, centroid, bbox
+        else:
+            pixels, c_centroid, c_bbox = _extent(instance.patch, instance.top, instance.left, shape)
         components.append(
             Component(
                 centroid=c_centroid,
                 bbox=c_bbox,
-                area_fraction=c_rows.size / total,
+                area_fraction=pixels / total,
                 zone=zone_of(*c_centroid),
                 quadrant=quadrant_of(*c_centroid),
             )
         )
-    area_fraction = rows.size / total
-    position, near = prsmed_label(mask)
+    area_fraction = count / total
+    position, near = _prsmed(box, shape)
     facts = Facts(
         centroid=centroid,
         bbox=bbox,
@@ -222,4 +264,4 @@ def analyse(mask: np.ndarray) -> tuple[Facts, list[np.ndarray]]:
         prsmed_position=position,
         prsmed_near_center=near,
     )
-    return facts, instance_masks
+    return facts, instances

@@ -21,7 +21,7 @@ import jinja2.meta
 import numpy as np
 import yaml
 
-from .facts import ZONES, Facts, compute_facts
+from .facts import ZONES, Facts, Instance, compute_facts
 
 FAMILIES = (
     "position",
@@ -226,7 +226,7 @@ class QAPlanner:
         target: str,
         modality: str,
         image_id: str,
-        component_masks: list[np.ndarray],
+        instances: list[Instance],
     ) -> list[QA]:
         """Every QA row for one target (negative rows when the target is absent)."""
         context = base_context(facts, target, modality)
@@ -241,7 +241,7 @@ class QAPlanner:
             rows += self._one(rng(family), family, context)
         rows += self._multiple_choice(rng("multiple_choice"), facts, context)
         rows += self._verification(rng("verification"), facts, context)
-        rows += self._referring(rng("referring"), facts, context, component_masks)
+        rows += self._referring(rng("referring"), facts, context, instances)
         return rows
 
     def _negative(self, rng: random.Random, context: dict[str, Any]) -> list[QA]:
@@ -279,7 +279,7 @@ class QAPlanner:
         rng: random.Random,
         facts: Facts,
         context: dict[str, Any],
-        component_masks: list[np.ndarray],
+        instances: list[Instance],
     ) -> list[QA]:
         """Refer to one instance by where it is; the row's mask is that instance only."""
         zones = [c.zone for c in facts.components]
@@ -289,7 +289,7 @@ class QAPlanner:
         if facts.n_components == 1:
             return list(self._one(rng, "referring", {**context, "ref_zone": facts.zone}))
         index = rng.choice(unique)
-        mask = component_masks[index]
+        mask = instances[index].full()
         instance = compute_facts(mask)
         ref = {
             **base_context(instance, context["target"], context["modality"]),

@@ -12,8 +12,10 @@ import hashlib
 import io
 import json
 import math
+import multiprocessing
 import re
 from collections import defaultdict
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,60 +91,77 @@ def _same(expected: Any, found: Any) -> bool:
     return expected == found
 
 
-class _Checker:
-    def __init__(self, result: ValidationResult) -> None:
-        self.result = result
-        self.patient_splits: dict[tuple[str, str], set[str]] = defaultdict(set)
-        self.image_splits: dict[str, set[str]] = defaultdict(set)
-        self.image_sizes: dict[str, tuple[int, int]] = {}
+@dataclass
+class _Part:
+    """What one row group tells: its violations and the keys that cross row groups."""
 
-    def row_group(self, where: str, split: str, rows: list[dict[str, Any]]) -> None:
-        facts_by_mask: dict[bytes, Facts | str] = {}
-        verified: dict[str, bytes] = {}
-        for row in rows:
-            self.result.rows += 1
-            label = f"{where} row {row.get('row_id')}"
-            if row["split"] != split:
-                self.result.add(f"{label}: split {row['split']!r} in a {split} shard")
-            self.patient_splits[(row["source"], row["patient_id"])].add(row["split"])
-            self.image_splits[row["image_id"]].add(row["split"])
-            self._image(label, row, verified)
-            mask_bytes = row["mask"]["bytes"]
-            if mask_bytes not in facts_by_mask:
-                try:
-                    facts_by_mask[mask_bytes] = compute_facts(decode_mask(mask_bytes))
-                except (PixelError, OSError) as exc:
-                    facts_by_mask[mask_bytes] = f"mask unreadable ({exc})"
-            facts = facts_by_mask[mask_bytes]
-            if isinstance(facts, str):
-                self.result.add(f"{label}: {facts}")
-                continue
-            self._facts(label, row, facts)
+    split: str
+    rows: int = 0
+    violations: list[str] = field(default_factory=list)
+    patients: set[tuple[str, str, str]] = field(default_factory=set)  # source, patient, split
+    images: set[tuple[str, str]] = field(default_factory=set)  # image_id, split
 
-    def _image(self, label: str, row: dict[str, Any], verified: dict[str, bytes]) -> None:
-        data, image_id = row["image"]["bytes"], row["image_id"]
-        if verified.get(image_id) != data:
-            if hashlib.sha256(data).hexdigest() != image_id:
-                self.result.add(f"{label}: image_id is not the SHA-256 of the image bytes")
-                return
-            verified[image_id] = data
-        if image_id not in self.image_sizes:
-            try:
-                self.image_sizes[image_id] = Image.open(io.BytesIO(data)).size
-            except OSError as exc:
-                self.result.add(f"{label}: image unreadable ({exc})")
-                return
-        mask_size = Image.open(io.BytesIO(row["mask"]["bytes"])).size
-        if mask_size != self.image_sizes[image_id]:
-            self.result.add(
-                f"{label}: mask {mask_size} and image {self.image_sizes[image_id]} differ in size"
+
+def _distinct(table, column: str) -> tuple[list[int], list[bytes]]:
+    """Per-row indices into the distinct values of a dictionary-read image column."""
+    array = table.column(column).combine_chunks().field("bytes")
+    return array.indices.to_pylist(), array.dictionary.to_pylist()
+
+
+def _size(data: bytes) -> tuple[int, int]:
+    return Image.open(io.BytesIO(data)).size  # header only, no decoding
+
+
+def check_row_group(shard: Path, index: int, split: str) -> _Part:
+    """Every per-row check of one row group (see the module docstring)."""
+    part = _Part(split)
+    parquet = pq.ParquetFile(shard, read_dictionary=["image.bytes", "mask.bytes"])
+    table = parquet.read_row_group(index)
+    image_index, images = _distinct(table, "image")
+    mask_index, masks = _distinct(table, "mask")
+    rows = table.drop_columns(["image", "mask"]).to_pylist()
+    part.rows = len(rows)
+
+    image_ids, image_sizes = [], []
+    for data in images:
+        image_ids.append(hashlib.sha256(data).hexdigest())
+        try:
+            image_sizes.append(_size(data))
+        except OSError as exc:
+            image_sizes.append(f"image unreadable ({exc})")
+    mask_facts: list[Facts | str] = []
+    mask_sizes = []
+    for data in masks:
+        try:
+            mask = decode_mask(data)
+            mask_facts.append(compute_facts(mask))
+            mask_sizes.append((mask.shape[1], mask.shape[0]))
+        except (PixelError, OSError) as exc:
+            mask_facts.append(f"mask unreadable ({exc})")
+            mask_sizes.append(None)
+
+    for row, i, m in zip(rows, image_index, mask_index, strict=True):
+        label = f"{shard.name} row {row.get('row_id')}"
+        if row["split"] != split:
+            part.violations.append(f"{label}: split {row['split']!r} in a {split} shard")
+        part.patients.add((row["source"], row["patient_id"], row["split"]))
+        part.images.add((row["image_id"], row["split"]))
+        if image_ids[i] != row["image_id"]:
+            part.violations.append(f"{label}: image_id is not the SHA-256 of the image bytes")
+        facts = mask_facts[m]
+        for problem in (image_sizes[i], facts):
+            if isinstance(problem, str):
+                part.violations.append(f"{label}: {problem}")
+        if isinstance(facts, str) or isinstance(image_sizes[i], str):
+            continue
+        if mask_sizes[m] != image_sizes[i]:
+            part.violations.append(
+                f"{label}: mask {mask_sizes[m]} and image {image_sizes[i]} differ"
             )
-
-    def _facts(self, label: str, row: dict[str, Any], facts: Facts) -> None:
         derived = facts.as_row()
         for column in FACT_COLUMNS:
             if not _same(derived[column], row[column]):
-                self.result.add(
+                part.violations.append(
                     f"{label}: {column} is {row[column]!r}, the mask gives {derived[column]!r}"
                 )
         for problem in check_answer(
@@ -153,18 +172,15 @@ class _Checker:
             facts,
             target=row["target"],
         ):
-            self.result.add(f"{label} ({row['template_id']}): {problem}")
-
-    def finish(self) -> None:
-        for (source, patient), splits in sorted(self.patient_splits.items()):
-            if len(splits) > 1:
-                self.result.add(f"patient leakage: {source}/{patient} is in {sorted(splits)}")
-        for image_id, splits in sorted(self.image_splits.items()):
-            if len(splits) > 1:
-                self.result.add(f"identical image {image_id[:16]} is in {sorted(splits)}")
+            part.violations.append(f"{label} ({row['template_id']}): {problem}")
+    return part
 
 
-def validate(folder: Path, progress: bool = False) -> ValidationResult:
+def _check(task: tuple[Path, int, str]) -> _Part:
+    return check_row_group(*task)
+
+
+def validate(folder: Path, progress: bool = False, workers: int = 1) -> ValidationResult:
     """Check an output folder; the result lists every violation found (see module doc)."""
     result = ValidationResult()
     manifest_path = folder / "manifest.json"
@@ -175,30 +191,48 @@ def validate(folder: Path, progress: bool = False) -> ValidationResult:
     shards = sorted((folder / "data").glob("*.parquet"))
     if not shards:
         result.add(f"{folder}/data: no Parquet shards")
-    checker = _Checker(result)
+    tasks: list[tuple[Path, int, str]] = []
     totals: dict[str, set[int]] = defaultdict(set)
-    for shard in tqdm(shards, desc="validate", unit="shard", disable=not progress):
+    for shard in shards:
         name = SHARD_NAME.fullmatch(shard.name)
         if name is None or name["split"] not in SPLITS:
             result.add(f"{shard.name}: not named <split>-<i>-of-<n>.parquet")
             continue
         totals[name["split"]].add(int(name["total"]))
         parquet = pq.ParquetFile(shard)
-        schema = parquet.schema_arrow.remove_metadata()
-        if not schema.equals(SCHEMA):
+        if not parquet.schema_arrow.remove_metadata().equals(SCHEMA):
             result.add(f"{shard.name}: schema differs from the row contract")
             continue
-        for index in range(parquet.num_row_groups):
-            rows = parquet.read_row_group(index).to_pylist()
-            checker.row_group(shard.name, name["split"], rows)
-            result.rows_per_split[name["split"]] = result.rows_per_split.get(
-                name["split"], 0
-            ) + len(rows)
+        tasks += [(shard, index, name["split"]) for index in range(parquet.num_row_groups)]
     for split, total in totals.items():
         count = sum(1 for s in shards if s.name.startswith(f"{split}-"))
         if total != {count}:
             result.add(f"{split}: shard names say {sorted(total)} shards, found {count}")
-    checker.finish()
+
+    patient_splits: dict[tuple[str, str], set[str]] = defaultdict(set)
+    image_splits: dict[str, set[str]] = defaultdict(set)
+    with ExitStack() as stack:
+        if workers > 1 and len(tasks) > 1:
+            parts = stack.enter_context(multiprocessing.Pool(workers)).imap(_check, tasks)
+        else:
+            parts = map(_check, tasks)
+        for part in tqdm(
+            parts, total=len(tasks), desc="validate", unit="row group", disable=not progress
+        ):
+            result.rows += part.rows
+            result.rows_per_split[part.split] = result.rows_per_split.get(part.split, 0) + part.rows
+            for message in part.violations:
+                result.add(message)
+            for source, patient, split in part.patients:
+                patient_splits[(source, patient)].add(split)
+            for image_id, split in part.images:
+                image_splits[image_id].add(split)
+    for (source, patient), splits in sorted(patient_splits.items()):
+        if len(splits) > 1:
+            result.add(f"patient leakage: {source}/{patient} is in {sorted(splits)}")
+    for image_id, splits in sorted(image_splits.items()):
+        if len(splits) > 1:
+            result.add(f"identical image {image_id[:16]} is in {sorted(splits)}")
     expected = manifest.get("rows_per_split", {})
     if expected != result.rows_per_split:
         result.add(f"manifest rows_per_split {expected} != rows found {result.rows_per_split}")

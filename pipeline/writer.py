@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from .schema import IMAGE_COLUMNS, SCHEMA, schema_with_features
 
-ROW_GROUP_BYTES = 32 * 2**20  # unique image + mask bytes buffered per row group
+ROW_GROUP_BYTES = 8 * 2**20  # unique image + mask bytes buffered per row group
 SHARD_BYTES = 256 * 2**20  # start a new shard past this size
 
 _BINARY_LEAVES = [f"{column}.bytes" for column in IMAGE_COLUMNS]
@@ -39,6 +39,19 @@ def _compression() -> dict[str, str]:
     """zstd everywhere but the image bytes, which are PNG or JPEG already."""
     leaves = [leaf for field in SCHEMA for leaf in _leaves(field.name, field.type)]
     return {leaf: "none" if leaf in _BINARY_LEAVES else "zstd" for leaf in leaves}
+
+
+def _table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+    """Rows to an Arrow table, column by column (image bytes go straight to binary arrays)."""
+    arrays = []
+    for field in schema:
+        if field.name in IMAGE_COLUMNS:
+            data = pa.array([row[field.name]["bytes"] for row in rows], pa.binary())
+            paths = pa.array([row[field.name]["path"] for row in rows], pa.string())
+            arrays.append(pa.StructArray.from_arrays([data, paths], fields=list(field.type)))
+        else:
+            arrays.append(pa.array([row[field.name] for row in rows], field.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
 
 
 class SplitWriter:
@@ -91,7 +104,7 @@ class SplitWriter:
             return
         if self._writer is None:
             self._writer = self._open_shard()
-        table = pa.Table.from_pylist(self._buffer, schema=self._schema)
+        table = _table(self._buffer, self._schema)
         self._writer.write_table(table, row_group_size=len(self._buffer))
         self.rows_written += len(self._buffer)
         self._buffer, self._buffered_bytes = [], 0

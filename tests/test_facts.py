@@ -66,7 +66,7 @@ def test_components_are_eight_connected_and_ordered_by_area() -> None:
     assert [c.area_fraction for c in found.components] == [64 / 400, 5 / 400]
     assert found.components[0].zone == "lower right"
     assert found.components[1].zone == "upper left"
-    assert [int(m.sum()) for m in instances] == [64, 5]
+    assert [int(i.full().sum()) for i in instances] == [64, 5]
 
 
 def test_specks_below_minimum_are_not_instances(monkeypatch) -> None:

@@ -1,0 +1,678 @@
+"""Performance benchmark of the core build (`make bench`).
+
+For each size N it writes N synthetic ISIC 2018 Task 1 cases in their native layout
+(600x500 RGB JPEG, quality 90, with a 0/255 PNG lesion mask) into a temporary folder, then
+measures, each in its own fresh subprocess:
+
+* the FLOOR: Pillow doing the bare work the build cannot avoid and nothing else: read and
+  fully decode every input image and mask, keep the JPEG bytes as they are, and encode one
+  'L' PNG per target mask (Pillow defaults). Referring rows of multi-component images would
+  add one more mask PNG each; the phantoms have one lesion per image, so there are none.
+* the BUILD: `python -m pipeline.cli build --source isic2018=ROOT --out OUT -q --overwrite
+  --workers W` (discovery, conversion, Parquet, card, manifest and the final validation).
+
+Timing: wall clock of the WHOLE subprocess (fork/exec, interpreter start and imports
+included) for both floor and build, so `ratio = build wall (workers=1) / floor wall`. The
+floor's own work loop, timed inside its process with time.perf_counter, is reported as
+well, with `build wall / floor loop` as a stricter second ratio.
+
+Memory: /proc of the subprocess and all its descendants is polled (default every 50 ms):
+peak of the summed VmRSS, peak of the summed Pss (shared copy-on-write pages counted once)
+and the largest single-process VmHWM. os.wait4's ru_maxrss of the child (itself and its
+reaped workers, max not sum) is recorded in the JSON only: Linux also counts in it the
+pre-exec copy of the benchmark process that forked the child.
+
+Only the standard library, NumPy, Pillow and the project itself (with its own pyarrow, to
+read the output back) are used. Every temporary folder is removed and every process it
+starts is stopped, also on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+PROJECT = Path(__file__).resolve().parent.parent
+if str(PROJECT) not in sys.path:
+    sys.path.insert(0, str(PROJECT))
+
+from pipeline.demo import phantom, random_lesion  # noqa: E402
+
+WIDTH, HEIGHT = 600, 500  # a typical ISIC 2018 image is larger; 600x500 keeps runs short
+JPEG_QUALITY = 90
+LESION_SCALE = 2.5  # ISIC lesions fill a good part of the frame
+INPUT_DIR = "ISIC2018_Task1-2_Training_Input"
+TRUTH_DIR = "ISIC2018_Task1_Training_GroundTruth"
+MB = 1024 * 1024
+
+TARGET_FLOOR_RATIO = 1.5
+TARGET_SPEEDUP = 1.7
+TARGET_BYTES_RATIO = 1.25
+TARGET_MEMORY_GROWTH = 1.10  # "flat": peak at the largest N within 10 % of the smallest
+
+# Runs in a fresh interpreter: argv[1] is the data root. Only the loop is timed inside.
+FLOOR_CODE = """
+import io, json, sys, time
+from pathlib import Path
+from PIL import Image
+
+root = Path(sys.argv[1])
+images = sorted((root / INPUT_DIR).glob("ISIC_*.jpg"))
+truth = root / TRUTH_DIR
+start = time.perf_counter()
+kept = encoded = masks = 0
+for path in images:
+    data = path.read_bytes()  # the build keeps these bytes as they are
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    mask_data = (truth / (path.stem + "_segmentation.png")).read_bytes()
+    mask = Image.open(io.BytesIO(mask_data))
+    mask.load()
+    buffer = io.BytesIO()
+    mask.convert("L").save(buffer, format="PNG")  # one target mask PNG per image
+    kept += len(data)
+    encoded += len(buffer.getvalue())
+    masks += 1
+loop = time.perf_counter() - start
+print(json.dumps({"loop_s": loop, "images": len(images), "masks_encoded": masks,
+                  "image_bytes": kept, "mask_bytes": encoded}))
+""".replace("INPUT_DIR", repr(INPUT_DIR)).replace("TRUTH_DIR", repr(TRUTH_DIR))
+
+
+# -- synthetic data --------------------------------------------------------------------------
+
+
+def write_cases(root: Path, count: int, seed: int) -> int:
+    """Write `count` ISIC 2018 Task 1 training cases under root; returns the bytes written."""
+    images, truth = root / INPUT_DIR, root / TRUTH_DIR
+    images.mkdir(parents=True)
+    truth.mkdir()
+    rng, noise = random.Random(seed), np.random.default_rng(seed)
+    written = 0
+    for index in range(count):
+        lesion = random_lesion(rng, scale=LESION_SCALE)
+        name = f"ISIC_{index:07d}"
+        pixels = phantom(WIDTH, HEIGHT, [lesion], noise, rgb=True)
+        Image.fromarray(pixels).save(images / f"{name}.jpg", quality=JPEG_QUALITY)
+        mask = lesion.mask(WIDTH, HEIGHT).astype(np.uint8) * 255
+        Image.fromarray(mask, mode="L").save(truth / f"{name}_segmentation.png")
+        written += (images / f"{name}.jpg").stat().st_size
+        written += (truth / f"{name}_segmentation.png").stat().st_size
+    return written
+
+
+# -- measured subprocesses -------------------------------------------------------------------
+
+
+@dataclass
+class Measured:
+    """One subprocess run: wall time, exit status, output and memory peaks (MB)."""
+
+    wall_s: float
+    returncode: int
+    stdout: str
+    stderr: str
+    peak_rss_sum_mb: float
+    peak_pss_sum_mb: float
+    peak_single_mb: float
+    wait4_maxrss_mb: float
+    max_processes: int
+    samples: int
+    timed_out: bool
+
+
+def _children(pid: int) -> list[int]:
+    """Direct children of pid (/proc/PID/task/*/children, or a /proc scan without it)."""
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as handle:
+                found += [int(child) for child in handle.read().split()]
+        except FileNotFoundError:
+            return _children_by_scan(pid)
+        except OSError:
+            continue
+    return found
+
+
+def _children_by_scan(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                stat = handle.read()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry))
+    return found
+
+
+def _process_memory(pid: int) -> tuple[int, int, int] | None:
+    """(VmRSS, VmHWM, Pss) of one process in kB; None when it is gone."""
+    rss = hwm = pss = 0
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            for line in handle:
+                if line.startswith("VmRSS:"):
+                    rss = int(line.split()[1])
+                elif line.startswith("VmHWM:"):
+                    hwm = int(line.split()[1])
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as handle:
+                for line in handle:
+                    if line.startswith("Pss:"):
+                        pss = int(line.split()[1])
+                        break
+        except (FileNotFoundError, PermissionError):
+            pss = rss
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    except OSError:
+        return None
+    return rss, hwm, pss
+
+
+class MemoryPoller(threading.Thread):
+    """Polls the memory of a process tree until stopped; kills the tree past a deadline."""
+
+    def __init__(self, pid: int, interval: float, timeout: float) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.interval = interval
+        self.deadline = time.monotonic() + timeout
+        self.stopped = threading.Event()
+        self.peak_rss_sum_kb = 0
+        self.peak_pss_sum_kb = 0
+        self.peak_single_kb = 0
+        self.max_processes = 0
+        self.samples = 0
+        self.timed_out = False
+
+    def sample(self) -> None:
+        pids, index = [self.pid], 0
+        while index < len(pids):
+            pids += _children(pids[index])
+            index += 1
+        rss_sum = pss_sum = alive = 0
+        for pid in pids:
+            memory = _process_memory(pid)
+            if memory is None:
+                continue
+            rss, hwm, pss = memory
+            alive += 1
+            rss_sum += rss
+            pss_sum += pss
+            self.peak_single_kb = max(self.peak_single_kb, hwm, rss)
+        if alive:
+            self.samples += 1
+            self.peak_rss_sum_kb = max(self.peak_rss_sum_kb, rss_sum)
+            self.peak_pss_sum_kb = max(self.peak_pss_sum_kb, pss_sum)
+            self.max_processes = max(self.max_processes, alive)
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            self.sample()
+            if time.monotonic() > self.deadline and not self.timed_out:
+                self.timed_out = True
+                _signal_group(self.pid, signal.SIGKILL)
+            self.stopped.wait(self.interval)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join()
+
+
+def _signal_group(pgid: int, signum: int) -> bool:
+    """Send signum to the process group we created; False when it has no process left."""
+    try:
+        os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def _stop_group(proc: subprocess.Popen, reaped: bool) -> None:
+    """Stop a subprocess and every descendant left in its process group."""
+    if not _signal_group(proc.pid, signal.SIGTERM):
+        return
+    if not reaped:
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+    time.sleep(0.2)
+    _signal_group(proc.pid, signal.SIGKILL)
+    if not reaped:
+        proc.wait()
+
+
+def run_measured(
+    command: list[str], cwd: Path, interval: float, timeout: float, env: dict[str, str]
+) -> Measured:
+    """Run one command in its own process group; time it whole and poll its memory."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(
+            command, cwd=cwd, stdout=out, stderr=err, env=env, start_new_session=True
+        )
+        poller = MemoryPoller(proc.pid, interval, timeout)
+        poller.start()
+        reaped = False
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+            wall = time.perf_counter() - start
+            reaped = True
+            proc.returncode = os.waitstatus_to_exitcode(status)
+        finally:
+            poller.stop()
+            # Nothing should be left in the group; stop anything that is (or everything on
+            # Ctrl-C or an error here).
+            _stop_group(proc, reaped)
+        out.seek(0)
+        err.seek(0)
+        return Measured(
+            wall_s=wall,
+            returncode=proc.returncode,
+            stdout=out.read().decode(errors="replace"),
+            stderr=err.read().decode(errors="replace"),
+            peak_rss_sum_mb=poller.peak_rss_sum_kb / 1024,
+            peak_pss_sum_mb=poller.peak_pss_sum_kb / 1024,
+            peak_single_mb=poller.peak_single_kb / 1024,
+            # Linux, kB: the child and its reaped descendants (max, not sum); it also counts
+            # the pre-exec copy of this benchmark process, so it is a cross-check only.
+            wait4_maxrss_mb=usage.ru_maxrss / 1024,
+            max_processes=poller.max_processes,
+            samples=poller.samples,
+            timed_out=poller.timed_out,
+        )
+
+
+def _check(measured: Measured, what: str) -> None:
+    if measured.returncode != 0 or measured.timed_out:
+        reason = "timed out" if measured.timed_out else f"exit status {measured.returncode}"
+        tail = (measured.stderr or measured.stdout)[-2000:]
+        raise RuntimeError(f"{what}: {reason}\n{tail}")
+
+
+# -- output folder ---------------------------------------------------------------------------
+
+
+def folder_bytes(folder: Path) -> tuple[int, int]:
+    """(all files, Parquet shards) bytes under an output folder."""
+    total = parquet = 0
+    for path in folder.rglob("*"):
+        if path.is_file():
+            size = path.stat().st_size
+            total += size
+            if path.suffix == ".parquet":
+                parquet += size
+    return total, parquet
+
+
+def unique_payload_bytes(folder: Path) -> tuple[int, int, int, int]:
+    """(distinct image bytes, distinct mask bytes, #images, #masks) stored in the shards."""
+    import pyarrow.parquet as pq  # the project's own dependency, imported only here
+
+    sizes: dict[str, dict[bytes, int]] = {"image": {}, "mask": {}}
+    for shard in sorted((folder / "data").glob("*.parquet")):
+        parquet = pq.ParquetFile(shard)
+        for group in range(parquet.num_row_groups):
+            table = parquet.read_row_group(group, columns=["image", "mask"])
+            for column, seen in sizes.items():
+                values = table.column(column).combine_chunks().field("bytes")
+                for value in values:
+                    data = value.as_py()
+                    seen[hashlib.sha256(data).digest()] = len(data)
+            del table
+    image, mask = sizes["image"], sizes["mask"]
+    return sum(image.values()), sum(mask.values()), len(image), len(mask)
+
+
+def shard_hashes(folder: Path) -> dict[str, str]:
+    """The manifest's hashes of the Parquet shards (to check workers give the same bytes)."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    return {name: digest for name, digest in manifest["files"].items() if name.endswith(".parquet")}
+
+
+# -- one size ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Series:
+    """Repeated measurements of one command, with their medians."""
+
+    runs: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, measured: Measured, **extra: Any) -> None:
+        record = asdict(measured)
+        record.pop("stdout")
+        record.pop("stderr")
+        record.update(extra)
+        self.runs.append(record)
+
+    def median(self, key: str) -> float:
+        return float(statistics.median(run[key] for run in self.runs))
+
+
+def bench_size(count: int, args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
+    """Every figure for one N (data written once, outside the timed runs)."""
+    python = args.python
+    with tempfile.TemporaryDirectory(prefix=f"mmrs-bench-{count}-") as tmp:
+        root, out = Path(tmp) / "isic2018", Path(tmp) / "out"
+        started = time.perf_counter()
+        input_bytes = write_cases(root, count, args.seed)
+        print(
+            f"N={count}: wrote {count} cases ({input_bytes / MB:.1f} MB) in "
+            f"{time.perf_counter() - started:.1f} s",
+            file=sys.stderr,
+        )
+        floor = Series()
+        builds = {workers: Series() for workers in args.workers}
+        hashes: dict[int, dict[str, str]] = {}
+        manifest: dict[str, Any] = {}
+        for repeat in range(args.repeats):
+            measured = run_measured(
+                [python, "-c", FLOOR_CODE, str(root)], PROJECT, args.interval, args.timeout, env
+            )
+            _check(measured, f"floor N={count}")
+            floor.add(measured, **json.loads(measured.stdout.strip().splitlines()[-1]))
+            for workers in args.workers:
+                command = [
+                    python, "-m", "pipeline.cli", "build",
+                    "--source", f"isic2018={root}", "--out", str(out),
+                    "-q", "--overwrite", "--workers", str(workers),
+                ]  # fmt: skip
+                measured = run_measured(command, PROJECT, args.interval, args.timeout, env)
+                _check(measured, f"build N={count} workers={workers}")
+                manifest = json.loads((out / "manifest.json").read_text())
+                rows = sum(manifest["rows_per_split"].values())
+                builds[workers].add(measured, rows=rows, images=manifest["images"])
+                hashes[workers] = shard_hashes(out)
+            print(f"N={count}: repeat {repeat + 1}/{args.repeats} done", file=sys.stderr)
+        total_bytes, parquet_bytes = folder_bytes(out)
+        image_bytes, mask_bytes, n_images, n_masks = unique_payload_bytes(out)
+        return summarise(
+            count, floor, builds, manifest, hashes,
+            (total_bytes, parquet_bytes, image_bytes, mask_bytes, n_images, n_masks),
+            input_bytes,
+        )  # fmt: skip
+
+
+def summarise(
+    count: int,
+    floor: Series,
+    builds: dict[int, Series],
+    manifest: dict[str, Any],
+    hashes: dict[int, dict[str, str]],
+    sizes: tuple[int, int, int, int, int, int],
+    input_bytes: int,
+) -> dict[str, Any]:
+    """The medians and ratios of one N as a JSON-able dict."""
+    total_bytes, parquet_bytes, image_bytes, mask_bytes, n_images, n_masks = sizes
+    rows = sum(manifest["rows_per_split"].values())
+    result: dict[str, Any] = {
+        "n": count,
+        "images": manifest["images"],
+        "rows": rows,
+        "input_bytes": input_bytes,
+        "floor": {
+            "wall_s": floor.median("wall_s"),
+            "loop_s": floor.median("loop_s"),
+            "peak_rss_sum_mb": floor.median("peak_rss_sum_mb"),
+            "peak_pss_sum_mb": floor.median("peak_pss_sum_mb"),
+            "peak_single_mb": floor.median("peak_single_mb"),
+            "masks_encoded": floor.runs[0]["masks_encoded"],
+            "runs": floor.runs,
+        },
+        "build": {},
+        "output": {
+            "folder_bytes": total_bytes,
+            "parquet_bytes": parquet_bytes,
+            "unique_image_bytes": image_bytes,
+            "unique_mask_bytes": mask_bytes,
+            "unique_images": n_images,
+            "unique_masks": n_masks,
+            "bytes_ratio": total_bytes / max(image_bytes + mask_bytes, 1),
+            "parquet_bytes_ratio": parquet_bytes / max(image_bytes + mask_bytes, 1),
+        },
+        "identical_shards_across_workers": len({json.dumps(h) for h in hashes.values()}) == 1,
+    }
+    for workers, series in builds.items():
+        wall = series.median("wall_s")
+        result["build"][str(workers)] = {
+            "wall_s": wall,
+            "images_per_s": count / wall,
+            "rows_per_s": rows / wall,
+            "peak_rss_sum_mb": series.median("peak_rss_sum_mb"),
+            "peak_pss_sum_mb": series.median("peak_pss_sum_mb"),
+            "peak_single_mb": series.median("peak_single_mb"),
+            "wait4_maxrss_mb": series.median("wait4_maxrss_mb"),
+            "max_processes": max(run["max_processes"] for run in series.runs),
+            "runs": series.runs,
+        }
+    one = result["build"].get("1")
+    if one:
+        result["ratio_build_w1_to_floor_wall"] = one["wall_s"] / result["floor"]["wall_s"]
+        result["ratio_build_w1_to_floor_loop"] = one["wall_s"] / result["floor"]["loop_s"]
+    if one and "2" in result["build"]:
+        result["speedup_w2_vs_w1"] = one["wall_s"] / result["build"]["2"]["wall_s"]
+    return result
+
+
+# -- report ------------------------------------------------------------------------------------
+
+
+def _verdict(value: float | None, target: float, upper: bool) -> str:
+    if value is None:
+        return "n/a"
+    good = value <= target if upper else value >= target
+    return "ok" if good else "MISSED"
+
+
+def print_size(result: dict[str, Any], repeats: int) -> None:
+    """The table of one N."""
+    floor, output = result["floor"], result["output"]
+    print(
+        f"\nN = {result['n']} cases ({WIDTH}x{HEIGHT} RGB JPEG q{JPEG_QUALITY} + PNG mask), "
+        f"{result['images']} images, {result['rows']} rows; median of {repeats} run(s)"
+    )
+    header = (
+        f"  {'':<20}{'wall s':>9}{'images/s':>10}{'rows/s':>10}"
+        f"{'RSS sum MB':>12}{'PSS sum MB':>12}{'max proc MB':>13}"
+    )
+    print(header)
+    print(
+        f"  {'floor (Pillow only)':<20}{floor['wall_s']:>9.2f}"
+        f"{result['n'] / floor['wall_s']:>10.1f}{'':>10}"
+        f"{floor['peak_rss_sum_mb']:>12.0f}{floor['peak_pss_sum_mb']:>12.0f}"
+        f"{floor['peak_single_mb']:>13.0f}"
+    )
+    for workers, build in result["build"].items():
+        print(
+            f"  {'build workers=' + workers:<20}{build['wall_s']:>9.2f}"
+            f"{build['images_per_s']:>10.1f}{build['rows_per_s']:>10.1f}"
+            f"{build['peak_rss_sum_mb']:>12.0f}{build['peak_pss_sum_mb']:>12.0f}"
+            f"{build['peak_single_mb']:>13.0f}"
+        )
+    print(
+        f"  floor work loop in-process: {floor['loop_s']:.2f} s "
+        f"({floor['masks_encoded']} mask PNGs encoded, one per image; referring rows of "
+        f"multi-component images would add one each, none here)"
+    )
+    ratio = result.get("ratio_build_w1_to_floor_wall")
+    if ratio is not None:
+        print(
+            f"  ratio build(w=1) wall / floor wall  = {ratio:.2f}  "
+            f"(target <= {TARGET_FLOOR_RATIO}: {_verdict(ratio, TARGET_FLOOR_RATIO, True)})"
+        )
+        print(
+            f"  ratio build(w=1) wall / floor loop  = "
+            f"{result['ratio_build_w1_to_floor_loop']:.2f}  (stricter: no interpreter start "
+            f"in the floor)"
+        )
+    speedup = result.get("speedup_w2_vs_w1")
+    if speedup is not None:
+        print(
+            f"  speed-up workers=2 vs workers=1     = {speedup:.2f}  "
+            f"(target >= {TARGET_SPEEDUP}: {_verdict(speedup, TARGET_SPEEDUP, False)})"
+        )
+    unique = output["unique_image_bytes"] + output["unique_mask_bytes"]
+    print(
+        f"  output folder {output['folder_bytes'] / MB:.2f} MB (Parquet "
+        f"{output['parquet_bytes'] / MB:.2f} MB) vs unique images + masks {unique / MB:.2f} MB "
+        f"({output['unique_images']} images, {output['unique_masks']} masks): "
+        f"ratio {output['bytes_ratio']:.3f} "
+        f"(target <= {TARGET_BYTES_RATIO}: "
+        f"{_verdict(output['bytes_ratio'], TARGET_BYTES_RATIO, True)})"
+    )
+    same = "yes" if result["identical_shards_across_workers"] else "NO"
+    print(f"  identical Parquet bytes for every worker count: {same}")
+
+
+def memory_growth(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Peak memory of the largest N over the smallest N, per worker count."""
+    small, large = results[0], results[-1]
+    growth: dict[str, Any] = {"from_n": small["n"], "to_n": large["n"]}
+    for workers in small["build"]:
+        for key in ("peak_single_mb", "peak_pss_sum_mb", "peak_rss_sum_mb"):
+            a, b = small["build"][workers][key], large["build"][workers][key]
+            ratio = b / a if a else float("inf")
+            growth[f"w{workers}_{key}"] = {"small": a, "large": b, "mb": b - a, "ratio": ratio}
+    return growth
+
+
+def print_growth(growth: dict[str, Any]) -> None:
+    print(
+        f"\nmemory growth N={growth['from_n']} -> N={growth['to_n']} "
+        f"(target: flat, ratio <= {TARGET_MEMORY_GROWTH})"
+    )
+    for key, value in growth.items():
+        if not isinstance(value, dict):
+            continue
+        print(
+            f"  {key:<24}{value['small']:>8.0f} MB -> {value['large']:>6.0f} MB  "
+            f"({value['mb']:+.0f} MB, x{value['ratio']:.2f}: "
+            f"{_verdict(value['ratio'], TARGET_MEMORY_GROWTH, True)})"
+        )
+
+
+# -- main --------------------------------------------------------------------------------------
+
+
+def _ints(text: str) -> list[int]:
+    values = sorted({int(part) for part in text.replace(",", " ").split()})
+    if not values or values[0] < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--sizes", type=_ints, default=[200, 800], help="case counts N (default 200,800)"
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="runs per measurement (median)")
+    parser.add_argument(
+        "--workers", type=_ints, default=[1, 2], help="build worker counts (default 1,2)"
+    )
+    parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic data")
+    parser.add_argument(
+        "--interval", type=float, default=0.05, help="memory polling interval in s (0.05)"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=3600, help="kill a measured run after this many s"
+    )
+    parser.add_argument("--python", default=sys.executable, help="interpreter of the measured runs")
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    return args
+
+
+def _terminate(signum: int, _frame: Any) -> None:
+    """SIGTERM/SIGHUP: unwind like Ctrl-C, so running builds are stopped and folders removed."""
+    raise SystemExit(128 + signum)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # Ctrl-C (even when started with SIGINT ignored, as `cmd &` does) and SIGTERM unwind through
+    # the finally blocks that stop every measured process group and remove every temp folder.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGHUP, _terminate)
+    if not Path("/proc/self/status").exists():
+        print("bench_build: needs Linux /proc to measure memory", file=sys.stderr)
+        return 2
+    env = {**os.environ, "PYTHONPATH": str(PROJECT), "PYTHONUNBUFFERED": "1"}
+    results = [bench_size(count, args, env) for count in args.sizes]
+    print(
+        f"\nMMRS build benchmark: python {platform.python_version()}, "
+        f"{os.cpu_count()} CPU(s), source isic2018, seed {args.seed}\n"
+        "wall s = whole subprocess (interpreter start and imports included) for floor and "
+        "build alike; the build includes its final validation.\n"
+        f"RSS/PSS sum = peak over {args.interval * 1000:.0f} ms samples of the process tree's "
+        "summed VmRSS / Pss; max proc = largest single-process VmHWM."
+    )
+    for result in results:
+        print_size(result, args.repeats)
+    growth = memory_growth(results) if len(results) > 1 else None
+    if growth:
+        print_growth(growth)
+    if args.json:
+        report = {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "repeats": args.repeats,
+            "seed": args.seed,
+            "image_size": [WIDTH, HEIGHT],
+            "timing": "wall clock of whole subprocesses (interpreter start included) for floor "
+            "and build; floor loop_s is the in-process perf_counter time of the work loop",
+            "ratio": "build wall (workers=1) / floor wall; also / floor loop",
+            "targets": {
+                "build_to_floor": TARGET_FLOOR_RATIO,
+                "speedup_w2_vs_w1": TARGET_SPEEDUP,
+                "bytes_ratio": TARGET_BYTES_RATIO,
+                "memory_growth_ratio": TARGET_MEMORY_GROWTH,
+            },
+            "sizes": results,
+            "memory_growth": growth,
+        }
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"\nfigures written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("bench_build: interrupted; measured processes stopped, temp folders removed")
+        sys.exit(130)
