@@ -93,9 +93,11 @@ class BuildSummary:
 _PLANNER: QAPlanner | None = None
 
 
-def _init_worker(templates_dir: Path | None, seed: int) -> None:
+def _init_worker(templates: Path | TemplateSet | None, seed: int) -> None:
+    """Give this process its QA planner (workers load the templates themselves)."""
     global _PLANNER
-    _PLANNER = QAPlanner(load_templates(templates_dir), seed)
+    loaded = templates if isinstance(templates, TemplateSet) else load_templates(templates)
+    _PLANNER = QAPlanner(loaded, seed)
 
 
 def _convert(task: tuple[Case, SourceMeta, SplitRatios]) -> tuple[str, Any]:
@@ -172,14 +174,16 @@ def _file_hash(path: Path) -> str:
 
 
 def _results(
-    config: BuildConfig, tasks: list[tuple[Case, SourceMeta, SplitRatios]]
+    config: BuildConfig, tasks: list[tuple[Case, SourceMeta, SplitRatios]], templates: TemplateSet
 ) -> Iterator[tuple[str, Any]]:
     """Converted cases in task order, from this process or a pool of workers."""
-    initargs = (config.templates_dir, config.seed)
     if config.workers <= 1:
-        _init_worker(*initargs)
+        _init_worker(templates, config.seed)
         yield from map(_convert, tasks)
         return
+    # Forked workers inherit the compiled templates; spawned ones load them again.
+    forked = multiprocessing.get_start_method() == "fork"
+    initargs = (templates if forked else config.templates_dir, config.seed)
     with multiprocessing.Pool(config.workers, _init_worker, initargs) as pool:
         yield from pool.imap(_convert, tasks, chunksize=CHUNK)
 
@@ -244,7 +248,7 @@ def _build_into(
         errors,
         tqdm(total=len(tasks), desc="build", unit="image", disable=not config.progress) as bar,
     ):
-        results = _results(config, tasks)
+        results = _results(config, tasks, templates)
         for request, item in discovered:  # in discovery order, so --strict stops at the first
             summary.sources[request.source.name].discovered += 1
             if isinstance(item, Problem):

@@ -125,9 +125,9 @@ def convert_case(
     rows: list[dict[str, Any]] = []
     for target, mask in masks.items():
         facts, instances = analyse(mask)
+        facts_row = facts.as_row()
         mask_bytes = encode_mask(mask)
         for qa in planner.plan(facts, target, source.modality, image_id, instances):
-            row_facts = qa.facts or facts
             rows.append(
                 {
                     **common,
@@ -141,7 +141,7 @@ def convert_case(
                     "options": qa.options,
                     "target": target,
                     "template_id": qa.template_id,
-                    **row_facts.as_row(),
+                    **(qa.facts.as_row() if qa.facts else facts_row),
                 }
             )
     for index, row in enumerate(rows):

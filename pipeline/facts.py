@@ -8,7 +8,7 @@ mask gives the same facts, which is what `mmrs validate` relies on to re-derive 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
@@ -83,9 +83,17 @@ class Facts:
 
     def as_row(self) -> dict:
         """The facts as row columns (plain lists and dicts)."""
-        row = asdict(self)
-        row["centroid"] = list(self.centroid) if self.centroid else None
-        row["bbox"] = list(self.bbox) if self.bbox else None
+        row = {
+            "centroid": list(self.centroid) if self.centroid else None,
+            "bbox": list(self.bbox) if self.bbox else None,
+            "area_fraction": self.area_fraction,
+            "n_components": self.n_components,
+            "quadrant": self.quadrant,
+            "zone": self.zone,
+            "size": self.size,
+            "prsmed_position": self.prsmed_position,
+            "prsmed_near_center": self.prsmed_near_center,
+        }
         row["components"] = [
             {
                 "centroid": list(c.centroid),

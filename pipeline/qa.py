@@ -81,12 +81,24 @@ class Template:
     question: jinja2.Template
     answer: jinja2.Template
     when: Any  # compiled Jinja2 expression or None
+    when_variables: tuple[str, ...]
     variables: frozenset[str]
+    _verdicts: dict = field(default_factory=dict, compare=False, repr=False)
 
     def applies(self, context: dict[str, Any]) -> bool:
+        """True when every variable has a value and `when` holds (memoised on its inputs)."""
         if any(context.get(name) is None for name in self.variables):
             return False
-        return self.when is None or bool(self.when(**context))
+        if self.when is None:
+            return True
+        key = tuple(context[name] for name in self.when_variables)
+        try:
+            return self._verdicts[key]
+        except TypeError:  # unhashable inputs: evaluate every time
+            return bool(self.when(**context))
+        except KeyError:
+            verdict = self._verdicts[key] = bool(self.when(**context))
+            return verdict
 
 
 @dataclass(frozen=True)
@@ -123,8 +135,13 @@ def load_templates(directory: Path | None = None) -> TemplateSet:
             try:
                 sources = [entry["question"], entry["answer"]]
                 when = entry.get("when")
-                variables: set[str] = set()
-                for source in [*sources, *([f"{{{{ {when} }}}}"] if when else [])]:
+                when_variables: set[str] = set()
+                if when:
+                    when_variables = jinja2.meta.find_undeclared_variables(
+                        env.parse(f"{{{{ {when} }}}}")
+                    )
+                variables = set(when_variables)
+                for source in sources:
                     variables |= jinja2.meta.find_undeclared_variables(env.parse(source))
                 by_family[family].append(
                     Template(
@@ -133,6 +150,7 @@ def load_templates(directory: Path | None = None) -> TemplateSet:
                         question=env.from_string(entry["question"]),
                         answer=env.from_string(entry["answer"]),
                         when=env.compile_expression(when) if when else None,
+                        when_variables=tuple(sorted(when_variables)),
                         variables=frozenset(variables),
                     )
                 )
