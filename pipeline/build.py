@@ -29,7 +29,7 @@ from .sources.base import Case, Problem, SourceInfo
 from .splits import SPLITS, SplitRatios
 from .writer import SplitWriter
 
-CHUNK = 4  # cases per worker task
+CHUNK = 16  # cases per worker task
 
 
 class BuildError(RuntimeError):
