@@ -1,18 +1,21 @@
-"""`mmrs build`: sources -> cases -> rows -> shards, errors, report and manifest.
+"""`mmrs build`: sources -> cases -> batches -> extract -> render -> shards and records.
 
-The output is built in a staging folder beside --out and moved into place only when
-complete, manifest.json last. Every discovered case ends as converted, skipped or failed,
-and every one that is not converted is written to errors.jsonl with its file and reason.
+The orchestration is written once, here; what runs each batch stage is passed in: a plain
+loop (`build`, for library use and tests) or Prefect tasks with caching on a task runner
+(flows.py, what `mmrs build` uses). The output is assembled in a staging folder beside
+--out and moved into place only when complete, manifest.json last. Every discovered case
+ends as converted, skipped or failed; every one not converted is in errors.jsonl with its
+file and reason.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import multiprocessing
+import os
 import shutil
+import tempfile
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,15 +24,25 @@ from tqdm import tqdm
 
 from . import __version__
 from .card import render_card
-from .convert import CaseError, Converted, SourceMeta, convert_case
+from .extract import SourceMeta
 from .facts import MIN_COMPONENT_FRACTION
-from .imageio import PixelError
-from .qa import QAPlanner, TemplateSet, load_templates
+from .qa import TemplateSet, load_templates
 from .sources.base import Case, Problem, SourceInfo
 from .splits import SPLITS, SplitRatios
-from .writer import SplitWriter
+from .stages import (
+    EXTRACT_CODE,
+    RENDER_CODE,
+    ExtractJob,
+    ExtractResult,
+    RenderJob,
+    RenderResult,
+    code_digest,
+    extract_batch,
+    file_digest,
+    render_batch,
+)
 
-CHUNK = 16  # cases per worker task
+BATCH_SIZE = 256  # cases per extract/render task
 
 
 class BuildError(RuntimeError):
@@ -53,6 +66,8 @@ class BuildConfig:
     templates_dir: Path | None = None
     overwrite: bool = False
     progress: bool = True
+    batch_size: int = BATCH_SIZE
+    cache_dir: Path | None = None  # None: a temporary store, removed after the build
 
 
 @dataclass
@@ -88,40 +103,27 @@ class BuildSummary:
         }
 
 
-# -- worker side -------------------------------------------------------------------------
-
-_PLANNER: QAPlanner | None = None
+StageRunner = Callable[[Callable[[Any], Any], Sequence[Any]], list[Any]]
 
 
-def _init_worker(templates: Path | TemplateSet | None, seed: int) -> None:
-    """Give this process its QA planner (workers load the templates themselves)."""
-    global _PLANNER
-    loaded = templates if isinstance(templates, TemplateSet) else load_templates(templates)
-    _PLANNER = QAPlanner(loaded, seed)
+def inline_runner(progress: bool, desc: str) -> StageRunner:
+    """Run a stage's jobs one after another in this process, with a progress bar."""
+
+    def run(stage: Callable[[Any], Any], jobs: Sequence[Any]) -> list[Any]:
+        return [stage(job) for job in tqdm(jobs, desc=desc, unit="batch", disable=not progress)]
+
+    return run
 
 
-def _convert(task: tuple[Case, SourceMeta, SplitRatios]) -> tuple[str, Any]:
-    case, meta, ratios = task
-    assert _PLANNER is not None, "worker not initialised"
-    try:
-        return "converted", convert_case(case, meta, _PLANNER, ratios)
-    except CaseError as exc:
-        return "skipped", str(exc)
-    except PixelError as exc:
-        return "failed", str(exc)
-    except Exception as exc:  # noqa: BLE001 - any other error fails this case, not the build
-        return "failed", f"{type(exc).__name__}: {exc}"
-
-
-# -- parent side -------------------------------------------------------------------------
-
-
-def _discover(config: BuildConfig) -> list[tuple[SourceRequest, Case | Problem]]:
-    found = []
+def discover(config: BuildConfig) -> list[tuple[SourceRequest, Case | Problem]]:
+    """Every case and problem of every source, in a deterministic order."""
+    if not config.sources:
+        raise BuildError("no source given (use --source NAME_OR_SPEC=DATA_ROOT)")
     names = [r.source.name for r in config.sources]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise BuildError(f"source(s) given twice: {', '.join(duplicates)}")
+    found = []
     for request in config.sources:
         if not request.data_root.exists():
             raise BuildError(
@@ -141,7 +143,7 @@ def _relative(path: Path, root: Path) -> str:
         return path.as_posix()
 
 
-def _prepare_out(config: BuildConfig) -> Path:
+def _check_out(config: BuildConfig) -> None:
     out = config.out
     if out.exists() and any(out.iterdir()):
         if not config.overwrite:
@@ -150,84 +152,51 @@ def _prepare_out(config: BuildConfig) -> Path:
             raise BuildError(
                 f"refusing to overwrite {out}: it is not an MMRS build (no manifest.json)"
             )
-    staging = out.parent / f".{out.name}.partial"
-    if staging.exists():
-        shutil.rmtree(staging)
-    (staging / "data").mkdir(parents=True)
-    return staging
 
 
-def _code_version() -> str:
-    digest = hashlib.sha256()
-    package = Path(__file__).resolve().parent
-    for path in sorted(package.rglob("*.py")):
-        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
-    return f"{__version__}+{digest.hexdigest()[:12]}"
+def plan_extract(
+    discovered: list[tuple[SourceRequest, Case | Problem]], batch_size: int, store: Path
+) -> list[ExtractJob]:
+    """Cases in batches of one source each, in discovery order."""
+    jobs: list[ExtractJob] = []
+    batch: list[Case] = []
+    current: SourceRequest | None = None
+
+    def close() -> None:
+        if batch and current is not None:
+            meta = SourceMeta.of(current.source)
+            jobs.append(ExtractJob(len(jobs), meta, tuple(batch), store))
+
+    for request, item in discovered:
+        if not isinstance(item, Case):
+            continue
+        if request is not current or len(batch) >= batch_size:
+            close()
+            batch, current = [], request
+        batch.append(item)
+    close()
+    return jobs
 
 
-def _file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(2**20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+class _Records:
+    """errors.jsonl and the per-source counts, in discovery order."""
 
+    def __init__(self, config: BuildConfig, path: Path, summary: BuildSummary) -> None:
+        self.config, self.summary = config, summary
+        self.handle = path.open("w")
 
-def _results(
-    config: BuildConfig, tasks: list[tuple[Case, SourceMeta, SplitRatios]], templates: TemplateSet
-) -> Iterator[tuple[str, Any]]:
-    """Converted cases in task order, from this process or a pool of workers."""
-    if config.workers <= 1:
-        _init_worker(templates, config.seed)
-        yield from map(_convert, tasks)
-        return
-    # Forked workers inherit the compiled templates; spawned ones load them again.
-    forked = multiprocessing.get_start_method() == "fork"
-    initargs = (templates if forked else config.templates_dir, config.seed)
-    with multiprocessing.Pool(config.workers, _init_worker, initargs) as pool:
-        yield from pool.imap(_convert, tasks, chunksize=CHUNK)
-
-
-def build(config: BuildConfig) -> BuildSummary:
-    """Run a whole build; raises BuildError on bad arguments or, with strict, a bad case."""
-    if not config.sources:
-        raise BuildError("no source given (use --source NAME_OR_SPEC=DATA_ROOT)")
-    templates = load_templates(config.templates_dir)
-    discovered = _discover(config)
-    staging = _prepare_out(config)
-    try:
-        summary = _build_into(config, staging, templates, discovered)
-        previous = config.out.parent / f".{config.out.name}.previous"
-        if config.out.exists():
-            config.out.replace(previous)
-        staging.replace(config.out)
-        if previous.exists():
-            shutil.rmtree(previous)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
-    summary.out = config.out
-    return summary
-
-
-def _build_into(
-    config: BuildConfig,
-    staging: Path,
-    templates: TemplateSet,
-    discovered: list[tuple[SourceRequest, Case | Problem]],
-) -> BuildSummary:
-    summary = BuildSummary(config.out)
-    for request in config.sources:
-        summary.sources[request.source.name] = SourceCounts()
-    writers = {split: SplitWriter(staging / "data", split) for split in SPLITS}
-    image_owner: dict[str, tuple[str, str, str]] = {}  # image_id -> (source, case, split)
-    errors = (staging / "errors.jsonl").open("w")
-
-    def record(
-        request: SourceRequest, status: str, case_id: str | None, file: Path, reason: str
+    def add(
+        self,
+        request: SourceRequest,
+        status: str,
+        case_id: str | None,
+        file: Path,
+        reason: str | None,
     ) -> None:
-        counts = summary.sources[request.source.name]
+        counts = self.summary.sources[request.source.name]
         setattr(counts, status, getattr(counts, status) + 1)
+        if status == "converted":
+            return
         entry = {
             "source": request.source.name,
             "case_id": case_id,
@@ -235,78 +204,158 @@ def _build_into(
             "status": status,
             "reason": reason,
         }
-        errors.write(json.dumps(entry, ensure_ascii=False) + "\n")
-        if config.strict:
+        self.handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        if self.config.strict:
+            self.handle.close()
             raise BuildError(f"{request.source.name}: {entry['file']}: {reason} (--strict)")
 
-    tasks = [
-        (item, SourceMeta.of(request.source), config.ratios)
-        for request, item in discovered
-        if isinstance(item, Case)
-    ]
-    with (
-        errors,
-        tqdm(total=len(tasks), desc="build", unit="image", disable=not config.progress) as bar,
-    ):
-        results = _results(config, tasks, templates)
-        for request, item in discovered:  # in discovery order, so --strict stops at the first
-            summary.sources[request.source.name].discovered += 1
-            if isinstance(item, Problem):
-                record(request, "skipped", item.case_id, item.file, item.reason)
-                continue
-            status, result = next(results)
-            bar.update()
-            if status != "converted":
-                record(request, status, item.case_id, item.image, result)
-                continue
-            assert isinstance(result, Converted)
-            owner = image_owner.get(result.image_id)
-            if owner is not None:
-                record(
-                    request,
-                    "skipped",
-                    item.case_id,
-                    item.image,
-                    f"identical image already converted as {owner[0]}/{owner[1]} ({owner[2]})",
-                )
-                continue
-            image_owner[result.image_id] = (request.source.name, item.case_id, result.split)
-            _count(summary, request, result)
-            writers[result.split].add_image_rows(result.rows)
 
-    for writer in writers.values():
-        writer.close()
-    (staging / "README.md").write_text(render_card(summary.as_dict(), config))
-    (staging / "report.json").write_text(json.dumps(summary.as_dict(), indent=2) + "\n")
-    _write_manifest(staging, config, templates, summary)
+def run_build(
+    config: BuildConfig,
+    run_extract: StageRunner | None = None,
+    run_render: StageRunner | None = None,
+) -> BuildSummary:
+    """Discover, extract, render and assemble a build (see the module docstring)."""
+    run_extract = run_extract or inline_runner(config.progress, "extract")
+    run_render = run_render or inline_runner(config.progress, "render")
+    templates = load_templates(config.templates_dir)
+    discovered = discover(config)
+    _check_out(config)
+    config.out.parent.mkdir(parents=True, exist_ok=True)
+    # Without a cache, the store sits beside --out so its parts can be hard-linked.
+    with tempfile.TemporaryDirectory(
+        prefix=f".{config.out.name}.store-", dir=config.out.parent
+    ) as scratch:
+        store = config.cache_dir or Path(scratch)
+        jobs = plan_extract(discovered, config.batch_size, store)
+        extracted = run_extract(extract_batch, jobs)
+        staging = config.out.parent / f".{config.out.name}.partial"
+        if staging.exists():
+            shutil.rmtree(staging)
+        (staging / "data").mkdir(parents=True)
+        try:
+            summary = _assemble(config, staging, templates, discovered, jobs, extracted, run_render)
+            previous = config.out.parent / f".{config.out.name}.previous"
+            if config.out.exists():
+                config.out.replace(previous)
+            staging.replace(config.out)
+            if previous.exists():
+                shutil.rmtree(previous)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging)
     return summary
 
 
-def _count(summary: BuildSummary, request: SourceRequest, result: Converted) -> None:
-    counts = summary.sources[request.source.name]
-    counts.converted += 1
-    counts.rows += len(result.rows)
-    summary.images += 1
-    for row in result.rows:
-        summary.rows_per_split[row["split"]] += 1
-        summary.rows_per_modality_split[(row["modality"], row["split"])] += 1
-        summary.question_types[row["question_type"]] += 1
-        if row["zone"] is not None:
-            summary.zones[row["zone"]] += 1
+def build(config: BuildConfig) -> BuildSummary:
+    """A whole build in this process, stage by stage (no orchestrator, no cache reuse)."""
+    return run_build(config)
+
+
+def _assemble(
+    config: BuildConfig,
+    staging: Path,
+    templates: TemplateSet,
+    discovered: list[tuple[SourceRequest, Case | Problem]],
+    jobs: list[ExtractJob],
+    extracted: list[ExtractResult],
+    run_render: StageRunner,
+) -> BuildSummary:
+    summary = BuildSummary(config.out)
+    for request in config.sources:
+        summary.sources[request.source.name] = SourceCounts()
+    records = _Records(config, staging / "errors.jsonl", summary)
+    outcomes = iter([o for result in extracted for o in result.outcomes])
+    owner: dict[str, str] = {}  # image_id -> source/case that converted it first
+    skip: list[set[str]] = [set() for _ in jobs]
+    batch_of = {(job.source.name, case.case_id): job.index for job in jobs for case in job.cases}
+    converted: list[tuple[SourceRequest, str, int]] = []
+    for request, item in discovered:  # discovery order, so --strict stops at the first
+        summary.sources[request.source.name].discovered += 1
+        if isinstance(item, Problem):
+            records.add(request, "skipped", item.case_id, item.file, item.reason)
+            continue
+        outcome = next(outcomes)
+        if outcome.status != "converted":
+            records.add(request, outcome.status, item.case_id, item.image, outcome.reason)
+            continue
+        first = owner.setdefault(outcome.image_id, f"{request.source.name}/{item.case_id}")
+        if first != f"{request.source.name}/{item.case_id}":
+            skip[batch_of[(request.source.name, item.case_id)]].add(item.case_id)
+            records.add(
+                request,
+                "skipped",
+                item.case_id,
+                item.image,
+                f"identical image already converted as {first}",
+            )
+            continue
+        records.add(request, "converted", item.case_id, item.image, None)
+        converted.append((request, item.case_id, batch_of[(request.source.name, item.case_id)]))
+    records.handle.close()
+
+    render_jobs = [
+        RenderJob(
+            result.index,
+            result,
+            frozenset(skip[result.index]),
+            config.seed,
+            config.ratios,
+            config.templates_dir,
+            templates.digest,
+            jobs[result.index].store,
+        )
+        for result in extracted
+    ]
+    rendered = run_render(render_batch, render_jobs)
+    for request, case_id, batch in converted:
+        rows = rendered[batch].rows_per_case[case_id]
+        summary.sources[request.source.name].rows += rows
+        summary.images += 1
+    modality = {job.index: job.source.modality for job in jobs}
+    for result in rendered:
+        summary.rows_per_split.update(result.rows_per_split)
+        summary.question_types.update(result.question_types)
+        summary.zones.update(result.zones)
+        for split, rows in result.rows_per_split.items():
+            summary.rows_per_modality_split[(modality[result.index], split)] += rows
+
+    files = _link_shards(staging / "data", rendered)
+    (staging / "README.md").write_text(render_card(summary.as_dict(), config))
+    (staging / "report.json").write_text(json.dumps(summary.as_dict(), indent=2) + "\n")
+    for name in ("errors.jsonl", "README.md", "report.json"):
+        files[name] = file_digest(staging / name)
+    _write_manifest(staging, config, templates, summary, rendered, files)
+    return summary
+
+
+def _link_shards(folder: Path, rendered: list[RenderResult]) -> dict[str, str]:
+    """Each part becomes data/<split>-<i>-of-<n>.parquet (a hard link where possible)."""
+    files: dict[str, str] = {}
+    for split in SPLITS:
+        parts = [part for result in rendered for part in result.parts if part.split == split]
+        for index, part in enumerate(parts):
+            target = folder / f"{split}-{index:05d}-of-{len(parts):05d}.parquet"
+            try:
+                os.link(part.path, target)
+            except OSError:
+                shutil.copyfile(part.path, target)
+            files[f"data/{target.name}"] = part.sha256
+    return dict(sorted(files.items()))
 
 
 def _write_manifest(
-    staging: Path, config: BuildConfig, templates: TemplateSet, summary: BuildSummary
+    staging: Path,
+    config: BuildConfig,
+    templates: TemplateSet,
+    summary: BuildSummary,
+    rendered: list[RenderResult],
+    files: dict[str, str],
 ) -> None:
-    files = {
-        path.relative_to(staging).as_posix(): _file_hash(path)
-        for path in sorted(staging.rglob("*"))
-        if path.is_file()
-    }
     summary_dict = summary.as_dict()
     manifest = {
         "format": "mmrs/1",
-        "code_version": _code_version(),
+        "code_version": f"{__version__}+{code_digest(EXTRACT_CODE + RENDER_CODE)[:12]}",
         "config": {
             "sources": [
                 {
@@ -323,11 +372,13 @@ def _write_manifest(
             "min_component_fraction": MIN_COMPONENT_FRACTION,
             "templates_digest": templates.digest,
             "templates": templates.count(),
+            "batch_size": config.batch_size,
         },
         "counts": summary_dict["sources"],
         "images": summary_dict["images"],
         "rows_per_split": summary_dict["rows_per_split"],
-        "files": files,
+        "render_keys": [result.key for result in rendered],
+        "files": dict(sorted(files.items())),
     }
     path = staging / "manifest.json"
     tmp = staging / ".manifest.json.tmp"

@@ -12,10 +12,9 @@ import hashlib
 import io
 import json
 import math
-import multiprocessing
 import re
 from collections import defaultdict
-from contextlib import ExitStack
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from .facts import Facts, compute_facts
 from .imageio import PixelError, decode_mask
 from .schema import SCHEMA
 from .splits import SPLITS
+from .stages import file_digest
 
 SHARD_NAME = re.compile(r"(?P<split>[a-z]+)-(?P<index>\d{5})-of-(?P<total>\d{5})\.parquet")
 FACT_COLUMNS = (
@@ -180,12 +180,29 @@ def check_row_group(shard: Path, index: int, split: str) -> _Part:
     return part
 
 
-def _check(task: tuple[Path, int, str]) -> _Part:
-    return check_row_group(*task)
+@dataclass(frozen=True)
+class RowGroupJob:
+    """One row group to check; `sha256` is the shard's content hash (a cache key)."""
+
+    shard: Path
+    index: int
+    split: str
+    sha256: str
 
 
-def validate(folder: Path, progress: bool = False, workers: int = 1) -> ValidationResult:
-    """Check an output folder; the result lists every violation found (see module doc)."""
+def check_job(job: RowGroupJob) -> _Part:
+    return check_row_group(job.shard, job.index, job.split)
+
+
+def validate(
+    folder: Path,
+    progress: bool = False,
+    run: Callable[[Callable[[Any], Any], Sequence[Any]], list[Any]] | None = None,
+) -> ValidationResult:
+    """Check an output folder; the result lists every violation found (see module doc).
+
+    `run` runs the per-row-group checks (default: one after another in this process).
+    """
     result = ValidationResult()
     manifest_path = folder / "manifest.json"
     if not manifest_path.is_file():
@@ -195,7 +212,8 @@ def validate(folder: Path, progress: bool = False, workers: int = 1) -> Validati
     shards = sorted((folder / "data").glob("*.parquet"))
     if not shards:
         result.add(f"{folder}/data: no Parquet shards")
-    tasks: list[tuple[Path, int, str]] = []
+    tasks: list[RowGroupJob] = []
+    files = manifest.get("files", {})
     totals: dict[str, set[int]] = defaultdict(set)
     for shard in shards:
         name = SHARD_NAME.fullmatch(shard.name)
@@ -207,7 +225,13 @@ def validate(folder: Path, progress: bool = False, workers: int = 1) -> Validati
         if not parquet.schema_arrow.remove_metadata().equals(SCHEMA):
             result.add(f"{shard.name}: schema differs from the row contract")
             continue
-        tasks += [(shard, index, name["split"]) for index in range(parquet.num_row_groups)]
+        digest = file_digest(shard)
+        if files.get(f"data/{shard.name}") != digest:
+            result.add(f"{shard.name}: content differs from the manifest's hash")
+        tasks += [
+            RowGroupJob(shard, index, name["split"], digest)
+            for index in range(parquet.num_row_groups)
+        ]
     for split, total in totals.items():
         count = sum(1 for s in shards if s.name.startswith(f"{split}-"))
         if total != {count}:
@@ -215,22 +239,19 @@ def validate(folder: Path, progress: bool = False, workers: int = 1) -> Validati
 
     patient_splits: dict[tuple[str, str], set[str]] = defaultdict(set)
     image_splits: dict[str, set[str]] = defaultdict(set)
-    with ExitStack() as stack:
-        if workers > 1 and len(tasks) > 1:
-            parts = stack.enter_context(multiprocessing.Pool(workers)).imap(_check, tasks)
-        else:
-            parts = map(_check, tasks)
-        for part in tqdm(
-            parts, total=len(tasks), desc="validate", unit="row group", disable=not progress
-        ):
-            result.rows += part.rows
-            result.rows_per_split[part.split] = result.rows_per_split.get(part.split, 0) + part.rows
-            for message in part.violations:
-                result.add(message)
-            for source, patient, split in part.patients:
-                patient_splits[(source, patient)].add(split)
-            for image_id, split in part.images:
-                image_splits[image_id].add(split)
+    if run is None:
+        parts = map(check_job, tqdm(tasks, desc="validate", unit="row group", disable=not progress))
+    else:
+        parts = run(check_job, tasks)
+    for part in parts:
+        result.rows += part.rows
+        result.rows_per_split[part.split] = result.rows_per_split.get(part.split, 0) + part.rows
+        for message in part.violations:
+            result.add(message)
+        for source, patient, split in part.patients:
+            patient_splits[(source, patient)].add(split)
+        for image_id, split in part.images:
+            image_splits[image_id].add(split)
     for (source, patient), splits in sorted(patient_splits.items()):
         if len(splits) > 1:
             result.add(f"patient leakage: {source}/{patient} is in {sorted(splits)}")

@@ -144,3 +144,8 @@ class SplitWriter:
             final.append(target)
         self.shards = final
         return final
+
+
+def row_count(path: Path) -> int:
+    """Rows in a Parquet file (from its footer)."""
+    return pq.ParquetFile(path).metadata.num_rows

@@ -12,7 +12,7 @@ import pytest
 from pipeline.build import BuildConfig, SourceRequest, build
 from pipeline.demo import write_busi, write_kvasir, write_montgomery
 from pipeline.sources import REGISTRY
-from pipeline.validate import validate
+from pipeline.validate import SHARD_NAME, validate
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,12 @@ def _rows(folder: Path) -> list[dict]:
 
 def test_output_layout_and_validation(built: Path) -> None:
     names = sorted(p.name for p in (built / "data").iterdir())
-    assert names and all(n.endswith("-00000-of-00001.parquet") for n in names)
+    shards = [SHARD_NAME.fullmatch(n) for n in names]
+    assert names and all(shards)
+    for split in {m["split"] for m in shards}:
+        mine = [m for m in shards if m["split"] == split]
+        assert sorted(int(m["index"]) for m in mine) == list(range(len(mine)))
+        assert {int(m["total"]) for m in mine} == {len(mine)}
     for name in ("README.md", "manifest.json", "errors.jsonl", "report.json"):
         assert (built / name).is_file()
     result = validate(built)

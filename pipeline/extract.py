@@ -1,8 +1,10 @@
-"""One case -> its rows: read pixels, turn to display, compute facts, render QA.
+"""One case -> its pixels and facts: read, check, turn to display, encode masks, analyse.
 
-A pure function of the case, its source's metadata and the QA planner, so it runs the same
-in any worker process. Bad cases raise CaseError (skipped: the data is wrong) or PixelError
-(failed: a file cannot be read); the build records either and goes on.
+The only stage that reads source pixels. A pure function of the case and its source's
+metadata, so it runs the same in any worker; its output is everything the QA stage needs,
+so a change of templates never reads an image again. Bad cases raise CaseError (skipped:
+the data is wrong) or PixelError (failed: a file cannot be read); the build records either
+and goes on.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .facts import analyse
+from .facts import Facts, Instance, analyse
 from .imageio import (
     KEPT_FORMATS,
     encode_mask,
@@ -22,9 +24,7 @@ from .imageio import (
     read_image,
     read_label_map,
 )
-from .qa import QAPlanner
 from .sources.base import Case, SourceInfo
-from .splits import SplitRatios, assign_split
 
 _EXIF_ORIENTATION = 0x0112
 
@@ -48,11 +48,26 @@ class SourceMeta:
 
 
 @dataclass(frozen=True)
-class Converted:
-    case_id: str
+class ExtractedTarget:
+    """One target of one image: its mask (PNG), facts and, when several, its instances."""
+
+    target: str
+    mask_png: bytes
+    facts: Facts
+    instances: list[Instance]  # empty for a single instance (the mask itself)
+
+
+@dataclass(frozen=True)
+class ExtractedCase:
+    """What the QA stage needs of one case; no source file is read after this."""
+
+    case: Case
+    source: SourceMeta
+    image_bytes: bytes
     image_id: str
-    split: str
-    rows: list[dict[str, Any]]
+    width: int
+    height: int
+    targets: list[ExtractedTarget]
 
 
 def _read_masks(case: Case, shape: tuple[int, int]) -> dict[str, np.ndarray]:
@@ -74,10 +89,8 @@ def _read_masks(case: Case, shape: tuple[int, int]) -> dict[str, np.ndarray]:
     return masks
 
 
-def convert_case(
-    case: Case, source: SourceMeta, planner: QAPlanner, ratios: SplitRatios
-) -> Converted:
-    """All rows of one case (see the module docstring for its errors)."""
+def extract_case(case: Case, source: SourceMeta) -> ExtractedCase:
+    """Pixels and facts of one case (see the module docstring for its errors)."""
     decoded = read_image(case.image)
     orientation = decoded.image.getexif().get(_EXIF_ORIENTATION, 1)
     if orientation not in (0, 1):
@@ -100,50 +113,21 @@ def convert_case(
         image_bytes = decoded.data  # no pixel changes: the source's own bytes
     else:
         image_bytes = encode_png(decoded.image)  # lossless, for formats viewers lack
-    image_id = hashlib.sha256(image_bytes).hexdigest()
-    split = assign_split(source.name, case.patient_id, case.official_split, ratios)
     height, width = next(iter(masks.values())).shape if masks else shape
-
-    common = {
-        "image": {"bytes": image_bytes, "path": None},
-        "modality": source.modality,
-        "source": source.name,
-        "case_id": case.case_id,
-        "patient_id": case.patient_id,
-        "split": split,
-        "image_id": image_id,
-        "source_file": case.image.name,
-        "slice_axis": None,
-        "slice_index": None,
-        "spacing_mm": None,
-        "license": source.license,
-        "width": width,
-        "height": height,
-        "patient_side": None,
-        "rewrite": None,
-    }
-    rows: list[dict[str, Any]] = []
+    targets = []
     for target, mask in masks.items():
         facts, instances = analyse(mask)
-        facts_row = facts.as_row()
-        mask_bytes = encode_mask(mask)
-        for qa in planner.plan(facts, target, source.modality, image_id, instances):
-            rows.append(
-                {
-                    **common,
-                    "mask": {
-                        "bytes": encode_mask(qa.mask) if qa.mask is not None else mask_bytes,
-                        "path": None,
-                    },
-                    "question": qa.question,
-                    "answer": qa.answer,
-                    "question_type": qa.question_type,
-                    "options": qa.options,
-                    "target": target,
-                    "template_id": qa.template_id,
-                    **(qa.facts.as_row() if qa.facts else facts_row),
-                }
+        targets.append(
+            ExtractedTarget(
+                target, encode_mask(mask), facts, instances if len(instances) > 1 else []
             )
-    for index, row in enumerate(rows):
-        row["row_id"] = f"{image_id[:16]}-{index:03d}"
-    return Converted(case.case_id, image_id, split, rows)
+        )
+    return ExtractedCase(
+        case=case,
+        source=source,
+        image_bytes=image_bytes,
+        image_id=hashlib.sha256(image_bytes).hexdigest(),
+        width=width,
+        height=height,
+        targets=targets,
+    )

@@ -1,0 +1,254 @@
+"""The build's two batch stages, as plain functions over picklable jobs.
+
+- extract_batch: cases -> pixels and facts (the only stage that reads source files),
+  stored as one payload file in the store, under a key made of the content hashes of every
+  input file, the source's settings and the extract code.
+- render_batch: a payload -> QA rows -> one Parquet part per split, written by the worker
+  that holds the data, under a key made of the extract key, templates, seed, split ratios,
+  the duplicates to leave out and the render code.
+
+Both return small summaries; keys make them cacheable by any orchestrator (flows.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import shutil
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from . import display, extract, facts, imageio, qa, render, schema, splits, writer
+from .extract import CaseError, ExtractedCase, SourceMeta, extract_case
+from .imageio import PixelError
+from .qa import QAPlanner, TemplateSet, load_templates
+from .render import render_case
+from .sources.base import Case
+from .splits import SplitRatios
+from .writer import SplitWriter
+
+EXTRACT_CODE = (extract, facts, imageio, display)
+RENDER_CODE = (render, qa, splits, schema, writer)
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's content, read in blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def code_digest(modules: tuple) -> str:
+    """SHA-256 of the source of the modules that produce a stage's output."""
+    digest = hashlib.sha256()
+    for module in modules:
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()
+
+
+def _key(*parts: object) -> str:
+    return hashlib.sha256(repr(parts).encode()).hexdigest()
+
+
+def _atomic_pickle(value: object, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("wb") as handle:
+        pickle.dump(value, handle, protocol=pickle.HIGHEST_PROTOCOL)
+    tmp.replace(path)
+
+
+@dataclass(frozen=True)
+class CaseOutcome:
+    """How one case left the extract stage."""
+
+    case_id: str
+    file: Path
+    status: str  # "converted" | "skipped" | "failed"
+    reason: str | None = None
+    image_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ExtractJob:
+    index: int
+    source: SourceMeta
+    cases: tuple[Case, ...]
+    store: Path
+
+    def key(self) -> str:
+        """Content hashes of every input file + the source's settings + the extract code."""
+        files = []
+        for case in self.cases:
+            paths = [case.image, *(m.path for m in case.masks)]
+            files.append((case, [file_digest(p) if p.is_file() else None for p in paths]))
+        settings = (self.source, facts.MIN_COMPONENT_FRACTION)
+        return _key("extract", code_digest(EXTRACT_CODE), settings, files)
+
+    def payload(self, key: str) -> Path:
+        return self.store / "extract" / f"{key}.pkl"
+
+    def result(self, key: str) -> Path:
+        return self.store / "extract" / f"{key}.result.pkl"
+
+
+@dataclass(frozen=True)
+class ExtractResult:
+    index: int
+    key: str
+    payload: Path
+    outcomes: tuple[CaseOutcome, ...]
+
+
+def _stored(path: Path) -> object | None:
+    """A stored stage result, or None when absent (or cut short by a crash)."""
+    try:
+        with path.open("rb") as handle:
+            return pickle.load(handle)
+    except (OSError, EOFError, pickle.UnpicklingError):
+        return None
+
+
+def extract_batch(job: ExtractJob) -> ExtractResult:
+    """Extract every case of a batch; bad cases become outcomes, never exceptions.
+
+    A batch whose key is already in the store is not extracted again.
+    """
+    key = job.key()
+    stored = _stored(job.result(key))
+    if isinstance(stored, ExtractResult) and stored.payload.is_file():
+        return replace(stored, index=job.index)
+    extracted: list[ExtractedCase | None] = []
+    outcomes = []
+    for case in job.cases:
+        try:
+            item = extract_case(case, job.source)
+        except CaseError as exc:
+            outcomes.append(CaseOutcome(case.case_id, case.image, "skipped", str(exc)))
+        except PixelError as exc:
+            outcomes.append(CaseOutcome(case.case_id, case.image, "failed", str(exc)))
+        except Exception as exc:  # noqa: BLE001 - any other error fails this case only
+            reason = f"{type(exc).__name__}: {exc}"
+            outcomes.append(CaseOutcome(case.case_id, case.image, "failed", reason))
+        else:
+            extracted.append(item)
+            outcomes.append(CaseOutcome(case.case_id, case.image, "converted", None, item.image_id))
+            continue
+        extracted.append(None)
+    payload = job.payload(key)
+    _atomic_pickle(extracted, payload)
+    result = ExtractResult(job.index, key, payload, tuple(outcomes))
+    _atomic_pickle(result, job.result(key))  # written last: marks the batch complete
+    return result
+
+
+@dataclass(frozen=True)
+class RenderJob:
+    index: int
+    extract: ExtractResult
+    skip: frozenset[str]  # case ids left out (identical images converted elsewhere)
+    seed: int
+    ratios: SplitRatios
+    templates_dir: Path | None
+    templates_digest: str
+    store: Path
+
+    def key(self) -> str:
+        settings = (self.seed, self.ratios, self.templates_digest, sorted(self.skip))
+        return _key("render", code_digest(RENDER_CODE), self.extract.key, settings)
+
+    def parts(self, key: str) -> Path:
+        return self.store / "parts" / key
+
+    def result(self, key: str) -> Path:
+        return self.parts(key) / "result.pkl"
+
+
+@dataclass(frozen=True)
+class Part:
+    """One split's rows of one batch: a Parquet file and its content hash."""
+
+    split: str
+    path: Path
+    sha256: str
+    rows: int
+
+
+@dataclass(frozen=True)
+class RenderResult:
+    index: int
+    key: str
+    parts: tuple[Part, ...]
+    rows_per_case: dict[str, int] = field(default_factory=dict)
+    rows_per_split: Counter = field(default_factory=Counter)
+    question_types: Counter = field(default_factory=Counter)
+    zones: Counter = field(default_factory=Counter)
+
+
+_TEMPLATES: dict[tuple[Path | None, str], TemplateSet] = {}
+
+
+def _templates(directory: Path | None, digest: str) -> TemplateSet:
+    """Templates loaded once per worker process (and checked against the build's digest)."""
+    if (directory, digest) not in _TEMPLATES:
+        loaded = load_templates(directory)
+        if loaded.digest != digest:
+            raise RuntimeError(f"templates in {directory} changed during the build")
+        _TEMPLATES[(directory, digest)] = loaded
+    return _TEMPLATES[(directory, digest)]
+
+
+def render_batch(job: RenderJob) -> RenderResult:
+    """Render and write one batch's rows: one Parquet part per split it has rows in."""
+    key = job.key()
+    stored = _stored(job.result(key))
+    if isinstance(stored, RenderResult) and all(part.path.is_file() for part in stored.parts):
+        return replace(stored, index=job.index)
+    planner = QAPlanner(_templates(job.templates_dir, job.templates_digest), job.seed)
+    with job.extract.payload.open("rb") as handle:
+        extracted: list[ExtractedCase | None] = pickle.load(handle)
+    folder = job.parts(key)
+    staging = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    writers: dict[str, SplitWriter] = {}
+    result = RenderResult(job.index, key, ())
+    for item in extracted:
+        if item is None or item.case.case_id in job.skip:
+            continue
+        rows = render_case(item, planner, job.ratios)
+        split = rows[0]["split"] if rows else None
+        result.rows_per_case[item.case.case_id] = len(rows)
+        if split is None:
+            continue
+        if split not in writers:
+            writers[split] = SplitWriter(staging, split)
+        writers[split].add_image_rows(rows)
+        result.rows_per_split[split] += len(rows)
+        result.question_types.update(row["question_type"] for row in rows)
+        result.zones.update(row["zone"] for row in rows if row["zone"] is not None)
+    parts = []
+    for split in splits.SPLITS:
+        if split in writers:
+            for written in writers[split].close():
+                rows = writer.row_count(written)
+                parts.append(Part(split, folder / written.name, file_digest(written), rows))
+    rendered = RenderResult(
+        job.index,
+        key,
+        tuple(parts),
+        result.rows_per_case,
+        result.rows_per_split,
+        result.question_types,
+        result.zones,
+    )
+    _atomic_pickle(rendered, staging / "result.pkl")
+    if folder.exists():
+        shutil.rmtree(folder)
+    staging.replace(folder)  # the whole batch appears at once
+    return rendered
