@@ -136,6 +136,25 @@ def discover(config: BuildConfig) -> list[tuple[SourceRequest, Case | Problem]]:
     return found
 
 
+def parse_source_arg(value: str, data_root: str | None = None) -> SourceRequest:
+    """ "NAME_OR_SPEC=DATA_ROOT" (or NAME_OR_SPEC with data_root) -> a SourceRequest."""
+    from .sources import resolve_source
+
+    name, sep, root = value.partition("=")
+    if not sep:
+        if data_root is None:
+            raise BuildError(
+                f"--source {value}: give its data root as --source {value}=DATA_ROOT "
+                f"(or --data-root DIR with a single --source)"
+            )
+        root = data_root
+    try:
+        source = resolve_source(name)
+    except ValueError as exc:
+        raise BuildError(str(exc)) from exc
+    return SourceRequest(source, Path(root).expanduser())
+
+
 def _relative(path: Path, root: Path) -> str:
     try:
         return path.relative_to(root).as_posix()
@@ -296,29 +315,27 @@ def _assemble(
 
     render_jobs = [
         RenderJob(
-            result.index,
             result,
-            frozenset(skip[result.index]),
+            frozenset(skip[index]),
             config.seed,
             config.ratios,
             config.templates_dir,
             templates.digest,
-            jobs[result.index].store,
+            jobs[index].store,
         )
-        for result in extracted
+        for index, result in enumerate(extracted)
     ]
     rendered = run_render(render_batch, render_jobs)
     for request, case_id, batch in converted:
         rows = rendered[batch].rows_per_case[case_id]
         summary.sources[request.source.name].rows += rows
         summary.images += 1
-    modality = {job.index: job.source.modality for job in jobs}
-    for result in rendered:
+    for job, result in zip(jobs, rendered, strict=True):
         summary.rows_per_split.update(result.rows_per_split)
         summary.question_types.update(result.question_types)
         summary.zones.update(result.zones)
         for split, rows in result.rows_per_split.items():
-            summary.rows_per_modality_split[(modality[result.index], split)] += rows
+            summary.rows_per_modality_split[(job.source.modality, split)] += rows
 
     files = _link_shards(staging / "data", rendered)
     (staging / "README.md").write_text(render_card(summary.as_dict(), config))

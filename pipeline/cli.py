@@ -4,33 +4,36 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 from . import __version__
-from .build import BuildConfig, BuildError, SourceRequest, build
-from .sources import REGISTRY, resolve_source
+from .build import BATCH_SIZE, BuildError, parse_source_arg
+from .orchestration import RUNNERS, default_cache_dir
+from .sources import REGISTRY
 from .splits import SplitRatios
-from .validate import validate
 
 
-def _source_requests(args: argparse.Namespace) -> tuple[SourceRequest, ...]:
-    requests = []
+def _source_args(args: argparse.Namespace) -> list[str]:
+    """--source values as NAME_OR_SPEC=DATA_ROOT (a lone --source may use --data-root)."""
+    values = []
     for value in args.source:
-        name, sep, root = value.partition("=")
-        if not sep:
+        if "=" not in value:
             if args.data_root is None or len(args.source) > 1:
                 raise BuildError(
                     f"--source {value}: give its data root as --source {value}=DATA_ROOT "
                     f"(or --data-root DIR with a single --source)"
                 )
-            root = args.data_root
-        try:
-            source = resolve_source(name)
-        except ValueError as exc:
-            raise BuildError(str(exc)) from exc
-        requests.append(SourceRequest(source, Path(root).expanduser()))
-    return tuple(requests)
+            value = f"{value}={args.data_root}"
+        parse_source_arg(value)  # fail here, before Prefect starts, on a bad name
+        values.append(value)
+    return values
+
+
+def _quiet_prefect(quiet: bool) -> None:
+    if quiet:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 
 def _print_summary(summary: dict, out: Path) -> None:
@@ -56,42 +59,61 @@ def _print_summary(summary: dict, out: Path) -> None:
         print(f"skipped and failed cases, with reasons: {out / 'errors.jsonl'}")
 
 
-def _print_validation(result, folder: Path) -> None:
-    if result.ok:
-        print(f"valid: {folder} ({result.rows} rows, every fact re-derived from its mask)")
+def _print_validation(result: dict, folder: Path) -> None:
+    if result["ok"]:
+        print(f"valid: {folder} ({result['rows']} rows, every fact re-derived from its mask)")
         return
-    print(f"INVALID: {folder}: {result.violation_count} violation(s)", file=sys.stderr)
-    for message in result.violations:
+    print(f"INVALID: {folder}: {result['violation_count']} violation(s)", file=sys.stderr)
+    for message in result["violations"]:
         print(f"  {message}", file=sys.stderr)
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    config = BuildConfig(
-        sources=_source_requests(args),
-        out=Path(args.out).expanduser(),
+    sources = _source_args(args)
+    SplitRatios.parse(args.split_ratios)  # fail before Prefect starts
+    _quiet_prefect(args.quiet)
+    from flows import build_mmrs
+
+    result = build_mmrs(
+        sources=sources,
+        out=args.out,
         seed=args.seed,
         workers=args.workers,
+        runner=args.runner,
+        dask_address=args.dask_address,
         strict=args.strict,
-        ratios=SplitRatios.parse(args.split_ratios),
-        templates_dir=Path(args.templates) if args.templates else None,
+        split_ratios=args.split_ratios,
+        templates=args.templates,
         overwrite=args.overwrite,
+        batch_size=args.batch_size,
+        cache=not args.no_cache,
+        cache_dir=args.cache_dir,
         progress=not args.quiet,
     )
-    summary = build(config)
-    _print_summary(summary.as_dict(), config.out)
-    result = validate(config.out, progress=not args.quiet, workers=config.workers)
-    _print_validation(result, config.out)
-    return 0 if result.ok else 1
+    out = Path(args.out).expanduser()
+    _print_summary(result["summary"], out)
+    _print_validation(result["validation"], out)
+    return 0 if result["validation"]["ok"] else 1
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    folder = Path(args.folder).expanduser()
-    result = validate(folder, progress=not args.quiet, workers=args.workers)
+    _quiet_prefect(args.quiet)
+    from flows import validate_mmrs
+
+    result = validate_mmrs(
+        folder=args.folder,
+        workers=args.workers,
+        runner=args.runner,
+        dask_address=args.dask_address,
+        cache=not args.no_cache,
+        cache_dir=args.cache_dir,
+        progress=not args.quiet,
+    )
     if args.json:
-        print(json.dumps(result.as_dict(), indent=2))
+        print(json.dumps(result, indent=2))
     else:
-        _print_validation(result, folder)
-    return 0 if result.ok else 1
+        _print_validation(result, Path(args.folder))
+    return 0 if result["ok"] else 1
 
 
 def cmd_sources(args: argparse.Namespace) -> int:
@@ -125,6 +147,18 @@ def cmd_sources(args: argparse.Namespace) -> int:
     return 0
 
 
+def _runner_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--workers", type=int, default=1, help="parallel workers (default 1)")
+    command.add_argument(
+        "--runner", choices=RUNNERS, default="threads", help="Prefect task runner (default threads)"
+    )
+    command.add_argument("--dask-address", help="attach to a running Dask scheduler")
+    command.add_argument("--cache-dir", help=f"task cache (default {default_cache_dir()})")
+    command.add_argument(
+        "--no-cache", action="store_true", help="neither reuse nor keep task results"
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="mmrs", description=__doc__)
     root.add_argument("--version", action="version", version=f"mmrs {__version__}")
@@ -141,7 +175,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--data-root", help="data root of a single --source given without =DATA_ROOT")
     b.add_argument("--out", required=True, help="output folder")
     b.add_argument("--seed", type=int, default=0, help="seed of every QA choice (default 0)")
-    b.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    _runner_options(b)
     b.add_argument("--strict", action="store_true", help="stop at the first bad case")
     b.add_argument(
         "--split-ratios",
@@ -153,13 +187,16 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--overwrite", action="store_true", help="replace an existing MMRS build in --out"
     )
+    b.add_argument(
+        "--batch-size", type=int, default=BATCH_SIZE, help=f"cases per task (default {BATCH_SIZE})"
+    )
     b.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     b.set_defaults(func=cmd_build)
 
     v = commands.add_parser("validate", help="check a built folder against the row contract")
     v.add_argument("folder")
     v.add_argument("--json", action="store_true", help="print the result as JSON")
-    v.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    _runner_options(v)
     v.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     v.set_defaults(func=cmd_validate)
 

@@ -17,7 +17,8 @@ import os
 import pickle
 import shutil
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from . import display, extract, facts, imageio, qa, render, schema, splits, writer
@@ -54,7 +55,8 @@ def _key(*parts: object) -> str:
     return hashlib.sha256(repr(parts).encode()).hexdigest()
 
 
-def _atomic_pickle(value: object, path: Path) -> None:
+def atomic_pickle(value: object, path: Path) -> None:
+    """Write a pickle so that readers see all of it or nothing."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with tmp.open("wb") as handle:
@@ -80,6 +82,7 @@ class ExtractJob:
     cases: tuple[Case, ...]
     store: Path
 
+    @cached_property
     def key(self) -> str:
         """Content hashes of every input file + the source's settings + the extract code."""
         files = []
@@ -98,13 +101,12 @@ class ExtractJob:
 
 @dataclass(frozen=True)
 class ExtractResult:
-    index: int
     key: str
     payload: Path
     outcomes: tuple[CaseOutcome, ...]
 
 
-def _stored(path: Path) -> object | None:
+def stored_result(path: Path) -> object | None:
     """A stored stage result, or None when absent (or cut short by a crash)."""
     try:
         with path.open("rb") as handle:
@@ -118,10 +120,10 @@ def extract_batch(job: ExtractJob) -> ExtractResult:
 
     A batch whose key is already in the store is not extracted again.
     """
-    key = job.key()
-    stored = _stored(job.result(key))
+    key = job.key
+    stored = stored_result(job.result(key))
     if isinstance(stored, ExtractResult) and stored.payload.is_file():
-        return replace(stored, index=job.index)
+        return stored
     extracted: list[ExtractedCase | None] = []
     outcomes = []
     for case in job.cases:
@@ -140,15 +142,14 @@ def extract_batch(job: ExtractJob) -> ExtractResult:
             continue
         extracted.append(None)
     payload = job.payload(key)
-    _atomic_pickle(extracted, payload)
-    result = ExtractResult(job.index, key, payload, tuple(outcomes))
-    _atomic_pickle(result, job.result(key))  # written last: marks the batch complete
+    atomic_pickle(extracted, payload)
+    result = ExtractResult(key, payload, tuple(outcomes))
+    atomic_pickle(result, job.result(key))  # written last: marks the batch complete
     return result
 
 
 @dataclass(frozen=True)
 class RenderJob:
-    index: int
     extract: ExtractResult
     skip: frozenset[str]  # case ids left out (identical images converted elsewhere)
     seed: int
@@ -157,7 +158,9 @@ class RenderJob:
     templates_digest: str
     store: Path
 
+    @cached_property
     def key(self) -> str:
+        """The extract key + templates, seed, ratios, left-out cases + the render code."""
         settings = (self.seed, self.ratios, self.templates_digest, sorted(self.skip))
         return _key("render", code_digest(RENDER_CODE), self.extract.key, settings)
 
@@ -180,7 +183,6 @@ class Part:
 
 @dataclass(frozen=True)
 class RenderResult:
-    index: int
     key: str
     parts: tuple[Part, ...]
     rows_per_case: dict[str, int] = field(default_factory=dict)
@@ -204,10 +206,10 @@ def _templates(directory: Path | None, digest: str) -> TemplateSet:
 
 def render_batch(job: RenderJob) -> RenderResult:
     """Render and write one batch's rows: one Parquet part per split it has rows in."""
-    key = job.key()
-    stored = _stored(job.result(key))
+    key = job.key
+    stored = stored_result(job.result(key))
     if isinstance(stored, RenderResult) and all(part.path.is_file() for part in stored.parts):
-        return replace(stored, index=job.index)
+        return stored
     planner = QAPlanner(_templates(job.templates_dir, job.templates_digest), job.seed)
     with job.extract.payload.open("rb") as handle:
         extracted: list[ExtractedCase | None] = pickle.load(handle)
@@ -217,7 +219,7 @@ def render_batch(job: RenderJob) -> RenderResult:
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
     writers: dict[str, SplitWriter] = {}
-    result = RenderResult(job.index, key, ())
+    result = RenderResult(key, ())
     for item in extracted:
         if item is None or item.case.case_id in job.skip:
             continue
@@ -239,7 +241,6 @@ def render_batch(job: RenderJob) -> RenderResult:
                 rows = writer.row_count(written)
                 parts.append(Part(split, folder / written.name, file_digest(written), rows))
     rendered = RenderResult(
-        job.index,
         key,
         tuple(parts),
         result.rows_per_case,
@@ -247,7 +248,7 @@ def render_batch(job: RenderJob) -> RenderResult:
         result.question_types,
         result.zones,
     )
-    _atomic_pickle(rendered, staging / "result.pkl")
+    atomic_pickle(rendered, staging / "result.pkl")
     if folder.exists():
         shutil.rmtree(folder)
     staging.replace(folder)  # the whole batch appears at once

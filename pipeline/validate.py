@@ -16,6 +16,7 @@ import re
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +24,13 @@ import pyarrow.parquet as pq
 from PIL import Image
 from tqdm import tqdm
 
+from . import factcheck, facts, imageio, schema
 from .factcheck import check_answer
 from .facts import Facts, compute_facts
 from .imageio import PixelError, decode_mask
 from .schema import SCHEMA
 from .splits import SPLITS
-from .stages import file_digest
+from .stages import atomic_pickle, code_digest, file_digest, stored_result
 
 SHARD_NAME = re.compile(r"(?P<split>[a-z]+)-(?P<index>\d{5})-of-(?P<total>\d{5})\.parquet")
 FACT_COLUMNS = (
@@ -43,6 +45,7 @@ FACT_COLUMNS = (
     "prsmed_position",
     "prsmed_near_center",
 )
+VALIDATE_CODE = (facts, factcheck, imageio, schema)
 MAX_REPORTED = 50  # violations listed in full; all are counted
 
 
@@ -182,21 +185,42 @@ def check_row_group(shard: Path, index: int, split: str) -> _Part:
 
 @dataclass(frozen=True)
 class RowGroupJob:
-    """One row group to check; `sha256` is the shard's content hash (a cache key)."""
+    """One row group to check, keyed by its shard's content hash and the checking code."""
 
     shard: Path
     index: int
     split: str
     sha256: str
+    store: Path | None = None  # where results are kept for the next run (None: nowhere)
+
+    @cached_property
+    def key(self) -> str:
+        code = code_digest(VALIDATE_CODE)
+        return hashlib.sha256(
+            f"{code}|{self.sha256}|{self.index}|{self.split}".encode()
+        ).hexdigest()
+
+    def result(self, key: str) -> Path:
+        return (self.store or Path(".")) / "validate" / f"{key}.pkl"
 
 
 def check_job(job: RowGroupJob) -> _Part:
-    return check_row_group(job.shard, job.index, job.split)
+    """check_row_group, reusing a stored result for the same content and code."""
+    if job.store is None:
+        return check_row_group(job.shard, job.index, job.split)
+    key = job.key
+    stored = stored_result(job.result(key))
+    if isinstance(stored, _Part):
+        return stored
+    part = check_row_group(job.shard, job.index, job.split)
+    atomic_pickle(part, job.result(key))
+    return part
 
 
 def validate(
     folder: Path,
     progress: bool = False,
+    store: Path | None = None,
     run: Callable[[Callable[[Any], Any], Sequence[Any]], list[Any]] | None = None,
 ) -> ValidationResult:
     """Check an output folder; the result lists every violation found (see module doc).
@@ -229,7 +253,7 @@ def validate(
         if files.get(f"data/{shard.name}") != digest:
             result.add(f"{shard.name}: content differs from the manifest's hash")
         tasks += [
-            RowGroupJob(shard, index, name["split"], digest)
+            RowGroupJob(shard, index, name["split"], digest, store)
             for index in range(parquet.num_row_groups)
         ]
     for split, total in totals.items():

@@ -27,7 +27,7 @@ def test_sources_lists_the_registry(capsys) -> None:
     assert registry["busi"]["modality"] == "ultrasound"
 
 
-def test_build_then_validate(tmp_path: Path, capsys) -> None:
+def test_build_then_validate(tmp_path: Path, capsys, prefect_api) -> None:
     write_busi(tmp_path, 6)
     out = tmp_path / "out"
     # The data root may be the class folders' parent or the folder above it.
@@ -56,6 +56,8 @@ def test_bad_arguments_get_one_line_errors(tmp_path: Path, capsys) -> None:
     assert "split ratios" in capsys.readouterr().err
 
 
-def test_validate_fails_on_a_folder_that_is_not_a_build(tmp_path: Path, capsys) -> None:
+def test_validate_fails_on_a_folder_that_is_not_a_build(
+    tmp_path: Path, capsys, prefect_api
+) -> None:
     assert main(["validate", str(tmp_path), "-q"]) == 1
     assert "no manifest.json" in capsys.readouterr().err

@@ -1,0 +1,174 @@
+"""Prefect flows: `build-mmrs` and `validate-mmrs`.
+
+The stages are plain library functions (pipeline/); this module only wires them. Each batch
+of cases is one task (extract, render) and each Parquet row group one validation task. A
+task's cache key is its job's content key (input file hashes, configuration, the code that
+produces it), used while its result is in the store, so an unchanged re-run converts
+nothing, a template change re-renders without reading images, and a killed build resumes.
+Tasks run on the chosen task runner: threads, processes, or Dask (a LocalCluster or
+--dask-address). Nothing secret is a parameter: credentials come from the environment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from pipeline.orchestration import apply_prefect_defaults, default_cache_dir, make_task_runner
+
+apply_prefect_defaults()
+
+from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect.artifacts import create_markdown_artifact, create_table_artifact  # noqa: E402
+from prefect.cache_policies import CachePolicy  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from pipeline.build import BuildConfig, BuildError, parse_source_arg, run_build  # noqa: E402
+from pipeline.splits import SplitRatios  # noqa: E402
+from pipeline.stages import extract_batch, render_batch  # noqa: E402
+from pipeline.validate import ValidationResult, check_job, validate  # noqa: E402
+
+
+class StoredJob(CachePolicy):
+    """Cache key = the job's content key, as long as its result is in the store."""
+
+    def compute_key(self, task_ctx, inputs, flow_parameters, **kwargs) -> str | None:
+        job = inputs["job"]
+        if getattr(job, "store", None) is None:
+            return None
+        key = job.key
+        return key if job.result(key).is_file() else None
+
+
+extract_task = task(extract_batch, name="extract-batch", cache_policy=StoredJob())
+render_task = task(render_batch, name="render-batch", cache_policy=StoredJob())
+check_task = task(check_job, name="check-row-group", cache_policy=StoredJob())
+
+
+def _on(task_runner, prefect_task, desc: str, progress: bool):
+    """A stage runner that submits every job to the task runner; results in job order."""
+
+    def run(stage: Callable[[Any], Any], jobs: Sequence[Any]) -> list[Any]:
+        futures = [task_runner.submit(prefect_task, parameters={"job": job}) for job in jobs]
+        bar = tqdm(futures, desc=desc, unit="batch", disable=not progress)
+        return [future.result() for future in bar]
+
+    return run
+
+
+def _store(cache: bool, cache_dir: str | None) -> Path | None:
+    if not cache:
+        return None
+    return Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+
+
+def _report_validation(result: ValidationResult, folder: str) -> None:
+    lines = [f"# Validation of `{folder}`", "", f"- rows: {result.rows}"]
+    lines += [f"- {split}: {rows} rows" for split, rows in sorted(result.rows_per_split.items())]
+    lines.append(f"- violations: {result.violation_count}")
+    lines += [f"  - {message}" for message in result.violations]
+    create_markdown_artifact("\n".join(lines), key="mmrs-validation", description="mmrs validate")
+
+
+@flow(name="validate-mmrs", log_prints=True)
+def validate_mmrs(
+    folder: str,
+    workers: int = 1,
+    runner: str = "threads",
+    dask_address: str | None = None,
+    cache: bool = True,
+    cache_dir: str | None = None,
+    progress: bool = False,
+) -> dict:
+    """Check a built folder against the row contract (see pipeline/validate.py)."""
+    store = _store(cache, cache_dir)
+    with make_task_runner(runner, workers, dask_address) as task_runner:
+        result = validate(
+            Path(folder), store=store, run=_on(task_runner, check_task, "validate", progress)
+        )
+    _report_validation(result, folder)
+    return result.as_dict()
+
+
+@flow(name="build-mmrs", log_prints=True)
+def build_mmrs(
+    sources: list[str],
+    out: str,
+    seed: int = 0,
+    workers: int = 1,
+    runner: str = "threads",
+    dask_address: str | None = None,
+    strict: bool = False,
+    split_ratios: str = "0.8,0.1,0.1",
+    templates: str | None = None,
+    overwrite: bool = False,
+    batch_size: int = 256,
+    cache: bool = True,
+    cache_dir: str | None = None,
+    check: bool = True,
+    progress: bool = False,
+) -> dict:
+    """Build MMRS from sources given as "NAME_OR_SPEC=DATA_ROOT"; validate it (check)."""
+    store = _store(cache, cache_dir)
+    config = BuildConfig(
+        sources=tuple(parse_source_arg(value) for value in sources),
+        out=Path(out).expanduser(),
+        seed=seed,
+        workers=workers,
+        strict=strict,
+        ratios=SplitRatios.parse(split_ratios),
+        templates_dir=Path(templates).expanduser() if templates else None,
+        overwrite=overwrite,
+        progress=progress,
+        batch_size=batch_size,
+        cache_dir=store,
+    )
+    logger = get_run_logger()
+    with make_task_runner(runner, workers, dask_address) as task_runner:
+        summary = run_build(
+            config,
+            _on(task_runner, extract_task, "extract", progress),
+            _on(task_runner, render_task, "render", progress),
+        ).as_dict()
+        _report_build(summary, out)
+        logger.info("built %s: %s rows", out, summary["rows"])
+        validation = None
+        if check:
+            result = validate(
+                config.out, store=store, run=_on(task_runner, check_task, "validate", progress)
+            )
+            _report_validation(result, out)
+            validation = result.as_dict()
+    return {"summary": summary, "validation": validation}
+
+
+def _report_build(summary: dict, out: str) -> None:
+    table = [{"source": name, **counts} for name, counts in summary["sources"].items()]
+    create_table_artifact(table, key="mmrs-build-sources", description=f"mmrs build {out}")
+    rows = [
+        {"modality/split": key, "rows": value}
+        for key, value in summary["rows_per_modality_split"].items()
+    ]
+    create_table_artifact(rows, key="mmrs-build-rows", description="rows per modality x split")
+    lines = [
+        f"# MMRS build `{out}`",
+        "",
+        f"- images: {summary['images']}",
+        f"- rows: {summary['rows']}",
+        "",
+        "## Zones",
+        "",
+    ]
+    lines += [f"- {zone}: {count}" for zone, count in summary["zones"].items()]
+    lines += ["", "## Question types", ""]
+    lines += [f"- {kind}: {count}" for kind, count in summary["question_types"].items()]
+    lines += ["", "## Errors", ""]
+    lines += [
+        f"- {name}: {c['skipped']} skipped, {c['failed']} failed (see errors.jsonl)"
+        for name, c in summary["sources"].items()
+    ]
+    create_markdown_artifact("\n".join(lines), key="mmrs-build", description="build summary")
+
+
+__all__ = ["BuildError", "build_mmrs", "validate_mmrs"]
