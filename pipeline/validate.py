@@ -20,6 +20,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 from tqdm import tqdm
@@ -204,15 +205,22 @@ class RowGroupJob:
         return (self.store or Path(".")) / "validate" / f"{key}.pkl"
 
 
+def _checked(job: RowGroupJob) -> _Part:
+    try:
+        return check_row_group(job.shard, job.index, job.split)
+    except (pa.ArrowException, OSError) as exc:
+        return _Part(job.split, violations=[f"{job.shard.name} row group {job.index}: {exc}"])
+
+
 def check_job(job: RowGroupJob) -> _Part:
     """check_row_group, reusing a stored result for the same content and code."""
     if job.store is None:
-        return check_row_group(job.shard, job.index, job.split)
+        return _checked(job)
     key = job.key
     stored = stored_result(job.result(key))
     if isinstance(stored, _Part):
         return stored
-    part = check_row_group(job.shard, job.index, job.split)
+    part = _checked(job)
     atomic_pickle(part, job.result(key))
     return part
 
@@ -245,13 +253,17 @@ def validate(
             result.add(f"{shard.name}: not named <split>-<i>-of-<n>.parquet")
             continue
         totals[name["split"]].add(int(name["total"]))
-        parquet = pq.ParquetFile(shard)
-        if not parquet.schema_arrow.remove_metadata().equals(SCHEMA):
-            result.add(f"{shard.name}: schema differs from the row contract")
-            continue
         digest = file_digest(shard)
         if files.get(f"data/{shard.name}") != digest:
             result.add(f"{shard.name}: content differs from the manifest's hash")
+        try:
+            parquet = pq.ParquetFile(shard)
+        except (pa.ArrowException, OSError) as exc:
+            result.add(f"{shard.name}: not a readable Parquet file ({exc})")
+            continue
+        if not parquet.schema_arrow.remove_metadata().equals(SCHEMA):
+            result.add(f"{shard.name}: schema differs from the row contract")
+            continue
         tasks += [
             RowGroupJob(shard, index, name["split"], digest, store)
             for index in range(parquet.num_row_groups)
