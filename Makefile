@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DEMO_DATA := out/demo-data
 DEMO_OUT := out/demo-mmrs
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean prefect-server prefect-pool prefect-deploy prefect-worker
 
 $(BIN)/mmrs: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,3 +37,20 @@ bench: install
 
 clean:
 	rm -rf out .pytest_cache
+
+# Prefect deployments (README, "Running with Prefect"): a server, a process work pool, the
+# deployments of prefect.yaml, and a worker. Run each in its own terminal or session.
+PREFECT := PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 $(BIN)/prefect
+POOL := mmrs-process
+
+prefect-server: install
+	$(PREFECT) server start --host 127.0.0.1
+
+prefect-pool: install
+	$(PREFECT) work-pool create $(POOL) --type process --overwrite
+
+prefect-deploy: install
+	MMRS_PROJECT_DIR=$(CURDIR) $(PREFECT) --no-prompt deploy --all
+
+prefect-worker: install
+	$(PREFECT) worker start --pool $(POOL)
