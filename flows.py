@@ -1,7 +1,7 @@
 """Prefect flows: `build-mmrs` and `validate-mmrs`.
 
 The stages are plain library functions (pipeline/); this module only wires them. Each batch
-of cases is one task (extract, render) and each Parquet row group one validation task. A
+of cases is one task (extract, render) and each Parquet shard one validation task. A
 task's cache key is its job's content key (input file hashes, configuration, the code that
 produces it), used while its result is in the store, so an unchanged re-run converts
 nothing, a template change re-renders without reading images, and a killed build resumes.
@@ -43,7 +43,7 @@ class StoredJob(CachePolicy):
 
 extract_task = task(extract_batch, name="extract-batch", cache_policy=StoredJob())
 render_task = task(render_batch, name="render-batch", cache_policy=StoredJob())
-check_task = task(check_job, name="check-row-group", cache_policy=StoredJob())
+check_task = task(check_job, name="check-shard", cache_policy=StoredJob())
 
 
 def _on(task_runner, prefect_task, desc: str, progress: bool):

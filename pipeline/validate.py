@@ -185,35 +185,41 @@ def check_row_group(shard: Path, index: int, split: str) -> _Part:
 
 
 @dataclass(frozen=True)
-class RowGroupJob:
-    """One row group to check, keyed by its shard's content hash and the checking code."""
+class ShardJob:
+    """One shard to check, keyed by its content hash and the checking code."""
 
     shard: Path
-    index: int
     split: str
     sha256: str
+    row_groups: int
     store: Path | None = None  # where results are kept for the next run (None: nowhere)
 
     @cached_property
     def key(self) -> str:
         code = code_digest(VALIDATE_CODE)
-        return hashlib.sha256(
-            f"{code}|{self.sha256}|{self.index}|{self.split}".encode()
-        ).hexdigest()
+        return hashlib.sha256(f"{code}|{self.sha256}|{self.split}".encode()).hexdigest()
 
     def result(self, key: str) -> Path:
         return (self.store or Path(".")) / "validate" / f"{key}.pkl"
 
 
-def _checked(job: RowGroupJob) -> _Part:
-    try:
-        return check_row_group(job.shard, job.index, job.split)
-    except (pa.ArrowException, OSError) as exc:
-        return _Part(job.split, violations=[f"{job.shard.name} row group {job.index}: {exc}"])
+def _checked(job: ShardJob) -> _Part:
+    """Every row group of a shard; a row group that cannot be read is a violation."""
+    whole = _Part(job.split)
+    for index in range(job.row_groups):
+        try:
+            part = check_row_group(job.shard, index, job.split)
+        except (pa.ArrowException, OSError) as exc:
+            part = _Part(job.split, violations=[f"{job.shard.name} row group {index}: {exc}"])
+        whole.rows += part.rows
+        whole.violations += part.violations
+        whole.patients |= part.patients
+        whole.images |= part.images
+    return whole
 
 
-def check_job(job: RowGroupJob) -> _Part:
-    """check_row_group, reusing a stored result for the same content and code."""
+def check_job(job: ShardJob) -> _Part:
+    """Check a shard, reusing a stored result for the same content and code."""
     if job.store is None:
         return _checked(job)
     key = job.key
@@ -233,7 +239,7 @@ def validate(
 ) -> ValidationResult:
     """Check an output folder; the result lists every violation found (see module doc).
 
-    `run` runs the per-row-group checks (default: one after another in this process).
+    `run` runs the per-shard checks (default: one after another in this process).
     """
     result = ValidationResult()
     manifest_path = folder / "manifest.json"
@@ -244,7 +250,7 @@ def validate(
     shards = sorted((folder / "data").glob("*.parquet"))
     if not shards:
         result.add(f"{folder}/data: no Parquet shards")
-    tasks: list[RowGroupJob] = []
+    tasks: list[ShardJob] = []
     files = manifest.get("files", {})
     totals: dict[str, set[int]] = defaultdict(set)
     for shard in shards:
@@ -264,10 +270,7 @@ def validate(
         if not parquet.schema_arrow.remove_metadata().equals(SCHEMA):
             result.add(f"{shard.name}: schema differs from the row contract")
             continue
-        tasks += [
-            RowGroupJob(shard, index, name["split"], digest, store)
-            for index in range(parquet.num_row_groups)
-        ]
+        tasks.append(ShardJob(shard, name["split"], digest, parquet.num_row_groups, store))
     for split, total in totals.items():
         count = sum(1 for s in shards if s.name.startswith(f"{split}-"))
         if total != {count}:
@@ -276,7 +279,7 @@ def validate(
     patient_splits: dict[tuple[str, str], set[str]] = defaultdict(set)
     image_splits: dict[str, set[str]] = defaultdict(set)
     if run is None:
-        parts = map(check_job, tqdm(tasks, desc="validate", unit="row group", disable=not progress))
+        parts = map(check_job, tqdm(tasks, desc="validate", unit="shard", disable=not progress))
     else:
         parts = run(check_job, tasks)
     for part in parts:
