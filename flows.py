@@ -11,6 +11,7 @@ Tasks run on the chosen task runner: threads, processes, or Dask (a LocalCluster
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,14 +32,19 @@ from pipeline.validate import ValidationResult, check_job, validate  # noqa: E40
 
 
 class StoredJob(CachePolicy):
-    """Cache key = the job's content key, as long as its result is in the store."""
+    """Cache key = the job's content key in its store, as long as its result is there.
+
+    The store is part of the key: a cached result names files in the store it came from.
+    """
 
     def compute_key(self, task_ctx, inputs, flow_parameters, **kwargs) -> str | None:
         job = inputs["job"]
         if getattr(job, "store", None) is None:
             return None
         key = job.key
-        return key if job.result(key).is_file() else None
+        if not job.result(key).is_file():
+            return None
+        return hashlib.sha256(f"{key}|{Path(job.store).resolve()}".encode()).hexdigest()
 
 
 extract_task = task(extract_batch, name="extract-batch", cache_policy=StoredJob())
