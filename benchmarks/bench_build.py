@@ -9,7 +9,10 @@ measures, each in its own fresh subprocess:
   'L' PNG per target mask (Pillow defaults). Referring rows of multi-component images would
   add one more mask PNG each; the phantoms have one lesion per image, so there are none.
 * the BUILD: `python -m pipeline.cli build --source isic2018=ROOT --out OUT -q --overwrite
-  --workers W` (discovery, conversion, Parquet, card, manifest and the final validation).
+  --workers W --no-cache --runner R --batch-size B` (discovery, conversion, Parquet, card,
+  manifest and the final validation), through the build-mmrs Prefect flow. By default one
+  Prefect server on 127.0.0.1 serves every build (PREFECT_API_URL), as in a deployment;
+  --ephemeral lets each build start Prefect's embedded API instead.
 
 Timing: wall clock of the WHOLE subprocess (fork/exec, interpreter start and imports
 included) for both floor and build, so `ratio = build wall (workers=1) / floor wall`. The
@@ -36,12 +39,14 @@ import os
 import platform
 import random
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -404,7 +409,8 @@ def bench_size(count: int, args: argparse.Namespace, env: dict[str, str]) -> dic
                 command = [
                     python, "-m", "pipeline.cli", "build",
                     "--source", f"isic2018={root}", "--out", str(out),
-                    "-q", "--overwrite", "--workers", str(workers),
+                    "-q", "--overwrite", "--workers", str(workers), "--no-cache",
+                    "--runner", args.runner, "--batch-size", str(args.batch_size),
                 ]  # fmt: skip
                 measured = run_measured(command, PROJECT, args.interval, args.timeout, env)
                 _check(measured, f"build N={count} workers={workers}")
@@ -610,10 +616,46 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--timeout", type=float, default=3600, help="kill a measured run after this many s"
     )
     parser.add_argument("--python", default=sys.executable, help="interpreter of the measured runs")
+    parser.add_argument(
+        "--runner", default="processes", help="Prefect task runner of the builds (processes)"
+    )
+    parser.add_argument("--batch-size", type=int, default=64, help="cases per task (64)")
+    parser.add_argument(
+        "--ephemeral",
+        action="store_true",
+        help="let every build start Prefect's embedded API (default: one Prefect server on "
+        "127.0.0.1 for all builds, as a deployment has)",
+    )
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
     return args
+
+
+def start_prefect_server(python: str, env: dict[str, str]) -> subprocess.Popen:
+    """One Prefect server on 127.0.0.1 for every build; sets PREFECT_API_URL in env."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server_env = {**env, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+    server_env.pop("PREFECT_API_URL", None)
+    command = [python, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
+               str(port)]  # fmt: skip
+    server = subprocess.Popen(
+        command, env=server_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/api"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2):
+                env["PREFECT_API_URL"] = url
+                return server
+        except OSError:
+            time.sleep(0.5)
+    _stop_group(server, reaped=False)
+    raise RuntimeError("the Prefect server did not start in 120 s")
 
 
 def _terminate(signum: int, _frame: Any) -> None:
@@ -632,7 +674,15 @@ def main(argv: list[str] | None = None) -> int:
         print("bench_build: needs Linux /proc to measure memory", file=sys.stderr)
         return 2
     env = {**os.environ, "PYTHONPATH": str(PROJECT), "PYTHONUNBUFFERED": "1"}
-    results = [bench_size(count, args, env) for count in args.sizes]
+    env.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    with tempfile.TemporaryDirectory(prefix="mmrs-bench-prefect-") as home:
+        env["PREFECT_HOME"] = home
+        server = None if args.ephemeral else start_prefect_server(args.python, env)
+        try:
+            results = [bench_size(count, args, env) for count in args.sizes]
+        finally:
+            if server is not None:
+                _stop_group(server, reaped=False)
     print(
         f"\nMMRS build benchmark: python {platform.python_version()}, "
         f"{os.cpu_count()} CPU(s), source isic2018, seed {args.seed}\n"
