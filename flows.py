@@ -52,12 +52,12 @@ render_task = task(render_batch, name="render-batch", cache_policy=StoredJob())
 check_task = task(check_job, name="check-shard", cache_policy=StoredJob())
 
 
-def _on(task_runner, prefect_task, desc: str, progress: bool):
+def _on(task_runner, prefect_task, desc: str, progress: bool, unit: str = "batch"):
     """A stage runner that submits every job to the task runner; results in job order."""
 
     def run(stage: Callable[[Any], Any], jobs: Sequence[Any]) -> list[Any]:
         futures = [task_runner.submit(prefect_task, parameters={"job": job}) for job in jobs]
-        bar = tqdm(futures, desc=desc, unit="batch", disable=not progress)
+        bar = tqdm(futures, desc=desc, unit=unit, disable=not progress)
         return [future.result() for future in bar]
 
     return run
@@ -91,7 +91,9 @@ def validate_mmrs(
     store = _store(cache, cache_dir)
     with make_task_runner(runner, workers, dask_address) as task_runner:
         result = validate(
-            Path(folder), store=store, run=_on(task_runner, check_task, "validate", progress)
+            Path(folder),
+            store=store,
+            run=_on(task_runner, check_task, "validate", progress, "shard"),
         )
     _report_validation(result, folder)
     return result.as_dict()
@@ -142,7 +144,9 @@ def build_mmrs(
         validation = None
         if check:
             result = validate(
-                config.out, store=store, run=_on(task_runner, check_task, "validate", progress)
+                config.out,
+                store=store,
+                run=_on(task_runner, check_task, "validate", progress, "shard"),
             )
             _report_validation(result, out)
             validation = result.as_dict()

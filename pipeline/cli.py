@@ -31,8 +31,9 @@ def _source_args(args: argparse.Namespace) -> list[str]:
     return values
 
 
-def _quiet_prefect(quiet: bool) -> None:
-    if quiet:
+def _prefect_console(verbose: bool) -> None:
+    """Prefect's per-task log lines only with --verbose (the UI keeps them either way)."""
+    if not verbose:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 
@@ -71,7 +72,7 @@ def _print_validation(result: dict, folder: Path) -> None:
 def cmd_build(args: argparse.Namespace) -> int:
     sources = _source_args(args)
     SplitRatios.parse(args.split_ratios)  # fail before Prefect starts
-    _quiet_prefect(args.quiet)
+    _prefect_console(args.verbose)
     from flows import build_mmrs
 
     result = build_mmrs(
@@ -97,7 +98,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    _quiet_prefect(args.quiet)
+    _prefect_console(args.verbose)
     from flows import validate_mmrs
 
     result = validate_mmrs(
@@ -191,6 +192,7 @@ def parser() -> argparse.ArgumentParser:
         "--batch-size", type=int, default=BATCH_SIZE, help=f"cases per task (default {BATCH_SIZE})"
     )
     b.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    b.add_argument("-v", "--verbose", action="store_true", help="show Prefect's log lines")
     b.set_defaults(func=cmd_build)
 
     v = commands.add_parser("validate", help="check a built folder against the row contract")
@@ -198,6 +200,7 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--json", action="store_true", help="print the result as JSON")
     _runner_options(v)
     v.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    v.add_argument("-v", "--verbose", action="store_true", help="show Prefect's log lines")
     v.set_defaults(func=cmd_validate)
 
     s = commands.add_parser("sources", help="list the built-in sources")
