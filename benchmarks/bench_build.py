@@ -617,7 +617,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--python", default=sys.executable, help="interpreter of the measured runs")
     parser.add_argument(
-        "--runner", default="processes", help="Prefect task runner of the builds (processes)"
+        "--runner", default="threads", help="Prefect task runner of the builds (threads)"
     )
     parser.add_argument("--batch-size", type=int, default=64, help="cases per task (64)")
     parser.add_argument(
