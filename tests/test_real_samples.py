@@ -471,19 +471,19 @@ COVID_QU_EX_SPLITS = {"Train": "train", "Val": "validation", "Test": "test"}
 COVID_INFECTION_CASES = ("61", "63", "64")
 
 
+def _covid_case(folder: Path, case: str) -> None:
+    """One covid_semiseg_infnet slice as a COVID-QU-Ex image with its "lung mask"."""
+    save_as(
+        COVID / "LungInfection-Test" / "Imgs" / f"{case}.jpg", folder / "images" / f"{case}.png"
+    )
+    copy(COVID / "LungInfection-Test" / "GT" / f"{case}.png", folder / "lung masks" / f"{case}.png")
+
+
 def arrange_covid_qu_ex_lungs(root: Path) -> None:
     """covid_semiseg_infnet as COVID-QU-Ex "Lung Segmentation Data" in Train/Val/Test."""
     for group, cases in COVID_QU_EX_GROUPS.items():
-        folder = root / "Lung Segmentation Data" / group / "COVID-19"
         for case in cases:
-            save_as(
-                COVID / "LungInfection-Test" / "Imgs" / f"{case}.jpg",
-                folder / "images" / f"{case}.png",
-            )
-            copy(
-                COVID / "LungInfection-Test" / "GT" / f"{case}.png",
-                folder / "lung masks" / f"{case}.png",
-            )
+            _covid_case(root / "Lung Segmentation Data" / group / "COVID-19", case)
 
 
 def arrange_covid_qu_ex_infection(root: Path) -> None:
@@ -493,14 +493,7 @@ def arrange_covid_qu_ex_infection(root: Path) -> None:
     """
     folder = root / "Infection Segmentation Data" / "Test" / "COVID-19"
     for case in COVID_INFECTION_CASES:
-        save_as(
-            COVID / "LungInfection-Test" / "Imgs" / f"{case}.jpg",
-            folder / "images" / f"{case}.png",
-        )
-        copy(
-            COVID / "LungInfection-Test" / "GT" / f"{case}.png",
-            folder / "lung masks" / f"{case}.png",
-        )
+        _covid_case(folder, case)
         copy(
             COVID / "MultiClassInfection-Test" / "GT-2" / f"{case}.png",
             folder / "infection masks" / f"{case}.png",
