@@ -123,7 +123,6 @@ def build_mmrs(
         sources=tuple(parse_source_arg(value) for value in sources),
         out=Path(out).expanduser(),
         seed=seed,
-        workers=workers,
         strict=strict,
         ratios=SplitRatios.parse(split_ratios),
         templates_dir=Path(templates).expanduser() if templates else None,

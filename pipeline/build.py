@@ -60,7 +60,6 @@ class BuildConfig:
     sources: tuple[SourceRequest, ...]
     out: Path
     seed: int = 0
-    workers: int = 1
     strict: bool = False
     ratios: SplitRatios = SplitRatios()
     templates_dir: Path | None = None
