@@ -336,8 +336,9 @@ def _assemble(
         for split, rows in result.rows_per_split.items():
             summary.rows_per_modality_split[(job.source.modality, split)] += rows
 
-    files = _link_shards(staging / "data", rendered)
-    (staging / "README.md").write_text(render_card(summary.as_dict(), config))
+    files, shards = _link_shards(staging / "data", jobs, rendered)
+    card = render_card(summary.as_dict(), config, shards, templates.count(), _code_version())
+    (staging / "README.md").write_text(card)
     (staging / "report.json").write_text(json.dumps(summary.as_dict(), indent=2) + "\n")
     for name in ("errors.jsonl", "README.md", "report.json"):
         files[name] = file_digest(staging / name)
@@ -345,19 +346,36 @@ def _assemble(
     return summary
 
 
-def _link_shards(folder: Path, rendered: list[RenderResult]) -> dict[str, str]:
-    """Each part becomes data/<split>-<i>-of-<n>.parquet (a hard link where possible)."""
+def _link_shards(
+    folder: Path, jobs: list[ExtractJob], rendered: list[RenderResult]
+) -> tuple[dict[str, str], list[dict[str, str]]]:
+    """Each part becomes data/<split>-<i>-of-<n>.parquet (a hard link where possible).
+
+    Returns the shards' content hashes and, per shard, its split and modality (a batch
+    holds one source, so each shard holds one modality).
+    """
     files: dict[str, str] = {}
+    shards: list[dict[str, str]] = []
     for split in SPLITS:
-        parts = [part for result in rendered for part in result.parts if part.split == split]
-        for index, part in enumerate(parts):
+        parts = [
+            (job.source.modality, part)
+            for job, result in zip(jobs, rendered, strict=True)
+            for part in result.parts
+            if part.split == split
+        ]
+        for index, (modality, part) in enumerate(parts):
             target = folder / f"{split}-{index:05d}-of-{len(parts):05d}.parquet"
             try:
                 os.link(part.path, target)
             except OSError:
                 shutil.copyfile(part.path, target)
             files[f"data/{target.name}"] = part.sha256
-    return dict(sorted(files.items()))
+            shards.append({"path": f"data/{target.name}", "split": split, "modality": modality})
+    return dict(sorted(files.items())), shards
+
+
+def _code_version() -> str:
+    return f"{__version__}+{code_digest(EXTRACT_CODE + RENDER_CODE)[:12]}"
 
 
 def _write_manifest(
@@ -371,7 +389,7 @@ def _write_manifest(
     summary_dict = summary.as_dict()
     manifest = {
         "format": "mmrs/1",
-        "code_version": f"{__version__}+{code_digest(EXTRACT_CODE + RENDER_CODE)[:12]}",
+        "code_version": _code_version(),
         "config": {
             "sources": [
                 {

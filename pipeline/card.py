@@ -1,58 +1,112 @@
-"""The output folder's README.md: a Hugging Face data card with the splits as `configs:`."""
+"""The output folder's README.md: a Hugging Face data card from Jinja2 templates.
+
+`data_cards/card.md.j2` is the whole card; `data_cards/source.md.j2` one fragment per
+source. The YAML front matter (licence, task categories, language, size category, and
+`configs:` with the splits, plus one config per modality) is built here as data and dumped
+with PyYAML, so it is always valid YAML.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import jinja2
 import yaml
 
+from .facts import MIN_COMPONENT_FRACTION
 from .splits import SPLITS
 
 if TYPE_CHECKING:
     from .build import BuildConfig
 
+SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
+                   (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M"))  # fmt: skip
 
-def render_card(summary: dict[str, Any], config: BuildConfig) -> str:
-    """A data card whose front matter maps each split to its shards."""
-    splits = [s for s in SPLITS if summary["rows_per_split"].get(s)]
+
+def data_cards_dir() -> Path:
+    """The project's data_cards/: beside the package in a checkout, inside it when installed."""
+    here = Path(__file__).resolve().parent
+    checkout = here.parent / "data_cards"
+    return checkout if checkout.is_dir() else here / "data_cards"
+
+
+def size_category(rows: int) -> str:
+    for bound, name in SIZE_CATEGORIES:
+        if rows < bound:
+            return name
+    return "n>10M"
+
+
+def _configs(shards: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """`default` over every shard, then one config per modality over its shards."""
+
+    def files(selected: list[dict[str, str]]) -> list[dict[str, Any]]:
+        return [
+            {"split": split, "path": [s["path"] for s in selected if s["split"] == split]}
+            for split in SPLITS
+            if any(s["split"] == split for s in selected)
+        ]
+
+    configs = [{"config_name": "default", "data_files": files(shards), "default": True}]
+    for modality in sorted({s["modality"] for s in shards}):
+        mine = [s for s in shards if s["modality"] == modality]
+        configs.append({"config_name": modality, "data_files": files(mine)})
+    return configs
+
+
+def render_card(
+    summary: dict[str, Any],
+    config: BuildConfig,
+    shards: list[dict[str, str]],
+    templates: int,
+    code_version: str,
+) -> str:
+    """The data card of a build (see the module docstring)."""
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(data_cards_dir()),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
+    sources = [
+        {
+            "name": r.source.name,
+            "modality": r.source.modality,
+            "target": r.source.target,
+            "license": r.source.license,
+            "citation": r.source.citation,
+            "homepage": r.source.homepage,
+            "layout": r.source.layout,
+            "display": r.source.display.describe(),
+            "redistributable": {True: "yes", False: "no", None: "unknown"}[
+                r.source.redistributable
+            ],
+            "counts": summary["sources"][r.source.name],
+        }
+        for r in config.sources
+    ]
     front = {
         "license": "other",
+        "license_name": "per-source",
+        "license_details": "; ".join(f"{s['name']}: {s['license']}" for s in sources),
+        "pretty_name": "MMRS",
         "task_categories": ["image-segmentation", "visual-question-answering"],
         "language": ["en"],
-        "configs": [
-            {
-                "config_name": "default",
-                "data_files": [{"split": s, "path": f"data/{s}-*.parquet"} for s in splits],
-            }
-        ],
+        "size_categories": [size_category(summary["rows"])],
+        "tags": ["medical", "position-reasoning", *sorted({s["modality"] for s in sources})],
+        "configs": _configs(shards),
     }
-    lines = [
-        "---",
-        yaml.safe_dump(front, sort_keys=False).rstrip(),
-        "---",
-        "",
-        "# MMRS build",
-        "",
-        "Image + mask + spatial question/answer rows built with MMRS "
-        f"(seed {config.seed}). Each source keeps its own licence:",
-        "",
-        "| source | modality | licence | images | rows |",
-        "|---|---|---|---|---|",
-    ]
-    for request in config.sources:
-        counts = summary["sources"][request.source.name]
-        lines.append(
-            f"| {request.source.name} | {request.source.modality} | {request.source.license} "
-            f"| {counts['converted']} | {counts['rows']} |"
-        )
-    lines += [
-        "",
-        "Rows per split: " + ", ".join(f"{s} {summary['rows_per_split'][s]}" for s in splits),
-        "",
-        "```python",
-        "from datasets import load_dataset",
-        'ds = load_dataset("path/to/this/folder")',
-        "```",
-        "",
-    ]
-    return "\n".join(lines)
+    fragment = env.get_template("source.md.j2")
+    return env.get_template("card.md.j2").render(
+        front_matter=yaml.safe_dump(front, sort_keys=False, allow_unicode=True),
+        pretty_name="MMRS",
+        summary=summary,
+        sources=sources,
+        fragments=[fragment.render(source=source) for source in sources],
+        seed=config.seed,
+        ratios=config.ratios,
+        templates=templates,
+        code_version=code_version,
+        modality_configs=[c["config_name"] for c in _configs(shards)[1:]],
+        min_component_fraction=MIN_COMPONENT_FRACTION,
+    )
