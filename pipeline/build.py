@@ -26,6 +26,7 @@ from . import __version__
 from .card import render_card
 from .extract import SourceMeta
 from .facts import MIN_COMPONENT_FRACTION
+from .plots import write_plots
 from .qa import TemplateSet, load_templates
 from .sources.base import Case, Problem, SourceInfo
 from .splits import SPLITS, SplitRatios
@@ -41,6 +42,7 @@ from .stages import (
     file_digest,
     render_batch,
 )
+from .stats import collect_stats
 
 BATCH_SIZE = 256  # cases per extract/render task
 
@@ -337,12 +339,21 @@ def _assemble(
             summary.rows_per_modality_split[(job.source.modality, split)] += rows
 
     files, shards = _link_shards(staging / "data", jobs, rendered)
-    card = render_card(summary.as_dict(), config, shards, templates.count(), _code_version())
+    stats = collect_stats(staging)
+    public = {r.source.name for r in config.sources if r.source.redistributable}
+    shown = [staging / s["path"] for s in shards if s["source"] in public]
+    figures = write_plots(stats, staging / "plots", shown)
+    card = render_card(
+        summary.as_dict(), config, shards, templates.count(), _code_version(), stats,
+        {name: path.relative_to(staging).as_posix() for name, path in figures.items()},
+    )  # fmt: skip
     (staging / "README.md").write_text(card)
     (staging / "report.json").write_text(json.dumps(summary.as_dict(), indent=2) + "\n")
-    for name in ("errors.jsonl", "README.md", "report.json"):
+    others = ["errors.jsonl", "README.md", "report.json", *(p.relative_to(staging).as_posix()
+              for p in figures.values())]  # fmt: skip
+    for name in others:
         files[name] = file_digest(staging / name)
-    _write_manifest(staging, config, templates, summary, rendered, files)
+    _write_manifest(staging, config, templates, summary, rendered, files, shards)
     return summary
 
 
@@ -351,26 +362,33 @@ def _link_shards(
 ) -> tuple[dict[str, str], list[dict[str, str]]]:
     """Each part becomes data/<split>-<i>-of-<n>.parquet (a hard link where possible).
 
-    Returns the shards' content hashes and, per shard, its split and modality (a batch
-    holds one source, so each shard holds one modality).
+    Returns the shards' content hashes and, per shard, its split, modality and source (a
+    batch holds one source, so each shard holds one source and one modality).
     """
     files: dict[str, str] = {}
     shards: list[dict[str, str]] = []
     for split in SPLITS:
         parts = [
-            (job.source.modality, part)
+            (job.source, part)
             for job, result in zip(jobs, rendered, strict=True)
             for part in result.parts
             if part.split == split
         ]
-        for index, (modality, part) in enumerate(parts):
+        for index, (source, part) in enumerate(parts):
             target = folder / f"{split}-{index:05d}-of-{len(parts):05d}.parquet"
             try:
                 os.link(part.path, target)
             except OSError:
                 shutil.copyfile(part.path, target)
             files[f"data/{target.name}"] = part.sha256
-            shards.append({"path": f"data/{target.name}", "split": split, "modality": modality})
+            shards.append(
+                {
+                    "path": f"data/{target.name}",
+                    "split": split,
+                    "modality": source.modality,
+                    "source": source.name,
+                }
+            )
     return dict(sorted(files.items())), shards
 
 
@@ -385,6 +403,7 @@ def _write_manifest(
     summary: BuildSummary,
     rendered: list[RenderResult],
     files: dict[str, str],
+    shards: list[dict[str, str]],
 ) -> None:
     summary_dict = summary.as_dict()
     manifest = {
@@ -398,6 +417,10 @@ def _write_manifest(
                     "data_root": r.data_root.as_posix(),
                     "display": r.source.display.describe(),
                     "license": r.source.license,
+                    "redistributable": r.source.redistributable,
+                    "citation": r.source.citation,
+                    "homepage": r.source.homepage,
+                    "layout": r.source.layout,
                 }
                 for r in config.sources
             ],
@@ -412,6 +435,7 @@ def _write_manifest(
         "images": summary_dict["images"],
         "rows_per_split": summary_dict["rows_per_split"],
         "render_keys": [result.key for result in rendered],
+        "shards": shards,
         "files": dict(sorted(files.items())),
     }
     path = staging / "manifest.json"

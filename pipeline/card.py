@@ -16,6 +16,7 @@ import yaml
 
 from .facts import MIN_COMPONENT_FRACTION
 from .splits import SPLITS
+from .stats import Stats
 
 if TYPE_CHECKING:
     from .build import BuildConfig
@@ -61,6 +62,8 @@ def render_card(
     shards: list[dict[str, str]],
     templates: int,
     code_version: str,
+    stats: Stats,
+    figures: dict[str, str],
 ) -> str:
     """The data card of a build (see the module docstring)."""
     env = jinja2.Environment(
@@ -109,4 +112,7 @@ def render_card(
         code_version=code_version,
         modality_configs=[c["config_name"] for c in _configs(shards)[1:]],
         min_component_fraction=MIN_COMPONENT_FRACTION,
+        figures=figures,
+        by_modality_split_type=sorted(stats.by_modality_split_type.items()),
+        patient_sides=sorted(stats.patient_sides.items()),
     )

@@ -69,3 +69,28 @@ def test_each_modality_config_loads_offline(built: Path) -> None:
 )
 def test_size_categories(rows: int, category: str) -> None:
     assert size_category(rows) == category
+
+
+def test_plots_exist_and_open(built: Path) -> None:
+    from PIL import Image
+
+    text = (built / "README.md").read_text()
+    for name in ("zones", "question_types", "sizes", "gallery"):
+        path = built / "plots" / f"{name}.png"
+        assert f"(plots/{name}.png)" in text
+        with Image.open(path) as image:
+            image.verify()
+
+
+def test_streamed_stats_match_the_rows(built: Path) -> None:
+    import pyarrow.parquet as pq
+
+    from pipeline.stats import collect_stats
+
+    stats = collect_stats(built)
+    columns = ["modality", "question_type", "zone"]
+    shards = sorted((built / "data").glob("*.parquet"))
+    rows = [r for s in shards for r in pq.read_table(s, columns=columns).to_pylist()]
+    assert stats.rows == len(rows)
+    assert sum(stats.zones.values()) == sum(1 for r in rows if r["zone"])
+    assert stats.size_histogram.sum() == sum(1 for r in rows if r["question_type"] == "size")
