@@ -26,6 +26,7 @@ from prefect.cache_policies import CachePolicy  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from pipeline.build import BuildConfig, BuildError, parse_source_arg, run_build  # noqa: E402
+from pipeline.publish import publish  # noqa: E402
 from pipeline.splits import SplitRatios  # noqa: E402
 from pipeline.stages import extract_batch, render_batch  # noqa: E402
 from pipeline.validate import ValidationResult, check_job, validate  # noqa: E402
@@ -180,4 +181,31 @@ def _report_build(summary: dict, out: str) -> None:
     create_markdown_artifact("\n".join(lines), key="mmrs-build", description="build summary")
 
 
-__all__ = ["BuildError", "build_mmrs", "validate_mmrs"]
+publish_task = task(publish, name="publish", retries=2, retry_delay_seconds=30)
+
+
+@flow(name="publish-mmrs", log_prints=True)
+def publish_mmrs(
+    folder: str,
+    repo_id: str,
+    private: bool = False,
+    revision: str | None = None,
+    dry_run: bool = False,
+    i_hold_redistribution_rights: bool = False,
+) -> list[dict]:
+    """Upload a built folder to the Hub as one commit (see pipeline/publish.py).
+
+    The Hub token comes from HF_TOKEN or the login cache on the machine that runs this
+    flow; it is never a parameter.
+    """
+    uploads = publish_task(
+        Path(folder).expanduser(), repo_id, private, revision, dry_run,
+        i_hold_redistribution_rights,
+    )  # fmt: skip
+    files = [{"path": u.path_in_repo, "note": u.note} for u in uploads]
+    verb = "would upload" if dry_run else "uploaded"
+    create_table_artifact(files, key="mmrs-publish", description=f"{verb} to {repo_id}")
+    return files
+
+
+__all__ = ["BuildError", "build_mmrs", "publish_mmrs", "validate_mmrs"]

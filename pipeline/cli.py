@@ -117,6 +117,25 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0 if result["ok"] else 1
 
 
+def cmd_publish(args: argparse.Namespace) -> int:
+    _prefect_console(args.verbose)
+    from flows import publish_mmrs
+
+    files = publish_mmrs(
+        folder=args.folder,
+        repo_id=args.repo_id,
+        private=args.private,
+        revision=args.revision,
+        dry_run=args.dry_run,
+        i_hold_redistribution_rights=args.i_hold_redistribution_rights,
+    )
+    where = f"{args.repo_id}" + (f"@{args.revision}" if args.revision else "")
+    print(f"{'would upload' if args.dry_run else 'uploaded'} to {where} (dataset):")
+    for entry in files:
+        print(f"  {entry['path']}  [{entry['note']}]")
+    return 0
+
+
 def cmd_sources(args: argparse.Namespace) -> int:
     if args.json:
         print(
@@ -203,6 +222,20 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("-v", "--verbose", action="store_true", help="show Prefect's log lines")
     v.set_defaults(func=cmd_validate)
 
+    p = commands.add_parser("publish", help="upload a built folder to the Hugging Face Hub")
+    p.add_argument("folder")
+    p.add_argument("--repo-id", required=True, help="dataset repository, owner/name")
+    p.add_argument("--private", action="store_true", help="create the repository private")
+    p.add_argument("--revision", help="branch to commit to (created if missing)")
+    p.add_argument("--dry-run", action="store_true", help="list what would be uploaded, and where")
+    p.add_argument(
+        "--i-hold-redistribution-rights",
+        action="store_true",
+        help="upload the pixels of sources not marked redistributable too",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="show Prefect's log lines")
+    p.set_defaults(func=cmd_publish)
+
     s = commands.add_parser("sources", help="list the built-in sources")
     s.add_argument("--json", action="store_true", help="print the registry as JSON")
     s.set_defaults(func=cmd_sources)
@@ -213,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.func(args)
-    except (BuildError, ValueError, FileNotFoundError) as exc:
+    except (BuildError, ValueError, FileNotFoundError, PermissionError) as exc:
         print(f"mmrs: error: {exc}", file=sys.stderr)
         return 2
 
