@@ -34,6 +34,8 @@ test: install lint
 
 bench: install
 	$(BIN)/python benchmarks/bench_build.py
+	$(BIN)/python benchmarks/bench_flow.py
+	$(BIN)/python benchmarks/bench_card.py
 
 clean:
 	rm -rf out .pytest_cache
