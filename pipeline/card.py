@@ -105,7 +105,10 @@ def render_card(
         pretty_name="MMRS",
         summary=summary,
         sources=sources,
-        fragments=[fragment.render(source=source) for source in sources],
+        fragments=[
+            fragment.render(source=source, min_component_fraction=MIN_COMPONENT_FRACTION)
+            for source in sources
+        ],
         seed=config.seed,
         ratios=config.ratios,
         templates=templates,
