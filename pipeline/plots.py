@@ -21,6 +21,7 @@ from PIL import Image  # noqa: E402
 from .facts import ZONES  # noqa: E402
 from .stats import SIZE_BINS, Stats  # noqa: E402
 
+THUMBNAIL = 256  # gallery pixels per side, at most
 GALLERY_COLUMNS = ("image", "mask", "question", "answer", "modality", "question_type")
 
 
@@ -73,8 +74,21 @@ def gallery(shards: list[Path], path: Path, count: int = 6) -> None:
     """
     rows = []
     for shard in shards:
-        table = pq.ParquetFile(shard).read_row_group(0, columns=list(GALLERY_COLUMNS))
-        rows.append(table.slice(0, 1).to_pylist()[0])
+        # One row, read as dictionary indices: the row group's images are not expanded.
+        parquet = pq.ParquetFile(shard, read_dictionary=["image.bytes", "mask.bytes"])
+        batch = next(parquet.iter_batches(batch_size=1, columns=list(GALLERY_COLUMNS)))
+        row = {name: batch.column(name)[0] for name in GALLERY_COLUMNS}
+        rows.append(
+            {
+                **{
+                    name: value.as_py()
+                    for name, value in row.items()
+                    if name not in ("image", "mask")
+                },
+                "image": {"bytes": row["image"]["bytes"].as_py()},
+                "mask": {"bytes": row["mask"]["bytes"].as_py()},
+            }
+        )
         if len(rows) == count:
             break
     figure, axes = plt.subplots(1, max(len(rows), 1), figsize=(3.5 * max(len(rows), 1), 4.8))
@@ -84,7 +98,9 @@ def gallery(shards: list[Path], path: Path, count: int = 6) -> None:
         np.atleast_1d(axes)[0].axis("off")
     for axis, row in zip(np.atleast_1d(axes), rows, strict=False):
         image = Image.open(io.BytesIO(row["image"]["bytes"])).convert("RGB")
-        mask = np.asarray(Image.open(io.BytesIO(row["mask"]["bytes"]))) > 127
+        image.thumbnail((THUMBNAIL, THUMBNAIL))  # small figures need small pixels
+        mask_image = Image.open(io.BytesIO(row["mask"]["bytes"]))
+        mask = np.asarray(mask_image.resize(image.size, Image.Resampling.NEAREST)) > 127
         pixels = np.asarray(image).copy()
         pixels[mask] = (0.5 * pixels[mask] + [127, 0, 0]).astype(np.uint8)
         axis.imshow(pixels)
