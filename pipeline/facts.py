@@ -39,14 +39,6 @@ ZONES: tuple[str, ...] = (
     "lower center",
     "lower right",
 )
-QUADRANTS: tuple[str, ...] = ("upper left", "upper right", "lower left", "lower right")
-PRSMED_POSITIONS: tuple[str, ...] = (
-    "top left",
-    "top right",
-    "bottom left",
-    "bottom right",
-    "center",
-)
 
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 

@@ -110,19 +110,33 @@ class TemplateSet:
         return sum(len(t) for t in self.by_family.values())
 
 
+_COMPILED: dict[str, TemplateSet] = {}  # by content digest: each set is compiled once
+
+
 def load_templates(directory: Path | None = None) -> TemplateSet:
-    """Load and compile every templates/<family>.yaml; errors name the file and template."""
+    """Load and compile every templates/<family>.yaml; errors name the file and template.
+
+    Compiled sets are kept by the digest of the files' content, so loading the same
+    templates again in one process only reads them.
+    """
     directory = directory or default_templates_dir()
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
-    by_family: dict[str, list[Template]] = {family: [] for family in FAMILIES}
-    digest = hashlib.sha256()
     files = sorted(directory.glob("*.yaml"))
     if not files:
         raise FileNotFoundError(f"no QA templates (*.yaml) in {directory}")
-    seen: set[str] = set()
-    for path in files:
-        text = path.read_text()
+    texts = [(path, path.read_text()) for path in files]
+    digest = hashlib.sha256()
+    for path, text in texts:
         digest.update(path.name.encode() + b"\0" + text.encode())
+    if digest.hexdigest() not in _COMPILED:
+        _COMPILED[digest.hexdigest()] = _compile(directory, texts, digest.hexdigest())
+    return _COMPILED[digest.hexdigest()]
+
+
+def _compile(directory: Path, texts: list[tuple[Path, str]], digest: str) -> TemplateSet:
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
+    by_family: dict[str, list[Template]] = {family: [] for family in FAMILIES}
+    seen: set[str] = set()
+    for path, text in texts:
         data = yaml.safe_load(text)
         family = data.get("family")
         if family not in by_family:
@@ -159,7 +173,7 @@ def load_templates(directory: Path | None = None) -> TemplateSet:
     empty = [family for family, templates in by_family.items() if not templates]
     if empty:
         raise ValueError(f"{directory}: no templates for famil(ies) {', '.join(empty)}")
-    return TemplateSet({k: tuple(v) for k, v in by_family.items()}, digest.hexdigest())
+    return TemplateSet({k: tuple(v) for k, v in by_family.items()}, digest)
 
 
 @dataclass(frozen=True)

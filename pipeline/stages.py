@@ -191,17 +191,12 @@ class RenderResult:
     zones: Counter = field(default_factory=Counter)
 
 
-_TEMPLATES: dict[tuple[Path | None, str], TemplateSet] = {}
-
-
 def _templates(directory: Path | None, digest: str) -> TemplateSet:
-    """Templates loaded once per worker process (and checked against the build's digest)."""
-    if (directory, digest) not in _TEMPLATES:
-        loaded = load_templates(directory)
-        if loaded.digest != digest:
-            raise RuntimeError(f"templates in {directory} changed during the build")
-        _TEMPLATES[(directory, digest)] = loaded
-    return _TEMPLATES[(directory, digest)]
+    """The build's templates, checked against its digest (compiled once per process)."""
+    loaded = load_templates(directory)
+    if loaded.digest != digest:
+        raise RuntimeError(f"templates in {directory} changed during the build")
+    return loaded
 
 
 def render_batch(job: RenderJob) -> RenderResult:

@@ -87,7 +87,6 @@ class SplitWriter:
         self.row_group_bytes = row_group_bytes
         self.shard_bytes = shard_bytes
         self.shards: list[Path] = []
-        self.rows_written = 0
         self._buffer: list[dict[str, Any]] = []
         self._buffered_bytes = 0
         self._writer: pq.ParquetWriter | None = None
@@ -124,7 +123,6 @@ class SplitWriter:
             self._writer = self._open_shard()
         table = _table(self._buffer, self._schema)
         self._writer.write_table(table, row_group_size=len(self._buffer))
-        self.rows_written += len(self._buffer)
         self._buffer, self._buffered_bytes = [], 0
         if self.shards[-1].stat().st_size >= self.shard_bytes:
             self._writer.close()
