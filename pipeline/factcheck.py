@@ -2,7 +2,9 @@
 
 A deterministic parser for the controlled vocabulary of DESIGN.md: zone words, quadrant
 words ("<vertical> <horizontal> quadrant"), PRS-Med words ("top left", ..., "center"), size
-words, counts, yes/no and option letters. `mmrs validate` uses it to check that every
+words, counts, yes/no, option letters and the patient's side ("the patient's left", "on both
+sides of the patient", "in the midline"; always phrased in the patient's frame, so image-frame
+words such as "middle left" are never read as a side). `mmrs validate` uses it to check that every
 answer states only facts its mask supports.
 """
 
@@ -21,6 +23,12 @@ _NUMBER = re.compile(r"\b(\d+|" + "|".join(NUMBER_WORDS) + r")\b")
 _YES_NO = re.compile(r"^\s*(yes|no)\b")
 _LETTER = re.compile(r"(?:^\s*\(?|\(|\b[Oo]ption\s+)([A-D])\b\)?")
 _NEGATION = re.compile(r"\b(no|not|none|absent)\b")
+_PATIENT_SIDE = re.compile(
+    r"\bpatient(?:'s|s'|’s)? (left|right)\b"
+    r"|\b(?:on )?the (left|right) side of the patient\b"
+    r"|\b(bilateral(?:ly)?|both sides)\b"
+    r"|\b(midline)\b"
+)
 
 
 def quadrants_in(text: str) -> list[str]:
@@ -45,6 +53,23 @@ def numbers_in(text: str) -> list[int]:
     return [int(n) if n.isdigit() else NUMBER_WORDS.index(n) for n in _NUMBER.findall(text.lower())]
 
 
+def sides_in(text: str) -> list[str]:
+    """Patient sides stated in the text: "left", "right", "bilateral" or "midline"."""
+    found = []
+    for left_right, side_of, both, _midline in _PATIENT_SIDE.findall(text.lower()):
+        found.append(left_right or side_of or ("bilateral" if both else "midline"))
+    return found
+
+
+def check_patient_side(text: str, patient_side: str | None) -> list[str]:
+    """Problems with the patient sides a text states (none may be stated when unknown)."""
+    stated = sides_in(text)
+    if stated and patient_side is None:
+        return [f"states the patient's side {stated} but it is unknown for this row"]
+    wrong = [side for side in stated if side != patient_side]
+    return [f"states the patient's side {wrong}; facts: {patient_side!r}"] if wrong else []
+
+
 def _without(text: str, target: str) -> str:
     """The text with the target's name blanked: "rib right 9" or "small bowel" state no fact."""
     if not target:
@@ -59,10 +84,14 @@ def check_answer(
     options: list[str] | None,
     facts: Facts,
     target: str = "",
+    patient_side: str | None = None,
 ) -> list[str]:
-    """Every way the question/answer pair disagrees with the facts (empty when true)."""
+    """Every way the question/answer pair disagrees with the facts (empty when true).
+
+    `patient_side` is the row's side of the patient (None where it cannot be known).
+    """
     question, answer = _without(question, target), _without(answer, target)
-    problems: list[str] = []
+    problems: list[str] = check_patient_side(answer, patient_side)
     if "{{" in answer or "{%" in answer or "{{" in question:
         problems.append("unrendered placeholder")
     if question_type == "negative":

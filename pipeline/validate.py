@@ -179,6 +179,7 @@ def check_row_group(shard: Path, index: int, split: str) -> _Part:
             row["options"],
             facts,
             target=row["target"],
+            patient_side=row["patient_side"],
         ):
             part.violations.append(f"{label} ({row['template_id']}): {problem}")
     return part

@@ -74,3 +74,18 @@ def test_target_names_state_no_facts() -> None:
     assert check_answer("count", "How many?", answer, None, facts, target="rib right 9") == []
     answer = "The Small Bowel is in the upper left of the image."
     assert check_answer("position", "Where?", answer, None, facts, target="small bowel") == []
+
+
+def test_patient_sides_are_read_in_the_patient_frame_only() -> None:
+    from pipeline.factcheck import check_patient_side, sides_in
+
+    assert sides_in("It lies on the patient's left, in the middle right of the image.") == ["left"]
+    assert sides_in("the right side of the patient") == ["right"]
+    assert sides_in("It is bilateral.") == ["bilateral"]
+    assert sides_in("It lies on both sides of the patient.") == ["bilateral"]
+    assert sides_in("It sits in the midline.") == ["midline"]
+    assert sides_in("The upper left of the image.") == []
+    assert check_patient_side("On the patient's right.", "right") == []
+    assert check_patient_side("On the patient's right.", "left")
+    assert check_patient_side("On the patient's right.", None)  # a side nobody knows
+    assert check_patient_side("In the upper left of the image.", None) == []
