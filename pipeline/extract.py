@@ -10,6 +10,7 @@ and goes on.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,9 +25,12 @@ from .imageio import (
     read_image,
     read_label_map,
 )
+from .patient import PatientFrame, frame_2d, inside_body, instances_side
 from .sources.base import Case, SourceInfo
+from .volume import VolumeSettings
 
 _EXIF_ORIENTATION = 0x0112
+CROSS_SECTIONS = ("ct", "mri")
 
 
 class CaseError(ValueError):
@@ -41,10 +45,11 @@ class SourceMeta:
     modality: str
     license: str
     display: Any
+    volume: VolumeSettings | None = None
 
     @classmethod
     def of(cls, source: SourceInfo) -> SourceMeta:
-        return cls(source.name, source.modality, source.license, source.display)
+        return cls(source.name, source.modality, source.license, source.display, source.volume)
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,8 @@ class ExtractedTarget:
     mask_png: bytes
     facts: Facts
     instances: list[Instance]  # empty for a single instance (the mask itself)
+    patient_side: str | None = None
+    frame: PatientFrame | None = None  # the image's, where the target lies in the body
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,45 @@ class ExtractedCase:
     width: int
     height: int
     targets: list[ExtractedTarget]
+    slice_axis: str | None = None
+    slice_index: int | None = None
+    spacing_mm: tuple[float, float, float] | None = None  # column, row, slice
+
+
+def label_layers(values: np.ndarray, labels: Mapping) -> dict[str, np.ndarray]:
+    """One boolean layer per structure of a label map; a key may be one value or several."""
+    layers: dict[str, np.ndarray] = {}
+    for key, target in labels.items():
+        layer = np.isin(values, key) if isinstance(key, tuple) else values == key
+        layers[target] = layers[target] | layer if target in layers else layer
+    return layers
+
+
+def analyse_targets(
+    masks: dict[str, np.ndarray],
+    frame: PatientFrame | None,
+    body: np.ndarray | None,
+) -> list[ExtractedTarget]:
+    """Facts, instances and the patient's side of every target mask of one image.
+
+    A target has the image's patient frame when the frame is strict (world coordinates) or
+    the target lies in the body the midline was found from.
+    """
+    targets = []
+    for target, mask in masks.items():
+        facts, instances = analyse(mask)
+        own = frame if frame is not None and (frame.strict or inside_body(mask, body)) else None
+        targets.append(
+            ExtractedTarget(
+                target,
+                encode_mask(mask),
+                facts,
+                instances if len(instances) > 1 else [],
+                instances_side(instances, own),
+                own,
+            )
+        )
+    return targets
 
 
 def _read_masks(case: Case, shape: tuple[int, int]) -> dict[str, np.ndarray]:
@@ -75,8 +121,7 @@ def _read_masks(case: Case, shape: tuple[int, int]) -> dict[str, np.ndarray]:
     masks: dict[str, np.ndarray] = {t: np.zeros(shape, dtype=bool) for t in case.targets}
     for mask_file in case.masks:
         if mask_file.labels is not None:
-            values = read_label_map(mask_file.path)
-            layers = {target: values == value for value, target in mask_file.labels.items()}
+            layers = label_layers(read_label_map(mask_file.path), mask_file.labels)
         else:
             layers = {mask_file.target: read_binary_mask(mask_file.path)}
         for target, layer in layers.items():
@@ -89,8 +134,17 @@ def _read_masks(case: Case, shape: tuple[int, int]) -> dict[str, np.ndarray]:
     return masks
 
 
-def extract_case(case: Case, source: SourceMeta) -> ExtractedCase:
-    """Pixels and facts of one case (see the module docstring for its errors)."""
+def extract_case(case: Case, source: SourceMeta) -> list[ExtractedCase]:
+    """Every image of one case: one for a 2D case, one per chosen slice of a volume."""
+    if source.volume is not None:
+        from .extract_volume import extract_volume  # SimpleITK only where volumes are
+
+        return extract_volume(case, source)
+    return [extract_image(case, source)]
+
+
+def extract_image(case: Case, source: SourceMeta) -> ExtractedCase:
+    """Pixels and facts of one 2D case (see the module docstring for its errors)."""
     decoded = read_image(case.image)
     orientation = decoded.image.getexif().get(_EXIF_ORIENTATION, 1)
     if orientation not in (0, 1):
@@ -106,6 +160,11 @@ def extract_case(case: Case, source: SourceMeta) -> ExtractedCase:
         raise CaseError(f"empty mask for {', '.join(empty)} ({files})")
 
     display = source.display
+    found = None
+    # A CT/MRI cross-section in a known display shows the body's outline; its columns run
+    # from the patient's right to left (axial or coronal). A projection (X-ray) does not.
+    if display.knows_patient and display.plane != "sagittal" and source.modality in CROSS_SECTIONS:
+        found = frame_2d(display.apply(np.asarray(decoded.image.convert("L"))))
     if display.changes_pixels:
         image_bytes = encode_png(display.apply(np.asarray(decoded.image)))
         masks = {t: display.apply(m) for t, m in masks.items()}
@@ -114,14 +173,6 @@ def extract_case(case: Case, source: SourceMeta) -> ExtractedCase:
     else:
         image_bytes = encode_png(decoded.image)  # lossless, for formats viewers lack
     height, width = next(iter(masks.values())).shape if masks else shape
-    targets = []
-    for target, mask in masks.items():
-        facts, instances = analyse(mask)
-        targets.append(
-            ExtractedTarget(
-                target, encode_mask(mask), facts, instances if len(instances) > 1 else []
-            )
-        )
     return ExtractedCase(
         case=case,
         source=source,
@@ -129,5 +180,5 @@ def extract_case(case: Case, source: SourceMeta) -> ExtractedCase:
         image_id=hashlib.sha256(image_bytes).hexdigest(),
         width=width,
         height=height,
-        targets=targets,
+        targets=analyse_targets(masks, *(found or (None, None))),
     )

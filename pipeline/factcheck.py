@@ -124,6 +124,8 @@ def check_answer(
 
     if question_type in ("position", "referring") and not zones_in(answer):
         problems.append("answer states no position")
+    elif question_type == "laterality" and not sides_in(answer):
+        problems.append("answer states no side of the patient")
     elif question_type == "size" and not sizes_in(answer):
         problems.append("answer states no size")
     elif question_type == "count":

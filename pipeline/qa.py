@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import numpy as np
 import yaml
 
 from .facts import ZONES, Facts, Instance, compute_facts
+from .patient import PatientFrame, instances_side
 
 FAMILIES = (
     "position",
@@ -31,6 +32,7 @@ FAMILIES = (
     "size",
     "referring",
     "prsmed",
+    "laterality",
     "negative",
 )
 LETTERS = ("A", "B", "C", "D")
@@ -191,6 +193,7 @@ class QA:
     options: list[str] | None = None
     mask: np.ndarray | None = field(default=None, compare=False)
     facts: Facts | None = field(default=None, compare=False)
+    patient_side: str | None = None  # of the row's mask (the instance's, for one instance)
 
 
 def location_zones(facts: Facts) -> set[str]:
@@ -210,7 +213,9 @@ def _join(words: list[str]) -> str:
     return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
 
 
-def base_context(facts: Facts, target: str, modality: str) -> dict[str, Any]:
+def base_context(
+    facts: Facts, target: str, modality: str, patient_side: str | None = None
+) -> dict[str, Any]:
     """Variables every template may use; None where the fact is null for this row."""
     zones = sorted(location_zones(facts), key=ZONES.index) if facts.present else []
     n = facts.n_components
@@ -225,7 +230,7 @@ def base_context(facts: Facts, target: str, modality: str) -> dict[str, Any]:
         "count_word": NUMBER_WORDS[n] if n < len(NUMBER_WORDS) else str(n),
         "zones_text": _join(zones) if zones else None,
         "prsmed_position": facts.prsmed_position,
-        "patient_side": None,  # the patient frame is not known for these rows
+        "patient_side": patient_side,  # None where the patient frame is unknown
     }
 
 
@@ -259,9 +264,14 @@ class QAPlanner:
         modality: str,
         image_id: str,
         instances: list[Instance],
+        patient_side: str | None = None,
+        frame: PatientFrame | None = None,
     ) -> list[QA]:
-        """Every QA row for one target (negative rows when the target is absent)."""
-        context = base_context(facts, target, modality)
+        """Every QA row for one target (negative rows when the target is absent).
+
+        `patient_side` is the target's side of the patient; `frame` gives an instance's.
+        """
+        context = base_context(facts, target, modality, patient_side if facts.present else None)
 
         def rng(family: str) -> random.Random:
             return _rng(self.seed, image_id, target, family)
@@ -269,12 +279,13 @@ class QAPlanner:
         if not facts.present:
             return self._negative(rng("negative"), context)
         rows: list[QA] = []
-        for family in ("position", "count", "size", "prsmed"):
+        for family in ("position", "count", "size", "prsmed", "laterality"):
             rows += self._one(rng(family), family, context)
         rows += self._multiple_choice(rng("multiple_choice"), facts, context)
         rows += self._verification(rng("verification"), facts, context)
-        rows += self._referring(rng("referring"), facts, context, instances)
-        return rows
+        rows += self._referring(rng("referring"), facts, context, instances, frame)
+        side = context["patient_side"]
+        return [qa if qa.mask is not None else replace(qa, patient_side=side) for qa in rows]
 
     def _negative(self, rng: random.Random, context: dict[str, Any]) -> list[QA]:
         eligible = [t for t in self.templates.by_family["negative"] if t.applies(context)]
@@ -312,6 +323,7 @@ class QAPlanner:
         facts: Facts,
         context: dict[str, Any],
         instances: list[Instance],
+        frame: PatientFrame | None,
     ) -> list[QA]:
         """Refer to one instance by where it is; the row's mask is that instance only."""
         zones = [c.zone for c in facts.components]
@@ -323,8 +335,9 @@ class QAPlanner:
         index = rng.choice(unique)
         mask = instances[index].full()
         instance = compute_facts(mask)
+        side = instances_side([instances[index]], frame)
         ref = {
-            **base_context(instance, context["target"], context["modality"]),
+            **base_context(instance, context["target"], context["modality"], side),
             "ref_zone": instance.zone,
         }
-        return list(self._one(rng, "referring", ref, mask=mask, facts=instance))
+        return list(self._one(rng, "referring", ref, mask=mask, facts=instance, patient_side=side))

@@ -29,13 +29,12 @@ def render_case(
         "split": split,
         "image_id": extracted.image_id,
         "source_file": case.image.name,
-        "slice_axis": None,
-        "slice_index": None,
-        "spacing_mm": None,
+        "slice_axis": extracted.slice_axis,
+        "slice_index": extracted.slice_index,
+        "spacing_mm": list(extracted.spacing_mm) if extracted.spacing_mm else None,
         "license": source.license,
         "width": extracted.width,
         "height": extracted.height,
-        "patient_side": None,
         "rewrite": None,
     }
     rows: list[dict[str, Any]] = []
@@ -43,8 +42,15 @@ def render_case(
         facts_row = item.facts.as_row()
         mask = {"bytes": item.mask_png, "path": None}
         plans = planner.plan(
-            item.facts, item.target, source.modality, extracted.image_id, item.instances
+            item.facts,
+            item.target,
+            source.modality,
+            extracted.image_id,
+            item.instances,
+            item.patient_side,
+            item.frame,
         )
+        frame = item.frame.as_row() if item.frame else None
         for qa in plans:
             rows.append(
                 {
@@ -58,6 +64,8 @@ def render_case(
                     "options": qa.options,
                     "target": item.target,
                     "template_id": qa.template_id,
+                    "patient_side": qa.patient_side,
+                    "patient_frame": frame,
                     **(qa.facts.as_row() if qa.facts else facts_row),
                 }
             )

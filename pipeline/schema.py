@@ -54,6 +54,9 @@ SCHEMA = pa.schema(
         ("width", pa.int32()),
         ("height", pa.int32()),
         ("row_id", pa.string()),
+        # [col_step, row_step, offset, band, strict]: signed distance (patient's left > 0)
+        # of a pixel to the body midline (pipeline/patient.py); null where unknown
+        ("patient_frame", pa.list_(pa.float64())),
     ]
 )
 IMAGE_COLUMNS = ("image", "mask")

@@ -21,7 +21,21 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from . import display, extract, facts, imageio, qa, render, schema, splits, writer
+from . import (
+    display,
+    extract,
+    extract_volume,
+    facts,
+    imageio,
+    patient,
+    qa,
+    render,
+    schema,
+    splits,
+    volume,
+    volumeio,
+    writer,
+)
 from .extract import CaseError, ExtractedCase, SourceMeta, extract_case
 from .imageio import PixelError
 from .qa import QAPlanner, TemplateSet, load_templates
@@ -30,7 +44,7 @@ from .sources.base import Case
 from .splits import SplitRatios
 from .writer import SplitWriter
 
-EXTRACT_CODE = (extract, facts, imageio, display)
+EXTRACT_CODE = (extract, extract_volume, facts, imageio, display, patient, volume, volumeio)
 RENDER_CODE = (render, qa, splits, schema, writer)
 
 
@@ -115,6 +129,13 @@ def stored_result(path: Path) -> object | None:
         return None
 
 
+def case_image_id(images: list[ExtractedCase]) -> str:
+    """The content id of a case: its image's, or a hash of all its slices' ids."""
+    if len(images) == 1:
+        return images[0].image_id
+    return hashlib.sha256("|".join(i.image_id for i in images).encode()).hexdigest()
+
+
 def extract_batch(job: ExtractJob) -> ExtractResult:
     """Extract every case of a batch; bad cases become outcomes, never exceptions.
 
@@ -124,11 +145,11 @@ def extract_batch(job: ExtractJob) -> ExtractResult:
     stored = stored_result(job.result(key))
     if isinstance(stored, ExtractResult) and stored.payload.is_file():
         return stored
-    extracted: list[ExtractedCase | None] = []
+    extracted: list[list[ExtractedCase] | None] = []
     outcomes = []
     for case in job.cases:
         try:
-            item = extract_case(case, job.source)
+            images = extract_case(case, job.source)
         except CaseError as exc:
             outcomes.append(CaseOutcome(case.case_id, case.image, "skipped", str(exc)))
         except PixelError as exc:
@@ -137,8 +158,10 @@ def extract_batch(job: ExtractJob) -> ExtractResult:
             reason = f"{type(exc).__name__}: {exc}"
             outcomes.append(CaseOutcome(case.case_id, case.image, "failed", reason))
         else:
-            extracted.append(item)
-            outcomes.append(CaseOutcome(case.case_id, case.image, "converted", None, item.image_id))
+            extracted.append(images)
+            outcomes.append(
+                CaseOutcome(case.case_id, case.image, "converted", None, case_image_id(images))
+            )
             continue
         extracted.append(None)
     payload = job.payload(key)
@@ -207,7 +230,7 @@ def render_batch(job: RenderJob) -> RenderResult:
         return stored
     planner = QAPlanner(_templates(job.templates_dir, job.templates_digest), job.seed)
     with job.extract.payload.open("rb") as handle:
-        extracted: list[ExtractedCase | None] = pickle.load(handle)
+        extracted: list[list[ExtractedCase] | None] = pickle.load(handle)
     folder = job.parts(key)
     staging = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
     if staging.exists():
@@ -215,12 +238,12 @@ def render_batch(job: RenderJob) -> RenderResult:
     staging.mkdir(parents=True)
     writers: dict[str, SplitWriter] = {}
     result = RenderResult(key, ())
-    for item in extracted:
-        if item is None or item.case.case_id in job.skip:
+    for images in extracted:
+        if images is None or images[0].case.case_id in job.skip:
             continue
-        rows = render_case(item, planner, job.ratios)
+        rows = [row for item in images for row in render_case(item, planner, job.ratios)]
         split = rows[0]["split"] if rows else None
-        result.rows_per_case[item.case.case_id] = len(rows)
+        result.rows_per_case[images[0].case.case_id] = len(rows)
         if split is None:
             continue
         if split not in writers:

@@ -25,10 +25,11 @@ import pyarrow.parquet as pq
 from PIL import Image
 from tqdm import tqdm
 
-from . import factcheck, facts, imageio, schema
+from . import factcheck, facts, imageio, patient, schema
 from .factcheck import check_answer
-from .facts import Facts, compute_facts
+from .facts import Facts, Instance, analyse
 from .imageio import PixelError, decode_mask
+from .patient import PatientFrame, instances_side
 from .schema import SCHEMA
 from .splits import SPLITS
 from .stages import atomic_pickle, code_digest, file_digest, stored_result
@@ -46,7 +47,7 @@ FACT_COLUMNS = (
     "prsmed_position",
     "prsmed_near_center",
 )
-VALIDATE_CODE = (facts, factcheck, imageio, schema)
+VALIDATE_CODE = (facts, factcheck, imageio, patient, schema)
 MAX_REPORTED = 50  # violations listed in full; all are counted
 
 
@@ -135,17 +136,20 @@ def check_row_group(shard: Path, index: int, split: str) -> _Part:
             image_sizes.append(f"image unreadable ({exc})")
     mask_facts: list[Facts | str] = []
     mask_rows: list[dict[str, Any]] = []
+    mask_instances: list[list[Instance]] = []
     mask_sizes = []
     for data in masks:
         try:
             mask = decode_mask(data)
-            facts = compute_facts(mask)
+            facts, instances = analyse(mask)
             mask_facts.append(facts)
+            mask_instances.append(instances)
             mask_rows.append(facts.as_row())
             mask_sizes.append((mask.shape[1], mask.shape[0]))
         except (PixelError, OSError) as exc:
             mask_facts.append(f"mask unreadable ({exc})")
             mask_rows.append({})
+            mask_instances.append([])
             mask_sizes.append(None)
 
     for row, i, m in zip(rows, image_index, mask_index, strict=True):
@@ -172,6 +176,13 @@ def check_row_group(shard: Path, index: int, split: str) -> _Part:
                 part.violations.append(
                     f"{label}: {column} is {row[column]!r}, the mask gives {derived[column]!r}"
                 )
+        frame = PatientFrame.from_row(row["patient_frame"])
+        side = instances_side(mask_instances[m], frame)
+        if side != row["patient_side"]:
+            part.violations.append(
+                f"{label}: patient_side is {row['patient_side']!r}, the mask and its patient "
+                f"frame give {side!r}"
+            )
         for problem in check_answer(
             row["question_type"],
             row["question"],
@@ -288,13 +299,13 @@ def validate(
         result.rows_per_split[part.split] = result.rows_per_split.get(part.split, 0) + part.rows
         for message in part.violations:
             result.add(message)
-        for source, patient, split in part.patients:
-            patient_splits[(source, patient)].add(split)
+        for source, patient_id, split in part.patients:
+            patient_splits[(source, patient_id)].add(split)
         for image_id, split in part.images:
             image_splits[image_id].add(split)
-    for (source, patient), splits in sorted(patient_splits.items()):
+    for (source, patient_id), splits in sorted(patient_splits.items()):
         if len(splits) > 1:
-            result.add(f"patient leakage: {source}/{patient} is in {sorted(splits)}")
+            result.add(f"patient leakage: {source}/{patient_id} is in {sorted(splits)}")
     for image_id, splits in sorted(image_splits.items()):
         if len(splits) > 1:
             result.add(f"identical image {image_id[:16]} is in {sorted(splits)}")

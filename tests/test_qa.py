@@ -38,7 +38,9 @@ def test_at_least_55_templates_in_at_least_7_families(templates) -> None:
 def test_single_instance_gets_every_positive_family(templates) -> None:
     found, rows = _plan(_blob((60, 60), 5, 40, 10), templates)
     kinds = [r.question_type for r in rows]
-    assert set(kinds) == set(FAMILIES) - {"negative"}
+    # No patient frame: no side is known, so no laterality question and no side in any row.
+    assert set(kinds) == set(FAMILIES) - {"negative", "laterality"}
+    assert all(r.patient_side is None for r in rows)
     assert kinds.count("verification") == 2
     assert found.zone == "upper right"
     for row in rows:
@@ -145,3 +147,45 @@ def test_template_errors_name_the_file(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match="position.yaml: template bad"):
         load_templates(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("left", "side"),
+    [(40, "left"), (5, "right"), (25, "midline")],
+)
+def test_laterality_rows_state_the_side_the_frame_gives(templates, left, side) -> None:
+    from pipeline.patient import PatientFrame, instances_side
+
+    mask = _blob((60, 60), 20, left, 10)
+    found, instances = analyse(mask)
+    frame = PatientFrame(1.0, 0.0, -30.0, 2.0)  # midline at column 30, left on the right
+    assert instances_side(instances, frame) == side
+    rows = QAPlanner(templates, 0).plan(
+        found, "nodule", "ct", "img", [], instances_side(instances, frame), frame
+    )
+    lateral = [r for r in rows if r.question_type == "laterality"]
+    assert len(lateral) == 1 and all(r.patient_side == side for r in rows)
+    for row in rows:
+        assert check_answer(
+            row.question_type, row.question, row.answer, row.options, found, "nodule", side
+        ) == []
+    wrong = "right" if side != "right" else "left"
+    assert check_answer("laterality", "", lateral[0].answer, None, found, "nodule", wrong)
+
+
+def test_two_lungs_are_bilateral_and_each_referred_instance_has_its_own_side(templates) -> None:
+    from pipeline.patient import PatientFrame, instances_side
+
+    mask = _blob((60, 60), 20, 5, 12) | _blob((60, 60), 30, 44, 8)
+    found, instances = analyse(mask)
+    frame = PatientFrame(1.0, 0.0, -30.0, 2.0)
+    assert instances_side(instances, frame) == "bilateral"
+    rows = QAPlanner(templates, 0).plan(
+        found, "lungs", "ct", "img", instances, "bilateral", frame
+    )
+    referring = [r for r in rows if r.mask is not None]
+    assert referring
+    for row in referring:
+        expected = "left" if row.facts.centroid[0] > 0.5 else "right"
+        assert row.patient_side == expected
+    assert {r.patient_side for r in rows if r.mask is None} == {"bilateral"}

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..display import NO_DISPLAY, Display
+from ..volume import VolumeSettings
 
 MODALITIES = ("ct", "mri", "xray", "ultrasound", "endoscopy", "dermoscopy")
 SPLITS = ("train", "validation", "test")
@@ -30,7 +31,8 @@ class MaskFile:
 
     path: Path
     target: str | None = None
-    labels: Mapping[int, str] | None = None
+    # label value (or a tuple of values: a region such as a whole tumour) -> structure
+    labels: Mapping[int | tuple[int, ...], str] | None = None
 
     def __post_init__(self) -> None:
         if (self.target is None) == (self.labels is None):
@@ -81,6 +83,7 @@ class SourceInfo:
     discover: Callable[[Path], Iterable[Discovered]] = field(repr=False, compare=False)
     redistributable: bool | None = None
     display: Display = NO_DISPLAY
+    volume: VolumeSettings | None = None  # set for sources of 3D volumes
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[a-z0-9_]+", self.name):

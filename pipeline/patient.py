@@ -1,0 +1,174 @@
+"""The patient's side of a target: physical left/right against the body midline.
+
+A `PatientFrame` maps a display pixel to its signed distance from the body midline along
+the patient's left-right axis (positive = the patient's LEFT), in millimetres for volumes
+or in pixels for 2D images without spacing:
+
+    d(col, row) = col_step * (col + 0.5) + row_step * (row + 0.5) + offset
+
+The frame exists only where the geometry makes the midline knowable:
+- the body is seen whole from left to right (its largest connected part, found by a
+  threshold, touches neither lateral edge of the image): the midline is the median of the
+  middles of the body's extent row by row, with a midline band of +/- max(2 pixels, 3 % of
+  the body's width) for its uncertainty;
+- or, for a crop that does not show the body, the volume is in scanner coordinates
+  (DICOM; NIfTI with a scanner qform/sform) and the target lies wholly more than
+  `WORLD_MARGIN_MM` from the scanner's x = 0 (patients lie centred on the table; the
+  margin covers how far off centre they may lie). Such frames are `strict`.
+
+`patient_side` of a mask, per instance (the instances of facts.py):
+- "left": no pixel lies right of the band and the centroid lies left of it (strict frames:
+  every pixel lies left of the band); "right" likewise;
+- "midline": the instance reaches both sides of the band, or stays inside it, with its
+  centroid inside the band (not for strict frames);
+- otherwise unknown (e.g. a liver crossing the midline with its centroid on the right).
+A mask's side: its instances' common side; "bilateral" for instances on the left and on
+the right only; None as soon as one instance is unknown or sides mix with the midline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from .facts import Instance, analyse
+
+WORLD_MARGIN_MM = 50.0
+MIN_BODY_FRACTION = 0.05  # of the image: smaller bright parts are not a body
+BAND_FRACTION = 0.03  # of the body's width
+SIDES = ("left", "right", "bilateral", "midline")
+
+
+@dataclass(frozen=True)
+class PatientFrame:
+    """Signed distance to the body midline (positive = patient's left) of display pixels."""
+
+    col_step: float
+    row_step: float
+    offset: float
+    band: float
+    strict: bool = False
+
+    def as_row(self) -> list[float]:
+        return [self.col_step, self.row_step, self.offset, self.band, float(self.strict)]
+
+    @classmethod
+    def from_row(cls, values: list[float] | None) -> PatientFrame | None:
+        if values is None:
+            return None
+        col_step, row_step, offset, band, strict = values
+        return cls(col_step, row_step, offset, band, bool(strict))
+
+    def distances(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        return self.col_step * (cols + 0.5) + self.row_step * (rows + 0.5) + self.offset
+
+
+def _instance_side(instance: Instance, frame: PatientFrame) -> str | None:
+    rows, cols = np.nonzero(instance.patch)
+    d = frame.distances(rows + instance.top, cols + instance.left)
+    low, high, centre, band = float(d.min()), float(d.max()), float(d.mean()), frame.band
+    if frame.strict:
+        return "left" if low > band else "right" if high < -band else None
+    if low >= -band and centre > band:
+        return "left"
+    if high <= band and centre < -band:
+        return "right"
+    if abs(centre) <= band:
+        return "midline"
+    return None
+
+
+def patient_side(mask: np.ndarray, frame: PatientFrame | None) -> str | None:
+    """The patient's side of a display mask (see the module docstring); None if unknown."""
+    if frame is None:
+        return None
+    _, instances = analyse(mask)
+    return instances_side(instances, frame)
+
+
+def instances_side(instances: list[Instance], frame: PatientFrame | None) -> str | None:
+    """The common side of a mask's instances (see the module docstring)."""
+    if frame is None or not instances:
+        return None
+    sides = {_instance_side(instance, frame) for instance in instances}
+    if None in sides:
+        return None
+    if len(sides) == 1:
+        return sides.pop()
+    return "bilateral" if sides == {"left", "right"} else None
+
+
+def otsu_threshold(values: np.ndarray) -> float:
+    """Otsu's threshold of finite values, ignoring the minimum (scanner padding)."""
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return np.inf
+    low = finite.min()
+    above = finite[finite > low]
+    if above.size == 0:
+        return np.inf
+    counts, edges = np.histogram(above, bins=256)
+    centres = (edges[:-1] + edges[1:]) / 2
+    weight = np.cumsum(counts)
+    total = weight[-1]
+    mean = np.cumsum(counts * centres)
+    between = (mean[-1] * weight - mean * total) ** 2 / np.maximum(weight * (total - weight), 1)
+    return float(centres[int(np.argmax(between[:-1]))])
+
+
+def body_mask(pixels: np.ndarray, threshold: float) -> np.ndarray | None:
+    """The body in a 2D slice, None when it is not seen whole.
+
+    The body is the largest 8-connected part above the threshold, holes filled; it must
+    cover at least MIN_BODY_FRACTION of the slice and touch neither the first nor the last
+    column.
+    """
+    labelled, count = ndimage.label(pixels > threshold, structure=np.ones((3, 3), dtype=bool))
+    if count == 0:
+        return None
+    sizes = np.bincount(labelled.ravel(), minlength=count + 1)
+    sizes[0] = 0
+    largest = int(np.argmax(sizes))
+    if sizes[largest] < MIN_BODY_FRACTION * pixels.size:
+        return None
+    body = ndimage.binary_fill_holes(labelled == largest)
+    if body[:, 0].any() or body[:, -1].any():
+        return None
+    return body
+
+
+def body_midline(body: np.ndarray) -> tuple[float, float]:
+    """Midline column (pixel-edge coordinates) and width of a body mask.
+
+    The median over rows of the middle of the body's extent in that row (robust to arms
+    and to a lopsided outline).
+    """
+    rows = body[body.any(axis=1)]
+    first = np.argmax(rows, axis=1)
+    last = body.shape[1] - 1 - np.argmax(rows[:, ::-1], axis=1)
+    return float(np.median((first + last + 1) / 2)), float(last.max() + 1 - first.min())
+
+
+def inside_body(mask: np.ndarray, body: np.ndarray | None) -> bool:
+    """Whether a target lies in the body: at least 95 % of its pixels in it, and the body
+    well beyond the target (the target at most 75 % of it). Only then is the midline
+    found from that body a reference for the target: a target outside the body, or one
+    that is itself what was taken for the body, says the "body" is something else."""
+    if body is None:
+        return False
+    pixels = int(mask.sum())
+    inside = int((mask & body).sum())
+    return pixels > 0 and inside >= 0.95 * pixels and pixels <= 0.75 * int(body.sum())
+
+
+def frame_2d(pixels: np.ndarray) -> tuple[PatientFrame, np.ndarray] | None:
+    """The patient frame (in pixel units) and body of a 2D grey display image whose
+    columns run from the patient's right to left (radiological display)."""
+    grey = pixels.astype(np.float32)
+    body = body_mask(grey, otsu_threshold(grey))
+    if body is None:
+        return None
+    middle, width = body_midline(body)
+    return PatientFrame(1.0, 0.0, -middle, max(2.0, BAND_FRACTION * width)), body

@@ -1,0 +1,329 @@
+"""A volume -> display-ready 2D slices: orientation, slice choice, windows, square pixels.
+
+Orientation: the voxel array is turned, by axis permutations and flips only (numpy views,
+no copy), to the nearest LPS orientation, exactly as `sitk.DICOMOrient(image, "LPS")`
+would: the oriented array is indexed [S, P, L] (index 0 inferior -> superior, anterior ->
+posterior, right -> left). Display (DESIGN.md):
+- axial slice s: view[s] -> rows anterior to posterior, columns the patient's right to
+  left (radiological: the patient's left on the image's right, anterior at the top);
+- coronal slice p: view[:, p][::-1] -> rows superior to inferior, columns right to left;
+- sagittal slice l: view[:, :, l][::-1] -> rows superior to inferior, columns anterior to
+  posterior (anterior on the image's left).
+Where a slice's pixels are not square they are resampled in-plane to the finer spacing
+(zones are geometric, not index-based): bilinear for the image, nearest for masks.
+`slice_index` is the slice's index along that axis in the SOURCE file's voxel grid.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from .patient import (
+    BAND_FRACTION,
+    MIN_BODY_FRACTION,
+    WORLD_MARGIN_MM,
+    PatientFrame,
+    body_mask,
+    body_midline,
+    otsu_threshold,
+)
+
+SLICE_AXES = ("axial", "coronal", "sagittal")
+# Named CT windows: (level, width) in HU.
+CT_WINDOWS: dict[str, tuple[float, float]] = {
+    "lung": (-600.0, 1500.0),
+    "mediastinum": (50.0, 350.0),
+    "abdomen": (40.0, 400.0),
+    "liver": (60.0, 160.0),
+    "brain": (40.0, 80.0),
+    "bone": (400.0, 1800.0),
+}
+PERCENTILES = (0.5, 99.5)
+CT_BODY_HU = -500.0  # CT voxels above this are body (air and lung parenchyma are below)
+MIDLINE_SLICES = 64  # axial slices looked at to find the body midline
+
+
+class VolumeError(ValueError):
+    """A volume setting or geometry that cannot give true slices."""
+
+
+Window = str | tuple[float, float]  # a CT preset, "percentile", or (low, high)
+
+
+def parse_window(value: object) -> Window:
+    """A window setting: a preset name, "percentile", or [low, high]."""
+    if isinstance(value, str):
+        if value != "percentile" and value not in CT_WINDOWS:
+            names = ", ".join(["percentile", *CT_WINDOWS])
+            raise VolumeError(f"window {value!r} is not one of {names} or [low, high]")
+        return value
+    if (
+        isinstance(value, (list, tuple))
+        and len(value) == 2
+        and all(isinstance(v, (int, float)) for v in value)
+        and value[0] < value[1]
+    ):
+        return (float(value[0]), float(value[1]))
+    raise VolumeError(f"window must be a preset name or [low, high] with low < high, got {value!r}")
+
+
+@dataclass(frozen=True)
+class SlicePolicy:
+    """Which slices of a volume become images (recorded per row by slice_index).
+
+    A slice counts for a target when the target covers at least `min_pixels` of it.
+    - "largest": for each target, the `k` slices where it is largest (ties: lower index);
+    - "all": every slice where some target counts;
+    - "stride": every `stride`-th of those slices, starting with the first.
+    A volume whose labels are all empty gives its middle slice, for negative rows.
+    On a chosen slice, every target present is asked about, and up to `negatives` absent
+    ones (negative rows; chosen by a stable hash of case, slice and target).
+    """
+
+    mode: str = "largest"
+    k: int = 3
+    stride: int = 5
+    min_pixels: int = 10
+    negatives: int = 2
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("largest", "all", "stride"):
+            raise VolumeError(f"slice policy must be largest, all or stride, got {self.mode!r}")
+        if self.k < 1 or self.stride < 1 or self.min_pixels < 1 or self.negatives < 0:
+            raise VolumeError("slice policy k, stride and min_pixels must be at least 1")
+
+    def choose(self, areas: Mapping[str, np.ndarray], n_slices: int) -> list[int]:
+        """Slice indices (along the oriented axis), sorted, from each target's areas."""
+        counting = {t: np.flatnonzero(a >= self.min_pixels) for t, a in areas.items()}
+        if self.mode == "largest":
+            chosen: set[int] = set()
+            for target, area in areas.items():
+                candidates = counting[target]
+                order = candidates[np.argsort(-area[candidates], kind="stable")]
+                chosen.update(int(i) for i in order[: self.k])
+        else:
+            union = sorted({int(i) for found in counting.values() for i in found})
+            chosen = set(union if self.mode == "all" else union[:: self.stride])
+        if not chosen and not any(a.any() for a in areas.values()):
+            return [n_slices // 2]  # an empty label volume: negative rows
+        return sorted(chosen)
+
+
+@dataclass(frozen=True)
+class VolumeSettings:
+    """How a source's volumes become slices."""
+
+    slice_axis: str = "axial"
+    window: Window = "percentile"
+    target_windows: tuple[tuple[str, Window], ...] = ()
+    slices: SlicePolicy = field(default_factory=SlicePolicy)
+    channel: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.slice_axis not in SLICE_AXES:
+            raise VolumeError(
+                f"slice_axis must be one of {', '.join(SLICE_AXES)}, got {self.slice_axis!r}"
+            )
+
+    def window_for(self, target: str) -> Window:
+        return dict(self.target_windows).get(target, self.window)
+
+
+@dataclass(frozen=True)
+class Oriented:
+    """A voxel array seen in LPS order [S, P, L], and where each of its voxels lies.
+
+    world(s, p, l) = origin + matrix @ (s, p, l), in LPS millimetres. `source_axes[a]` is the
+    source array axis that oriented axis a comes from (for the source slice index).
+    """
+
+    view: np.ndarray
+    matrix: np.ndarray  # 3x3: columns = world step of one voxel along S, P, L
+    origin: np.ndarray
+    spacing: tuple[float, float, float]  # along S, P, L
+    source_axes: tuple[int, int, int]
+    flipped: tuple[bool, bool, bool]
+
+    def source_index(self, axis: int, index: int) -> int:
+        n = self.view.shape[axis]
+        return n - 1 - index if self.flipped[axis] else index
+
+
+def orient(array: np.ndarray, spacing, origin, direction) -> Oriented:
+    """The LPS view of a SimpleITK voxel array [z, y, x] (see the module docstring)."""
+    cosines = np.asarray(direction, dtype=float).reshape(3, 3)  # column c: index axis c
+    spacing = np.asarray(spacing, dtype=float)
+    # world axis of each index axis (x, y, z), choosing the best match without repeats
+    order = sorted(range(3), key=lambda c: -np.abs(cosines[:, c]).max())
+    world_of: dict[int, int] = {}
+    for c in order:
+        free = [w for w in range(3) if w not in world_of.values()]
+        world_of[c] = max(free, key=lambda w: abs(cosines[w, c]))
+    index_of_world = {w: c for c, w in world_of.items()}
+    # oriented axis a (0=S, 1=P, 2=L) holds world axis 2 - a
+    axes = []
+    flips = []
+    step = cosines * spacing  # world step of one voxel along each index axis
+    matrix = np.zeros((3, 3))
+    origin = np.asarray(origin, dtype=float).copy()
+    for a in range(3):
+        c = index_of_world[2 - a]
+        flip = cosines[2 - a, c] < 0
+        axes.append(2 - c)  # numpy axis of index axis c
+        flips.append(bool(flip))
+        n = array.shape[2 - c]
+        if flip:
+            origin = origin + step[:, c] * (n - 1)
+            matrix[:, a] = -step[:, c]
+        else:
+            matrix[:, a] = step[:, c]
+    view = array.transpose(axes)
+    view = view[tuple(slice(None, None, -1) if f else slice(None) for f in flips)]
+    oriented_spacing = tuple(float(spacing[index_of_world[2 - a]]) for a in range(3))
+    return Oriented(view, matrix, origin, oriented_spacing, tuple(axes), tuple(flips))
+
+
+AXIS_OF = {"axial": 0, "coronal": 1, "sagittal": 2}
+
+
+def display_slice(volume: np.ndarray, axis: str, index: int) -> np.ndarray:
+    """One oriented slice in display order (see the module docstring)."""
+    if axis == "axial":
+        return volume[index]
+    if axis == "coronal":
+        return volume[:, index][::-1]
+    return volume[:, :, index][::-1]
+
+
+def slice_geometry(oriented: Oriented, axis: str, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """World position of display pixel centres: origin (row 0, col 0) and steps (row, col)."""
+    s_axis = AXIS_OF[axis]
+    rows_axis, cols_axis = {"axial": (1, 2), "coronal": (0, 2), "sagittal": (0, 1)}[axis]
+    start = np.zeros(3)
+    start[s_axis] = index
+    row_step = oriented.matrix[:, rows_axis].copy()
+    if axis != "axial":  # rows run superior to inferior: from the last S index down
+        start[0] = oriented.view.shape[0] - 1
+        row_step = -row_step
+    corner = oriented.origin + oriented.matrix @ start
+    return corner, np.stack([row_step, oriented.matrix[:, cols_axis]])
+
+
+def pixel_spacing(oriented: Oriented, axis: str) -> tuple[float, float, float]:
+    """(row, column, slice) spacing in mm of a display slice."""
+    spacing = oriented.spacing
+    if axis == "axial":
+        return spacing[1], spacing[2], spacing[0]
+    if axis == "coronal":
+        return spacing[0], spacing[2], spacing[1]
+    return spacing[0], spacing[1], spacing[2]
+
+
+def square_shape(shape: tuple[int, int], row_mm: float, col_mm: float) -> tuple[int, int]:
+    """Display size with square pixels at the finer of the two spacings."""
+    if math.isclose(row_mm, col_mm, rel_tol=1e-3):
+        return shape
+    finest = min(row_mm, col_mm)
+    return (max(1, round(shape[0] * row_mm / finest)), max(1, round(shape[1] * col_mm / finest)))
+
+
+def resize(pixels: np.ndarray, shape: tuple[int, int], nearest: bool) -> np.ndarray:
+    if pixels.shape == shape:
+        return pixels
+    mode = Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR
+    image = Image.fromarray(pixels.astype(np.uint8) * (255 if nearest else 1))
+    out = np.asarray(image.resize((shape[1], shape[0]), mode))
+    return out > 127 if nearest else out
+
+
+def window_range(window: Window, volume: np.ndarray, modality: str) -> tuple[float, float]:
+    """(low, high) intensities mapped to 0 and 255."""
+    if isinstance(window, tuple):
+        return window
+    if window in CT_WINDOWS:
+        if modality != "ct":
+            raise VolumeError(f"window {window!r} is a CT preset; the source is {modality}")
+        level, width = CT_WINDOWS[window]
+        return level - width / 2, level + width / 2
+    sample = volume[::2, ::2, ::2] if volume.size > 2**22 else volume
+    finite = sample[np.isfinite(sample)] if np.issubdtype(sample.dtype, np.floating) else sample
+    if finite.size == 0:
+        return 0.0, 1.0
+    low, high = np.percentile(finite, PERCENTILES)
+    return float(low), float(high)
+
+
+def to_grey(pixels: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Window a slice to uint8; NaN and infinite voxels become black; a flat window black."""
+    values = pixels.astype(np.float32)
+    if high <= low:
+        return np.zeros(values.shape, dtype=np.uint8)
+    scaled = (values - low) * (255.0 / (high - low))
+    scaled = np.nan_to_num(scaled, nan=0.0, posinf=0.0, neginf=0.0)
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def body_threshold(volume: np.ndarray, modality: str) -> float:
+    """Body/background threshold: -500 HU for CT in HU, else Otsu (padding ignored)."""
+    sample = volume[:: max(1, volume.shape[0] // MIDLINE_SLICES), ::2, ::2]
+    sample = sample.astype(np.float32)
+    finite = sample[np.isfinite(sample)]
+    if modality == "ct" and finite.size and finite.min() < CT_BODY_HU:
+        return CT_BODY_HU
+    return otsu_threshold(finite)
+
+
+def midline(oriented: Oriented, threshold: float) -> tuple[float, float] | None:
+    """World x (LPS, mm) of the body midline and the body's width, None if not seen whole.
+
+    Found on up to MIDLINE_SLICES evenly spaced axial slices; the body must be seen whole
+    on at least half of those where there is one.
+    """
+    volume = oriented.view
+    n = volume.shape[0]
+    picks = sorted({round(i) for i in np.linspace(0, n - 1, min(n, MIDLINE_SLICES))})
+    seen, whole = 0, []
+    for index in picks:
+        pixels = volume[index].astype(np.float32)
+        body = body_mask(pixels, threshold)
+        if body is None:
+            seen += int((pixels > threshold).mean() >= MIN_BODY_FRACTION)
+            continue
+        seen += 1
+        middle, width = body_midline(body)
+        corner, steps = slice_geometry(oriented, "axial", index)
+        point = corner + steps[0] * (pixels.shape[0] / 2 - 0.5) + steps[1] * (middle - 0.5)
+        whole.append((point[0], width * float(np.linalg.norm(steps[1]))))
+    if not whole or len(whole) * 2 < seen:
+        return None
+    middles, widths = zip(*whole, strict=True)
+    return float(np.median(middles)), float(np.median(widths))
+
+
+def patient_frame(
+    oriented: Oriented,
+    axis: str,
+    index: int,
+    shape: tuple[int, int],
+    body: tuple[float, float] | None,
+    scanner: bool,
+) -> PatientFrame | None:
+    """The patient frame of one display slice resized to `shape` (see patient.py)."""
+    corner, steps = slice_geometry(oriented, axis, index)
+    rows, cols = display_slice(oriented.view, axis, index).shape
+    row_step = steps[0][0] * rows / shape[0]  # world x per display pixel, after resizing
+    col_step = steps[1][0] * cols / shape[1]
+    # world x of the pixel-edge point (0, 0) of the resized grid
+    edge = corner[0] - 0.5 * steps[0][0] - 0.5 * steps[1][0]
+    if body is not None:
+        middle, width = body
+        band = max(2 * max(abs(col_step), abs(row_step)), BAND_FRACTION * width)
+        return PatientFrame(col_step, row_step, edge - middle, band)
+    if scanner:
+        return PatientFrame(col_step, row_step, edge, WORLD_MARGIN_MM, strict=True)
+    return None
