@@ -166,9 +166,12 @@ def test_laterality_rows_state_the_side_the_frame_gives(templates, left, side) -
     lateral = [r for r in rows if r.question_type == "laterality"]
     assert len(lateral) == 1 and all(r.patient_side == side for r in rows)
     for row in rows:
-        assert check_answer(
-            row.question_type, row.question, row.answer, row.options, found, "nodule", side
-        ) == []
+        assert (
+            check_answer(
+                row.question_type, row.question, row.answer, row.options, found, "nodule", side
+            )
+            == []
+        )
     wrong = "right" if side != "right" else "left"
     assert check_answer("laterality", "", lateral[0].answer, None, found, "nodule", wrong)
 
@@ -180,9 +183,7 @@ def test_two_lungs_are_bilateral_and_each_referred_instance_has_its_own_side(tem
     found, instances = analyse(mask)
     frame = PatientFrame(1.0, 0.0, -30.0, 2.0)
     assert instances_side(instances, frame) == "bilateral"
-    rows = QAPlanner(templates, 0).plan(
-        found, "lungs", "ct", "img", instances, "bilateral", frame
-    )
+    rows = QAPlanner(templates, 0).plan(found, "lungs", "ct", "img", instances, "bilateral", frame)
     referring = [r for r in rows if r.mask is not None]
     assert referring
     for row in referring:

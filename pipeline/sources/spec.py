@@ -1,10 +1,13 @@
-"""A source for any folder of 2D image/mask pairs, described by a YAML spec.
+"""A source for any folder of image/mask pairs, 2D or 3D, described by a YAML spec.
 
 Keys (see README.md, "Adding a dataset"):
   name, modality, target, target_regex, images, masks, patient_id_regex, labels, display,
   license, citation, homepage; and optionally exclude (globs of files that are not images),
   split_regex (named group (?P<split>...) on the image's relative path: train/val/test) and
   negatives (true: an empty mask is a true negative, not a bad case).
+Volumes (images ending .nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd, or a glob ending in "/"
+for DICOM series folders) take the same keys, no display (volumes carry their geometry),
+and window, slice_axis, slices ({mode, k, stride, min_pixels, negatives}) and channel.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from typing import Any
 import yaml
 
 from ..display import parse_display
+from ..volume import SlicePolicy, VolumeError, VolumeSettings, parse_window
+from ..volumeio import VOLUME_SUFFIXES
 from .base import Case, Discovered, MaskFile, Problem, SourceInfo, stem
 
 KEYS = {
@@ -39,7 +44,12 @@ KEYS = {
     "split_regex",
     "negatives",
     "redistributable",
+    "window",
+    "slice_axis",
+    "slices",
+    "channel",
 }
+VOLUME_KEYS = ("window", "slice_axis", "slices", "channel")
 REQUIRED = ("name", "modality", "images", "masks")
 _SPLIT_WORDS = {
     "train": "train",
@@ -113,6 +123,9 @@ def load_spec(spec_path: Path) -> SourceInfo:
         display = parse_display(spec.get("display", "none"))
     except ValueError as exc:
         raise SpecError(f"{spec_path}: {exc}") from exc
+    volume = _volume_settings(spec_path, spec)
+    if volume is not None and "display" in spec:
+        raise SpecError(f"{spec_path}: display is for 2D images; volumes carry their geometry")
     exclude = spec.get("exclude") or []
     if isinstance(exclude, str):
         exclude = [exclude]
@@ -123,10 +136,12 @@ def load_spec(spec_path: Path) -> SourceInfo:
     def discover(data_root: Path) -> Iterator[Discovered]:
         if not data_root.is_dir():
             raise SpecError(f"data root {data_root} is not a folder (spec {spec_path})")
+        want_dirs = volume is not None and images_glob.endswith("/")
         images = sorted(
             p
-            for p in data_root.glob(images_glob)
-            if p.is_file() and not any(fnmatch(p.name, pattern) for pattern in exclude)
+            for p in data_root.glob(images_glob.rstrip("/") if want_dirs else images_glob)
+            if (p.is_dir() if want_dirs else p.is_file())
+            and not any(fnmatch(p.name, pattern) for pattern in exclude)
         )
         if not images:
             raise SpecError(f"data root {data_root} has no file matching images: {images_glob!r}")
@@ -195,7 +210,7 @@ def load_spec(spec_path: Path) -> SourceInfo:
             tuple(files),
             official_split=split,
             targets=targets,
-            absent_ok=targets if negatives else (),
+            absent_ok=targets if negatives or volume is not None else (),
         )
 
     def _target(image: Path, mask: Path) -> str | None:
@@ -219,7 +234,43 @@ def load_spec(spec_path: Path) -> SourceInfo:
         discover=discover,
         redistributable=spec.get("redistributable"),
         display=display,
+        volume=volume,
     )
+
+
+def _volume_settings(spec_path: Path, spec: dict) -> VolumeSettings | None:
+    """Volume settings when the spec describes volumes, else None."""
+    images = str(spec.get("images", ""))
+    is_volume = images.endswith("/") or images.lower().endswith(VOLUME_SUFFIXES)
+    given = [key for key in VOLUME_KEYS if key in spec]
+    if not is_volume:
+        if given:
+            raise SpecError(
+                f"{spec_path}: {', '.join(given)} apply to volumes only (images ending "
+                f"{', '.join(VOLUME_SUFFIXES)}, or a glob ending in / for DICOM folders)"
+            )
+        return None
+    slices = spec.get("slices") or {}
+    if not isinstance(slices, dict):
+        raise SpecError(f"{spec_path}: slices must be a mapping (mode, k, stride, min_pixels)")
+    try:
+        window = spec.get("window", "percentile")
+        target_windows: tuple = ()
+        if isinstance(window, dict):
+            default = window.get("default", "percentile")
+            target_windows = tuple(
+                (str(t), parse_window(w)) for t, w in window.items() if t != "default"
+            )
+            window = default
+        return VolumeSettings(
+            slice_axis=str(spec.get("slice_axis", "axial")),
+            window=parse_window(window),
+            target_windows=target_windows,
+            slices=SlicePolicy(**slices),
+            channel=spec.get("channel"),
+        )
+    except (VolumeError, TypeError) as exc:
+        raise SpecError(f"{spec_path}: {exc}") from exc
 
 
 def _glob(root: Path, pattern: str) -> list[Path]:
