@@ -149,11 +149,12 @@ def parse_source_arg(value: str, data_root: str | None = None) -> SourceRequest:
                 f"(or --data-root DIR with a single --source)"
             )
         root = data_root
+    data_root = Path(root).expanduser()
     try:
-        source = resolve_source(name)
-    except ValueError as exc:
+        source = resolve_source(name).at(data_root)
+    except ValueError as exc:  # an unknown name, a bad spec or dataset.json
         raise BuildError(str(exc)) from exc
-    return SourceRequest(source, Path(root).expanduser())
+    return SourceRequest(source, data_root)
 
 
 def _relative(path: Path, root: Path) -> str:

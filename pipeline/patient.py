@@ -36,7 +36,8 @@ from scipy import ndimage
 from .facts import Instance, analyse
 
 WORLD_MARGIN_MM = 50.0
-MIN_BODY_FRACTION = 0.05  # of the image: smaller bright parts are not a body
+MIN_BODY_FRACTION = 0.1  # of the image: smaller bright parts are not a body
+MIN_BODY_WIDTH_MM = 80.0  # narrower is no body (a neonate's head is wider): a crop
 BAND_FRACTION = 0.03  # of the body's width
 SIDES = ("left", "right", "bilateral", "midline")
 

@@ -26,6 +26,7 @@ from PIL import Image
 from .patient import (
     BAND_FRACTION,
     MIN_BODY_FRACTION,
+    MIN_BODY_WIDTH_MM,
     WORLD_MARGIN_MM,
     PatientFrame,
     body_mask,
@@ -281,8 +282,8 @@ def body_threshold(volume: np.ndarray, modality: str) -> float:
 def midline(oriented: Oriented, threshold: float) -> tuple[float, float] | None:
     """World x (LPS, mm) of the body midline and the body's width, None if not seen whole.
 
-    Found on up to MIDLINE_SLICES evenly spaced axial slices; the body must be seen whole
-    on at least half of those where there is one.
+    Found on up to MIDLINE_SLICES evenly spaced axial slices; the body must be seen whole,
+    and at least MIN_BODY_WIDTH_MM wide, on at least half of those where there is one.
     """
     volume = oriented.view
     n = volume.shape[0]
@@ -297,8 +298,11 @@ def midline(oriented: Oriented, threshold: float) -> tuple[float, float] | None:
         seen += 1
         middle, width = body_midline(body)
         corner, steps = slice_geometry(oriented, "axial", index)
+        width_mm = width * float(np.linalg.norm(steps[1]))
+        if width_mm < MIN_BODY_WIDTH_MM:
+            continue  # seen, but too narrow to be a body: a crop's bright structure
         point = corner + steps[0] * (pixels.shape[0] / 2 - 0.5) + steps[1] * (middle - 0.5)
-        whole.append((point[0], width * float(np.linalg.norm(steps[1]))))
+        whole.append((point[0], width_mm))
     if not whole or len(whole) * 2 < seen:
         return None
     middles, widths = zip(*whole, strict=True)

@@ -4,13 +4,35 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import busi, covid_qu_ex, cvc_clinicdb, isic2018, kvasir_seg, montgomery, ph2
+from . import (
+    brats,
+    busi,
+    covid_qu_ex,
+    cvc_clinicdb,
+    isic2018,
+    kvasir_seg,
+    montgomery,
+    msd,
+    nnunet,
+    ph2,
+)
 from .base import Case, Discovered, LayoutError, MaskFile, Problem, SourceInfo
 from .spec import SpecError, load_spec
 
 REGISTRY: dict[str, SourceInfo] = {
     module.SOURCE.name: module.SOURCE
-    for module in (kvasir_seg, cvc_clinicdb, isic2018, ph2, busi, montgomery, covid_qu_ex)
+    for module in (
+        kvasir_seg,
+        cvc_clinicdb,
+        isic2018,
+        ph2,
+        busi,
+        montgomery,
+        covid_qu_ex,
+        msd,
+        nnunet,
+        brats,
+    )
 }
 
 

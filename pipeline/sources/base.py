@@ -84,6 +84,13 @@ class SourceInfo:
     redistributable: bool | None = None
     display: Display = NO_DISPLAY
     volume: VolumeSettings | None = None  # set for sources of 3D volumes
+    # For sources described by the dataset itself (a dataset.json): the source as read
+    # from a data root (name, modality, labels, windows); None for fixed sources.
+    bind: Callable[[Path], SourceInfo] | None = field(default=None, repr=False, compare=False)
+
+    def at(self, data_root: Path) -> SourceInfo:
+        """This source for a data root (bound sources read the dataset's description)."""
+        return self.bind(data_root) if self.bind is not None else self
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[a-z0-9_]+", self.name):

@@ -82,16 +82,24 @@ def _regex(spec_path: Path, spec: dict, key: str, group: str) -> str | None:
     return pattern
 
 
-def _labels(spec_path: Path, value: Any) -> dict[int, str] | None:
+def _labels(spec_path: Path, value: Any) -> dict[int | tuple[int, ...], str] | None:
+    """{value: structure}; a region of several values as {structure: [values]}."""
     if value is None:
         return None
     if not isinstance(value, dict) or not value:
         raise SpecError(f"{spec_path}: labels must be a mapping {{value: structure}}")
+    labels: dict[int | tuple[int, ...], str] = {}
     try:
-        labels = {int(k): str(v) for k, v in value.items()}
+        for key, name in value.items():
+            if isinstance(name, list):  # a region: structure -> its label values
+                labels[tuple(sorted(int(v) for v in name))] = str(key)
+            else:
+                labels[int(key)] = str(name)
     except (TypeError, ValueError) as exc:
-        raise SpecError(f"{spec_path}: labels keys must be integers ({exc})") from exc
-    if 0 in labels:
+        raise SpecError(
+            f"{spec_path}: labels are {{integer: structure}} or {{structure: [integers]}} ({exc})"
+        ) from exc
+    if any(k == 0 or (isinstance(k, tuple) and 0 in k) for k in labels):
         raise SpecError(f"{spec_path}: labels must not name 0 (background)")
     return labels
 
