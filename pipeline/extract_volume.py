@@ -88,7 +88,9 @@ def extract_volume(case: Case, source: SourceMeta) -> list[ExtractedCase]:
     assert settings is not None
     image = read_volume(case.image, settings.channel)
     try:
-        label_arrays = [read_labels(m.path, image, settings.channel) for m in case.masks]
+        label_arrays = [
+            read_labels(m.path, image, case.image, settings.channel) for m in case.masks
+        ]
     except GeometryError as exc:
         raise CaseError(str(exc)) from exc
     voxels, geometry = voxel_view(image)

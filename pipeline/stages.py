@@ -22,6 +22,7 @@ from functools import cached_property
 from pathlib import Path
 
 from . import (
+    dicomseg,
     display,
     extract,
     extract_volume,
@@ -44,7 +45,17 @@ from .sources.base import Case
 from .splits import SplitRatios
 from .writer import SplitWriter
 
-EXTRACT_CODE = (extract, extract_volume, facts, imageio, display, patient, volume, volumeio)
+EXTRACT_CODE = (
+    extract,
+    extract_volume,
+    facts,
+    imageio,
+    display,
+    patient,
+    volume,
+    volumeio,
+    dicomseg,
+)
 RENDER_CODE = (render, qa, splits, schema, writer)
 
 

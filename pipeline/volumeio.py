@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .dicomseg import is_seg, read_seg
 from .imageio import PixelError
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -161,13 +162,16 @@ def _box(image) -> tuple[np.ndarray, np.ndarray]:
     return points.min(axis=0), points.max(axis=0)
 
 
-def read_labels(path: Path, reference, channel: int | None = None) -> np.ndarray:
+def read_labels(path: Path, reference, image_path: Path, channel: int | None = None) -> np.ndarray:
     """A label map on the reference image's grid, as an integer array [z, y, x].
 
     Float label maps must hold whole numbers. A label map on another grid is resampled
     (nearest neighbour) onto the image when its physical box lies within the image's;
-    otherwise a GeometryError names both geometries.
+    otherwise a GeometryError names both geometries. A DICOM-SEG gives its segment
+    numbers on the grid of the series it references (dicomseg.py).
     """
+    if is_seg(path):
+        return read_seg(path, image_path, reference)
     sitk = _sitk()
     labels = read_volume(path, channel)
     values = sitk.GetArrayViewFromImage(labels)

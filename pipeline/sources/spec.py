@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from ..dicomseg import is_seg, segment_labels
 from ..display import parse_display
 from ..volume import SlicePolicy, VolumeError, VolumeSettings, parse_window
 from ..volumeio import VOLUME_SUFFIXES
@@ -121,9 +122,10 @@ def load_spec(spec_path: Path) -> SourceInfo:
     if missing:
         raise SpecError(f"{spec_path}: missing key(s) {', '.join(missing)}")
     labels = _labels(spec_path, spec.get("labels"))
+    volume = _volume_settings(spec_path, spec)
     target = spec.get("target")
     target_regex = _regex(spec_path, spec, "target_regex", "target")
-    if labels is None and not target and not target_regex:
+    if labels is None and not target and not target_regex and volume is None:
         raise SpecError(f"{spec_path}: give target, target_regex or labels")
     patient_regex = _regex(spec_path, spec, "patient_id_regex", "patient_id")
     split_regex = _regex(spec_path, spec, "split_regex", "split")
@@ -131,7 +133,6 @@ def load_spec(spec_path: Path) -> SourceInfo:
         display = parse_display(spec.get("display", "none"))
     except ValueError as exc:
         raise SpecError(f"{spec_path}: {exc}") from exc
-    volume = _volume_settings(spec_path, spec)
     if volume is not None and "display" in spec:
         raise SpecError(f"{spec_path}: display is for 2D images; volumes carry their geometry")
     exclude = spec.get("exclude") or []
@@ -201,15 +202,20 @@ def load_spec(spec_path: Path) -> SourceInfo:
             if labels is not None:
                 files.append(MaskFile(mask, labels=labels))
                 continue
+            if volume is not None and is_seg(mask):  # a DICOM-SEG names its segments
+                files.append(MaskFile(mask, labels=segment_labels(mask)))
+                continue
+            if not (target or target_regex):
+                reason = "not a DICOM-SEG, and the spec names no target or labels"
+                return Problem(name, mask, reason, case_id)
             mask_target = _target(image, mask)
             if mask_target is None:
                 return Problem(name, mask, "target_regex does not match the mask name", case_id)
             files.append(MaskFile(mask, mask_target))
-        targets = tuple(
-            dict.fromkeys(
-                list(labels.values()) if labels is not None else [f.target for f in files]
-            )
-        )
+        named: list[str] = []
+        for f in files:
+            named += [f.target] if f.labels is None else list(f.labels.values())
+        targets = tuple(dict.fromkeys(named))
         return Case(
             name,
             case_id,
