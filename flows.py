@@ -117,11 +117,16 @@ def build_mmrs(
     cache_dir: str | None = None,
     check: bool = True,
     progress: bool = False,
+    slice_axis: str | None = None,
+    slices: str | None = None,
 ) -> dict:
-    """Build MMRS from sources given as "NAME_OR_SPEC=DATA_ROOT"; validate it (check)."""
+    """Build MMRS from sources given as "NAME_OR_SPEC=DATA_ROOT"; validate it (check).
+
+    slice_axis and slices (all, largest[:K], stride[:N]) override volume sources' own.
+    """
     store = _store(cache, cache_dir)
     config = BuildConfig(
-        sources=tuple(parse_source_arg(value) for value in sources),
+        sources=tuple(parse_source_arg(v, slice_axis=slice_axis, slices=slices) for v in sources),
         out=Path(out).expanduser(),
         seed=seed,
         strict=strict,

@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -137,9 +137,18 @@ def discover(config: BuildConfig) -> list[tuple[SourceRequest, Case | Problem]]:
     return found
 
 
-def parse_source_arg(value: str, data_root: str | None = None) -> SourceRequest:
-    """ "NAME_OR_SPEC=DATA_ROOT" (or NAME_OR_SPEC with data_root) -> a SourceRequest."""
+def parse_source_arg(
+    value: str,
+    data_root: str | None = None,
+    slice_axis: str | None = None,
+    slices: str | None = None,
+) -> SourceRequest:
+    """ "NAME_OR_SPEC=DATA_ROOT" (or NAME_OR_SPEC with data_root) -> a SourceRequest.
+
+    `slice_axis` and `slices` (all, largest[:K], stride[:N]) override a volume source's own.
+    """
     from .sources import resolve_source
+    from .volume import VolumeError, parse_slice_policy
 
     name, sep, root = value.partition("=")
     if not sep:
@@ -154,6 +163,16 @@ def parse_source_arg(value: str, data_root: str | None = None) -> SourceRequest:
         source = resolve_source(name).at(data_root)
     except ValueError as exc:  # an unknown name, a bad spec or dataset.json
         raise BuildError(str(exc)) from exc
+    if source.volume is not None and (slice_axis or slices):
+        try:
+            volume = replace(
+                source.volume,
+                slice_axis=slice_axis or source.volume.slice_axis,
+                slices=parse_slice_policy(slices) if slices else source.volume.slices,
+            )
+        except VolumeError as exc:
+            raise BuildError(str(exc)) from exc
+        source = replace(source, volume=volume)
     return SourceRequest(source, data_root)
 
 
@@ -417,6 +436,7 @@ def _write_manifest(
                     "modality": r.source.modality,
                     "data_root": r.data_root.as_posix(),
                     "display": r.source.display.describe(),
+                    "volume": r.source.volume.describe() if r.source.volume else None,
                     "license": r.source.license,
                     "redistributable": r.source.redistributable,
                     "citation": r.source.citation,

@@ -13,6 +13,7 @@ from .build import BATCH_SIZE, BuildError, parse_source_arg
 from .orchestration import RUNNERS, default_cache_dir
 from .sources import REGISTRY
 from .splits import SplitRatios
+from .volume import SLICE_AXES
 
 
 def _source_args(args: argparse.Namespace) -> list[str]:
@@ -26,7 +27,8 @@ def _source_args(args: argparse.Namespace) -> list[str]:
                     f"(or --data-root DIR with a single --source)"
                 )
             value = f"{value}={args.data_root}"
-        parse_source_arg(value)  # fail here, before Prefect starts, on a bad name
+        # fail here, before Prefect starts, on a bad name or volume option
+        parse_source_arg(value, slice_axis=args.slice_axis, slices=args.slices)
         values.append(value)
     return values
 
@@ -90,6 +92,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         cache=not args.no_cache,
         cache_dir=args.cache_dir,
         progress=not args.quiet,
+        slice_axis=args.slice_axis,
+        slices=args.slices,
     )
     out = Path(args.out).expanduser()
     _print_summary(result["summary"], out)
@@ -150,6 +154,8 @@ def cmd_sources(args: argparse.Namespace) -> int:
                         "layout": s.layout,
                         "redistributable": s.redistributable,
                         "display": s.display.describe(),
+                        "volume": s.volume.describe() if s.volume else None,
+                        "described_by_dataset_json": s.bind is not None,
                     }
                     for name, s in REGISTRY.items()
                 },
@@ -163,7 +169,10 @@ def cmd_sources(args: argparse.Namespace) -> int:
         print(f"    licence:  {s.license}")
         print(f"    cite:     {s.citation}")
         print(f"    homepage: {s.homepage}")
-    print("\nAny other folder of 2D pairs: --source path/to/spec.yaml=DATA_ROOT (see README).")
+    print(
+        "\nAny other folder of 2D pairs or volumes: --source path/to/spec.yaml=DATA_ROOT "
+        "(see README)."
+    )
     return 0
 
 
@@ -204,6 +213,16 @@ def parser() -> argparse.ArgumentParser:
         help="split ratios where a source has no official split (default 0.8,0.1,0.1)",
     )
     b.add_argument("--templates", help="folder of QA templates (default: the project's templates/)")
+    b.add_argument(
+        "--slice-axis",
+        choices=SLICE_AXES,
+        help="for volumes: the axis slices are cut along (default: each source's; axial)",
+    )
+    b.add_argument(
+        "--slices",
+        metavar="POLICY",
+        help="for volumes: all, largest[:K] or stride[:N] (default: each source's; largest:3)",
+    )
     b.add_argument(
         "--overwrite", action="store_true", help="replace an existing MMRS build in --out"
     )

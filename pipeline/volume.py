@@ -115,6 +115,21 @@ class SlicePolicy:
         return sorted(chosen)
 
 
+def parse_slice_policy(value: str) -> SlicePolicy:
+    """A policy from the command line: "all", "largest[:K]" or "stride[:N]"."""
+    mode, _, number = value.partition(":")
+    try:
+        if mode == "largest":
+            return SlicePolicy("largest", k=int(number or 3))
+        if mode == "stride":
+            return SlicePolicy("stride", stride=int(number or 5))
+        if mode == "all" and not number:
+            return SlicePolicy("all")
+    except ValueError:
+        pass
+    raise VolumeError(f"slices must be all, largest[:K] or stride[:N], got {value!r}")
+
+
 @dataclass(frozen=True)
 class VolumeSettings:
     """How a source's volumes become slices."""
@@ -133,6 +148,18 @@ class VolumeSettings:
 
     def window_for(self, target: str) -> Window:
         return dict(self.target_windows).get(target, self.window)
+
+    def describe(self) -> dict:
+        """The settings as plain data (manifest and data card)."""
+        return {
+            "slice_axis": self.slice_axis,
+            "window": list(self.window) if isinstance(self.window, tuple) else self.window,
+            "target_windows": {
+                t: list(w) if isinstance(w, tuple) else w for t, w in self.target_windows
+            },
+            "slices": vars(self.slices),
+            "channel": self.channel,
+        }
 
 
 @dataclass(frozen=True)
