@@ -15,7 +15,7 @@ import numpy as np
 import SimpleITK as sitk
 
 SHAPE = (24, 60, 72)  # S, P, L voxels
-SPACING = (0.8, 0.9, 2.0)  # x (L), y (P), z (S) in mm: anisotropic on purpose
+SPACING = (2.0, 2.2, 4.0)  # x (L), y (P), z (S) in mm: anisotropic; a body 120 mm wide
 LESION_VALUE = 1
 
 

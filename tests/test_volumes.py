@@ -118,7 +118,7 @@ def test_lesion_on_the_patients_left_in_every_orientation_format_and_axis(
         if axis in ("coronal", "sagittal"):
             assert y < 0.5  # superior at the top
         # square pixels at the finer spacing; the slice spacing recorded
-        finest = 0.9 if axis == "sagittal" else 0.8  # in-plane: (P, S) or (L, P|S)
+        finest = 2.2 if axis == "sagittal" else 2.0  # in-plane: (P, S) or (L, P|S)
         assert image.spacing_mm[0] == image.spacing_mm[1] == pytest.approx(finest, abs=1e-6)
 
 
@@ -143,7 +143,7 @@ def test_crop_without_body_is_null_unless_scanner_coordinates_make_it_certain(
     tmp_path: Path,
 ) -> None:
     image, labels = phantoms.phantom_arrays(crop=True)
-    # A crop far to the patient's left (x from +60 mm): DICOM is in scanner coordinates.
+    # A crop on the patient's left (x from +60 mm): DICOM is in scanner coordinates.
     img = phantoms.to_image(image, origin_x=60.0)
     lab = phantoms.to_image(labels, origin_x=60.0)
     phantoms.write_dicom_series(img, tmp_path / "dicom" / "images" / "p1")
@@ -159,8 +159,8 @@ def test_crop_without_body_is_null_unless_scanner_coordinates_make_it_certain(
     spec = _spec(tmp_path / "nrrd", "images/*.nrrd", "labels/{name}")
     assert {_lesion(s)[0] for s in _slices(tmp_path / "nrrd", spec)} == {None}
     # Near the scanner centre a DICOM crop is not certain either.
-    img = phantoms.to_image(image, origin_x=-20.0)
-    lab = phantoms.to_image(labels, origin_x=-20.0)
+    img = phantoms.to_image(image, origin_x=-90.0)  # the lesion near x = 0
+    lab = phantoms.to_image(labels, origin_x=-90.0)
     phantoms.write_dicom_series(img, tmp_path / "near" / "images" / "p1")
     phantoms.write(lab, tmp_path / "near" / "labels" / "p1.nrrd")
     spec = _spec(tmp_path / "near", "images/*/", "labels/{name}.nrrd")
