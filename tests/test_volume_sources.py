@@ -174,8 +174,8 @@ def test_brats_regions(
         masks = {t.target: decode_mask(t.mask_png) for t in image_slice.targets}
         plane = volume[image_slice.slice_index]
 
-        def square(layer: np.ndarray) -> np.ndarray:  # 2.2 mm rows -> 2.0 mm, as written
-            return resize(layer, (image_slice.height, image_slice.width), nearest=True)
+        def square(layer: np.ndarray, shape=(image_slice.height, image_slice.width)):
+            return resize(layer, shape, nearest=True)  # 2.2 mm rows -> 2.0 mm, as written
 
         assert np.array_equal(masks["whole tumour"], square(plane > 0))
         assert np.array_equal(masks["tumour core"], square(np.isin(plane, (core, enhancing))))
