@@ -26,6 +26,7 @@ from .imageio import (
     read_label_map,
 )
 from .patient import PatientFrame, frame_2d, inside_body, instances_side
+from .relations import relations_of
 from .sources.base import Case, SourceInfo
 from .volume import VolumeSettings
 
@@ -62,6 +63,7 @@ class ExtractedTarget:
     instances: list[Instance]  # empty for a single instance (the mask itself)
     patient_side: str | None = None
     frame: PatientFrame | None = None  # the image's, where the target lies in the body
+    relations: tuple[tuple[str, str], ...] = ()  # (other target, "inside" | "outside")
 
 
 @dataclass(frozen=True)
@@ -93,12 +95,14 @@ def analyse_targets(
     masks: dict[str, np.ndarray],
     frame: PatientFrame | None,
     body: np.ndarray | None,
+    image_id: str,
 ) -> list[ExtractedTarget]:
-    """Facts, instances and the patient's side of every target mask of one image.
+    """Facts, instances, the patient's side and relations of every target of one image.
 
     A target has the image's patient frame when the frame is strict (world coordinates) or
     the target lies in the body the midline was found from.
     """
+    related = relations_of(masks, image_id)
     targets = []
     for target, mask in masks.items():
         facts, instances = analyse(mask)
@@ -111,6 +115,7 @@ def analyse_targets(
                 instances if len(instances) > 1 else [],
                 instances_side(instances, own),
                 own,
+                tuple(related.get(target, ())),
             )
         )
     return targets
@@ -173,12 +178,13 @@ def extract_image(case: Case, source: SourceMeta) -> ExtractedCase:
     else:
         image_bytes = encode_png(decoded.image)  # lossless, for formats viewers lack
     height, width = next(iter(masks.values())).shape if masks else shape
+    image_id = hashlib.sha256(image_bytes).hexdigest()
     return ExtractedCase(
         case=case,
         source=source,
         image_bytes=image_bytes,
-        image_id=hashlib.sha256(image_bytes).hexdigest(),
+        image_id=image_id,
         width=width,
         height=height,
-        targets=analyse_targets(masks, *(found or (None, None))),
+        targets=analyse_targets(masks, *(found or (None, None)), image_id),
     )

@@ -48,6 +48,9 @@ def _layers(mask_file: MaskFile, values: np.ndarray) -> dict[str, np.ndarray]:
     return {mask_file.target: values != 0}
 
 
+MAX_HISTOGRAM_VALUES = 4096  # label ranges counted by per-slice histograms
+
+
 def _value_sets(labels: Mapping) -> dict[str, list[int]]:
     """The label values that make up each target of a label map."""
     sets: dict[str, list[int]] = defaultdict(list)
@@ -57,19 +60,34 @@ def _value_sets(labels: Mapping) -> dict[str, list[int]]:
 
 
 def _areas(case: Case, label_views: list[np.ndarray], axis: int, n: int) -> dict[str, np.ndarray]:
-    """Pixels of each target on each slice along the oriented axis."""
-    others = tuple(a for a in range(3) if a != axis)
+    """Pixels of each target on each slice along the oriented axis.
+
+    Counted from one histogram of label values per slice: no whole-volume temporary.
+    """
     areas = {target: np.zeros(n, dtype=np.int64) for target in case.targets}
     for mask_file, view in zip(case.masks, label_views, strict=True):
-        if mask_file.labels is None:
-            layers = {mask_file.target: lambda v=view: v != 0}
+        low, high = int(view.min()), int(view.max())
+        if mask_file.labels is None:  # a binary file: every non-zero value
+            sets = {mask_file.target: None}
         else:
-            layers = {
-                target: lambda v=view, values=values: np.isin(v, values)
-                for target, values in _value_sets(mask_file.labels).items()
-            }
-        for target, layer in layers.items():  # one boolean volume at a time
-            count = layer().sum(axis=others)
+            sets = _value_sets(mask_file.labels)
+        slices = [view.take(i, axis=axis) for i in range(n)]
+        if high - low <= MAX_HISTOGRAM_VALUES:
+            counts = np.stack(
+                [np.bincount((s.ravel() - low).astype(np.intp), minlength=high - low + 1)
+                 for s in slices]
+            )  # fmt: skip
+            zero = -low if low <= 0 <= high else None
+        for target, values in sets.items():
+            if high - low > MAX_HISTOGRAM_VALUES:  # sparse huge values: count slice by slice
+                count = np.array(
+                    [(s != 0).sum() if values is None else np.isin(s, values).sum() for s in slices]
+                )
+            elif values is None:
+                count = counts.sum(axis=1) - (counts[:, zero] if zero is not None else 0)
+            else:
+                columns = [v - low for v in values if low <= v <= high]
+                count = counts[:, columns].sum(axis=1)
             areas[target] = areas.get(target, np.zeros(n, dtype=np.int64)) + count
     return areas
 
@@ -132,15 +150,17 @@ def extract_volume(case: Case, source: SourceMeta) -> list[ExtractedCase]:
         for window, targets in by_window.items():
             grey = resize(to_grey(pixels, *windows[window]), shape, nearest=False)
             image_bytes = encode_png(grey)
+            image_id = hashlib.sha256(image_bytes).hexdigest()
+            asked = {t: masks[t] for t in targets}
             slices.append(
                 ExtractedCase(
                     case=case,
                     source=source,
                     image_bytes=image_bytes,
-                    image_id=hashlib.sha256(image_bytes).hexdigest(),
+                    image_id=image_id,
                     width=shape[1],
                     height=shape[0],
-                    targets=analyse_targets({t: masks[t] for t in targets}, frame, seen),
+                    targets=analyse_targets(asked, frame, seen, image_id),
                     slice_axis=axis_name,
                     slice_index=oriented.source_index(axis, index),
                     spacing_mm=(finest, finest, slice_mm),

@@ -85,10 +85,12 @@ def check_answer(
     facts: Facts,
     target: str = "",
     patient_side: str | None = None,
+    relation: tuple[str, str] | None = None,
 ) -> list[str]:
     """Every way the question/answer pair disagrees with the facts (empty when true).
 
-    `patient_side` is the row's side of the patient (None where it cannot be known).
+    `patient_side` is the row's side of the patient (None where it cannot be known);
+    `relation` the (other structure, "inside" | "outside") a relation row asks about.
     """
     question, answer = _without(question, target), _without(answer, target)
     problems: list[str] = check_patient_side(answer, patient_side)
@@ -126,6 +128,12 @@ def check_answer(
         problems.append("answer states no position")
     elif question_type == "laterality" and not sides_in(answer):
         problems.append("answer states no side of the patient")
+    elif question_type == "relation":
+        said = _YES_NO.match(answer.lower())
+        if relation is None or said is None:
+            problems.append("relation row needs a relation and a yes or no answer")
+        elif (said.group(1) == "yes") != (relation[1] == "inside"):
+            problems.append(f"answered {said.group(1)!r}; the {relation[0]} is {relation[1]}")
     elif question_type == "size" and not sizes_in(answer):
         problems.append("answer states no size")
     elif question_type == "count":

@@ -33,6 +33,7 @@ FAMILIES = (
     "referring",
     "prsmed",
     "laterality",
+    "relation",
     "negative",
 )
 LETTERS = ("A", "B", "C", "D")
@@ -194,6 +195,7 @@ class QA:
     mask: np.ndarray | None = field(default=None, compare=False)
     facts: Facts | None = field(default=None, compare=False)
     patient_side: str | None = None  # of the row's mask (the instance's, for one instance)
+    relation: tuple[str, str] | None = None  # (other target, "inside" | "outside")
 
 
 def location_zones(facts: Facts) -> set[str]:
@@ -266,10 +268,12 @@ class QAPlanner:
         instances: list[Instance],
         patient_side: str | None = None,
         frame: PatientFrame | None = None,
+        relations: tuple[tuple[str, str], ...] = (),
     ) -> list[QA]:
         """Every QA row for one target (negative rows when the target is absent).
 
-        `patient_side` is the target's side of the patient; `frame` gives an instance's.
+        `patient_side` is the target's side of the patient; `frame` gives an instance's;
+        `relations` are (other target, "inside" | "outside") pairs to ask about.
         """
         context = base_context(facts, target, modality, patient_side if facts.present else None)
 
@@ -284,6 +288,9 @@ class QAPlanner:
         rows += self._multiple_choice(rng("multiple_choice"), facts, context)
         rows += self._verification(rng("verification"), facts, context)
         rows += self._referring(rng("referring"), facts, context, instances, frame)
+        for other, kind in relations:
+            asked = {**context, "other": other, "relation": kind}
+            rows += self._one(rng("relation"), "relation", asked, relation=(other, kind))
         side = context["patient_side"]
         return [qa if qa.mask is not None else replace(qa, patient_side=side) for qa in rows]
 

@@ -49,6 +49,7 @@ def render_case(
             item.instances,
             item.patient_side,
             item.frame,
+            item.relations,
         )
         frame = item.frame.as_row() if item.frame else None
         for qa in plans:
@@ -66,6 +67,9 @@ def render_case(
                     "template_id": qa.template_id,
                     "patient_side": qa.patient_side,
                     "patient_frame": frame,
+                    "relation": {"target": qa.relation[0], "kind": qa.relation[1]}
+                    if qa.relation
+                    else None,
                     **(qa.facts.as_row() if qa.facts else facts_row),
                 }
             )

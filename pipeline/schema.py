@@ -57,6 +57,8 @@ SCHEMA = pa.schema(
         # [col_step, row_step, offset, band, strict]: signed distance (patient's left > 0)
         # of a pixel to the body midline (pipeline/patient.py); null where unknown
         ("patient_frame", pa.list_(pa.float64())),
+        # relation rows: the other structure and "inside" | "outside" (pipeline/relations.py)
+        ("relation", pa.struct([("target", pa.string()), ("kind", pa.string())])),
     ]
 )
 IMAGE_COLUMNS = ("image", "mask")

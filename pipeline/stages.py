@@ -30,6 +30,7 @@ from . import (
     imageio,
     patient,
     qa,
+    relations,
     render,
     schema,
     splits,
@@ -55,6 +56,7 @@ EXTRACT_CODE = (
     volume,
     volumeio,
     dicomseg,
+    relations,
 )
 RENDER_CODE = (render, qa, splits, schema, writer)
 

@@ -20,16 +20,18 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 from tqdm import tqdm
 
-from . import factcheck, facts, imageio, patient, schema
+from . import factcheck, facts, imageio, patient, relations, schema
 from .factcheck import check_answer
 from .facts import Facts, Instance, analyse
 from .imageio import PixelError, decode_mask
 from .patient import PatientFrame, instances_side
+from .relations import relation
 from .schema import SCHEMA
 from .splits import SPLITS
 from .stages import atomic_pickle, code_digest, file_digest, stored_result
@@ -47,7 +49,7 @@ FACT_COLUMNS = (
     "prsmed_position",
     "prsmed_near_center",
 )
-VALIDATE_CODE = (facts, factcheck, imageio, patient, schema)
+VALIDATE_CODE = (facts, factcheck, imageio, patient, relations, schema)
 MAX_REPORTED = 50  # violations listed in full; all are counted
 
 
@@ -138,9 +140,11 @@ def check_row_group(shard: Path, index: int, split: str) -> _Part:
     mask_rows: list[dict[str, Any]] = []
     mask_instances: list[list[Instance]] = []
     mask_sizes = []
+    decoded: list[np.ndarray | None] = []
     for data in masks:
         try:
             mask = decode_mask(data)
+            decoded.append(mask)
             facts, instances = analyse(mask)
             mask_facts.append(facts)
             mask_instances.append(instances)
@@ -150,7 +154,13 @@ def check_row_group(shard: Path, index: int, split: str) -> _Part:
             mask_facts.append(f"mask unreadable ({exc})")
             mask_rows.append({})
             mask_instances.append([])
+            decoded.append(None)
             mask_sizes.append(None)
+    whole = {  # the mask of each target in each image, from its whole-target rows
+        (row["image_id"], row["target"]): m
+        for row, m in zip(rows, mask_index, strict=True)
+        if row["question_type"] not in ("referring", "negative")
+    }
 
     for row, i, m in zip(rows, image_index, mask_index, strict=True):
         label = f"{shard.name} row {row.get('row_id')}"
@@ -183,6 +193,15 @@ def check_row_group(shard: Path, index: int, split: str) -> _Part:
                 f"{label}: patient_side is {row['patient_side']!r}, the mask and its patient "
                 f"frame give {side!r}"
             )
+        if row["relation"] is not None:
+            other, kind = row["relation"]["target"], row["relation"]["kind"]
+            found = whole.get((row["image_id"], other))
+            derived = None if found is None else relation(decoded[m], decoded[found])
+            if derived != kind:
+                part.violations.append(
+                    f"{label}: relation says the {row['target']} is {kind} the {other}; "
+                    f"the masks give {derived!r}"
+                )
         for problem in check_answer(
             row["question_type"],
             row["question"],
@@ -191,6 +210,9 @@ def check_row_group(shard: Path, index: int, split: str) -> _Part:
             facts,
             target=row["target"],
             patient_side=row["patient_side"],
+            relation=(row["relation"]["target"], row["relation"]["kind"])
+            if row["relation"]
+            else None,
         ):
             part.violations.append(f"{label} ({row['template_id']}): {problem}")
     return part

@@ -46,7 +46,7 @@ CT_WINDOWS: dict[str, tuple[float, float]] = {
 }
 PERCENTILES = (0.5, 99.5)
 CT_BODY_HU = -500.0  # CT voxels above this are body (air and lung parenchyma are below)
-MIDLINE_SLICES = 64  # axial slices looked at to find the body midline
+MIDLINE_SLICES = 32  # axial slices looked at to find the body midline
 
 
 class VolumeError(ValueError):
