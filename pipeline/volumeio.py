@@ -123,6 +123,9 @@ def voxel_view(image) -> tuple[np.ndarray, tuple]:
 def _smallest_label_type(labels):
     """Labels cast to the smallest integer type that holds them (memory on big volumes)."""
     sitk = _sitk()
+    small = (sitk.sitkUInt8, sitk.sitkInt8, sitk.sitkUInt16, sitk.sitkInt16)
+    if labels.GetPixelID() in small:
+        return labels  # already small: no copy
     stats = sitk.MinimumMaximumImageFilter()
     stats.Execute(labels)
     low, high = stats.GetMinimum(), stats.GetMaximum()

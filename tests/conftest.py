@@ -19,6 +19,9 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# A datasets cache of the session's own: load_dataset must read the files just built, never
+# a cached table of an earlier build at an equal path.
+os.environ["HF_DATASETS_CACHE"] = str(_SCRATCH / "hf-datasets")
 
 PROJECT = Path(__file__).resolve().parents[1]
 SHARED = PROJECT.parent / "shared"

@@ -38,8 +38,9 @@ def test_at_least_55_templates_in_at_least_7_families(templates) -> None:
 def test_single_instance_gets_every_positive_family(templates) -> None:
     found, rows = _plan(_blob((60, 60), 5, 40, 10), templates)
     kinds = [r.question_type for r in rows]
-    # No patient frame: no side is known, so no laterality question and no side in any row.
-    assert set(kinds) == set(FAMILIES) - {"negative", "laterality"}
+    # No patient frame: no side is known, so no laterality question and no side in any row;
+    # one structure alone has no relation to another.
+    assert set(kinds) == set(FAMILIES) - {"negative", "laterality", "relation"}
     assert all(r.patient_side is None for r in rows)
     assert kinds.count("verification") == 2
     assert found.zone == "upper right"
