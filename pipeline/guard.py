@@ -102,7 +102,7 @@ def stated(text: str, target: str) -> Stated:
     )
 
 
-_COMPARED = ("position", "size", "count", "answer", "option", "options", "modality")
+_COMPARED = ("options", "position", "size", "count", "answer", "option", "modality")
 
 
 def _compare(before: Stated, after: Stated, patient_side: str | None) -> str | None:

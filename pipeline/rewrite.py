@@ -341,3 +341,39 @@ def rewrite_batch(job: RewriteJob) -> RewriteResult:
         if staging.exists():
             shutil.rmtree(staging)
     return result
+
+
+def rewrite_config(
+    mode: str = "none",
+    model: str | None = None,
+    base_url: str | None = None,
+    concurrency: int = 8,
+    rate_limit: float | None = None,
+    timeout: float = 60.0,
+    retries: int = 5,
+    price_in: float = 0.0,
+    price_out: float = 0.0,
+    budget: float | None = None,
+    budget_tokens: int | None = None,
+    variants: int = 2,
+) -> RewriteConfig | None:
+    """The build's RewriteConfig from CLI flags / flow parameters (None for mode "none")."""
+    if mode not in MODES:
+        raise ValueError(f"unknown rewrite mode {mode!r} (expected one of {', '.join(MODES)})")
+    if mode == "none":
+        return None
+    if not model:
+        raise ValueError(f"--rewrite {mode} needs --llm-model")
+    settings = LLMSettings(
+        model=model,
+        base_url=base_url,
+        concurrency=concurrency,
+        requests_per_minute=rate_limit,
+        timeout_s=timeout,
+        max_retries=retries,
+        price_in=price_in,
+        price_out=price_out,
+        budget_usd=budget,
+        budget_tokens=budget_tokens,
+    )
+    return RewriteConfig(mode, settings, variants)
