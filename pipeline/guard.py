@@ -105,10 +105,14 @@ def stated(text: str, target: str) -> Stated:
 _COMPARED = ("options", "position", "size", "count", "answer", "option", "modality")
 
 
-def _compare(before: Stated, after: Stated, patient_side: str | None) -> str | None:
+def _compare(
+    before: Stated, after: Stated, patient_side: str | None, question_type: str
+) -> str | None:
     if after.side != before.side:
         return "unknown-side" if patient_side is None and after.side else "changed-side"
     for kind in _COMPARED:
+        if kind == "option" and question_type != "multiple_choice":
+            continue  # elsewhere a leading "A" is an article, not an option letter
         old, new = getattr(before, kind), getattr(after, kind)
         if new != old:
             return f"dropped-{kind}" if new < old else f"changed-{kind}"
@@ -136,7 +140,9 @@ def rewrite_problem(
     if _PLACEHOLDER.search(question) or _PLACEHOLDER.search(answer):
         return "placeholder"
     for before, after in zip(original, rewritten, strict=True):
-        reason = _compare(stated(before, target), stated(after, target), patient_side)
+        reason = _compare(
+            stated(before, target), stated(after, target), patient_side, question_type
+        )
         if reason is not None:
             return reason
     problems = check_answer(

@@ -105,7 +105,8 @@ def test_yes_no_option_and_count_are_kept() -> None:
     )
     question = "Pick the polyp's region: (A) center (B) upper left (C) lower right (D) middle left"
     assert row_problem(mc, question, "The answer is (B) upper left.") is None
-    assert row_problem(mc, question, "(C) upper left") == "changed-option"
+    assert row_problem(mc, question, "(C) upper left") == "changed-options"
+    assert row_problem(mc, question, "The answer is C, upper left.") == "dropped-options"
     assert row_problem(mc, question.replace(" (D) middle left", ""), "(B) upper left") == (
         "dropped-options"
     )
@@ -119,7 +120,9 @@ def test_a_known_side_must_be_kept_and_a_wrong_one_is_refused() -> None:
         "Where is the polyp?", "The polyp is in the upper left, on the patient's right.",
         patient_side="right",
     )  # fmt: skip
-    assert row_problem(row, "Where is the polyp?", "The polyp: patient's right, upper left.") is None
+    assert (
+        row_problem(row, "Where is the polyp?", "The polyp: patient's right, upper left.") is None
+    )
     assert row_problem(row, "Where is the polyp?", "The polyp: patient's left, upper left.") == (
         "changed-side"
     )
