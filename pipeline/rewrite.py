@@ -309,20 +309,27 @@ def rewrite_batch(job: RewriteJob) -> RewriteResult:
     parts = []
     model = job.config.llm.model
     try:
-        for part in job.render.parts:
-            source = pq.ParquetFile(part.path)
+        # Every row of the batch first (text columns only), so one pool keeps every slot busy.
+        sources = [pq.ParquetFile(part.path) for part in job.render.parts]
+        rows = [
+            row
+            for source in sources
+            for index in range(source.num_row_groups)
+            for row in source.read_row_group(index, columns=list(_CONTEXT + _FACTS)).to_pylist()
+        ]
+        done = iter(_rewrite_rows(sess, job.store, prompt, rows))
+        for part, source in zip(job.render.parts, sources, strict=True):
             target = staging / part.path.name
             with writer.open_shard(target) as out:
                 for index in range(source.num_row_groups):
                     table = source.read_row_group(index)
-                    rows = table.select(list(_CONTEXT + _FACTS)).to_pylist()
-                    done = _rewrite_rows(sess, job.store, prompt, rows)
-                    statuses.update(status for _, _, status in done)
+                    group = [next(done) for _ in range(len(table))]
+                    statuses.update(status for _, _, status in group)
                     columns = {
-                        "question": pa.array([q for q, _, _ in done], pa.string()),
-                        "answer": pa.array([a for _, a, _ in done], pa.string()),
+                        "question": pa.array([q for q, _, _ in group], pa.string()),
+                        "answer": pa.array([a for _, a, _ in group], pa.string()),
                         "rewrite": pa.array(
-                            [{"model": model, "status": s} for _, _, s in done], REWRITE
+                            [{"model": model, "status": s} for _, _, s in group], REWRITE
                         ),
                     }
                     for name, values in columns.items():
