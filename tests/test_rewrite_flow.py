@@ -37,9 +37,14 @@ class _Everything(logging.Handler):
 
 @pytest.fixture()
 def logs():
+    """Every record of every logger at DEBUG; the handlers already there are kept quiet
+    meanwhile (Prefect's console handler may hold a stream an earlier test closed)."""
     handler = _Everything()
     loggers = [logging.getLogger(name) for name in ("", "prefect", "openai", "httpx", "pipeline")]
     levels = [logger.level for logger in loggers]
+    others = [(h, h.level) for logger in loggers for h in logger.handlers]
+    for other, _ in others:
+        other.setLevel(logging.CRITICAL + 1)
     for logger in loggers:
         logger.addHandler(handler)
         logger.setLevel(logging.DEBUG)
@@ -47,6 +52,8 @@ def logs():
     for logger, level in zip(loggers, levels, strict=True):
         logger.removeHandler(handler)
         logger.setLevel(level)
+    for other, level in others:
+        other.setLevel(level)
 
 
 def _files_holding(key: str, *folders: Path) -> list[Path]:
