@@ -64,12 +64,14 @@ class AnswerCache:
             return found, True
         with self._lock:
             lock = self._inflight.setdefault(key, threading.Lock())
-        with lock:  # a second thread with the same question waits for the first's answer
-            found = self.get(key)
-            if found is not None:
-                return found, True
-            completion = ask()
-            self.put(key, model, prompt_version, completion)
-        with self._lock:
-            self._inflight.pop(key, None)
+        try:
+            with lock:  # a second thread with the same question waits for the first's answer
+                found = self.get(key)
+                if found is not None:
+                    return found, True
+                completion = ask()
+                self.put(key, model, prompt_version, completion)
+        finally:
+            with self._lock:
+                self._inflight.pop(key, None)
         return completion.text, False
