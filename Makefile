@@ -37,6 +37,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_flow.py
 	$(BIN)/python benchmarks/bench_card.py
 	$(BIN)/python benchmarks/bench_volume.py
+	$(BIN)/python benchmarks/bench_rewrite.py
 
 clean:
 	rm -rf out .pytest_cache

@@ -6,7 +6,10 @@ task's cache key is its job's content key (input file hashes, configuration, the
 produces it), used while its result is in the store, so an unchanged re-run converts
 nothing, a template change re-renders without reading images, and a killed build resumes.
 Tasks run on the chosen task runner: threads, processes, or Dask (a LocalCluster or
---dask-address). Nothing secret is a parameter: credentials come from the environment.
+--dask-address). With --rewrite, the LLM stages (`rewrite-batch`, `expand-templates`)
+run on threads of the flow's process whatever the runner: they wait on the network, and
+one client holds the build's concurrency limit, rate limit and budget. Nothing secret is a
+parameter: the LLM key comes from OPENAI_API_KEY or a Secret block named by a parameter.
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ from prefect.cache_policies import CachePolicy  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from pipeline.build import BuildConfig, BuildError, parse_source_arg, run_build  # noqa: E402
+from pipeline.expand import expand_family  # noqa: E402
 from pipeline.publish import publish  # noqa: E402
+from pipeline.rewrite import rewrite_batch, rewrite_config  # noqa: E402
 from pipeline.splits import SplitRatios  # noqa: E402
 from pipeline.stages import extract_batch, render_batch  # noqa: E402
 from pipeline.validate import ValidationResult, check_job, validate  # noqa: E402
@@ -51,6 +56,15 @@ class StoredJob(CachePolicy):
 extract_task = task(extract_batch, name="extract-batch", cache_policy=StoredJob())
 render_task = task(render_batch, name="render-batch", cache_policy=StoredJob())
 check_task = task(check_job, name="check-shard", cache_policy=StoredJob())
+# Rows or families whose requests fail are recorded, not raised: retries are for I/O.
+rewrite_task = task(
+    rewrite_batch, name="rewrite-batch", cache_policy=StoredJob(), retries=2, retry_delay_seconds=5
+)
+expand_task = task(
+    expand_family, name="expand-templates", cache_policy=StoredJob(), retries=2,
+    retry_delay_seconds=5,
+)  # fmt: skip
+LLM_TASKS = {rewrite_batch: rewrite_task, expand_family: expand_task}
 
 
 def _on(task_runner, prefect_task, desc: str, progress: bool, unit: str = "batch"):
@@ -60,6 +74,16 @@ def _on(task_runner, prefect_task, desc: str, progress: bool, unit: str = "batch
         futures = [task_runner.submit(prefect_task, parameters={"job": job}) for job in jobs]
         bar = tqdm(futures, desc=desc, unit=unit, disable=not progress)
         return [future.result() for future in bar]
+
+    return run
+
+
+def _on_llm(task_runner, progress: bool):
+    """The LLM stages' runner: each stage function to its own task."""
+
+    def run(stage: Callable[[Any], Any], jobs: Sequence[Any]) -> list[Any]:
+        unit = "family" if stage is expand_family else "batch"
+        return _on(task_runner, LLM_TASKS[stage], stage.__name__, progress, unit)(stage, jobs)
 
     return run
 
@@ -119,12 +143,36 @@ def build_mmrs(
     progress: bool = False,
     slice_axis: str | None = None,
     slices: str | None = None,
+    rewrite: str = "none",
+    llm_model: str | None = None,
+    llm_base_url: str | None = None,
+    llm_concurrency: int = 8,
+    llm_rate_limit: float | None = None,
+    llm_timeout: float = 60.0,
+    llm_retries: int = 5,
+    llm_price_in: float = 0.0,
+    llm_price_out: float = 0.0,
+    llm_budget: float | None = None,
+    llm_budget_tokens: int | None = None,
+    llm_variants: int = 2,
+    llm_api_key_secret: str | None = None,
 ) -> dict:
     """Build MMRS from sources given as "NAME_OR_SPEC=DATA_ROOT"; validate it (check).
 
     slice_axis and slices (all, largest[:K], stride[:N]) override volume sources' own.
+    rewrite: none | paraphrase | expand-templates (see pipeline/rewrite.py). The LLM key
+    comes from OPENAI_API_KEY, or from the Prefect Secret block named llm_api_key_secret.
     """
     store = _store(cache, cache_dir)
+    rewriting = rewrite_config(
+        rewrite, llm_model, llm_base_url, llm_concurrency, llm_rate_limit, llm_timeout,
+        llm_retries, llm_price_in, llm_price_out, llm_budget, llm_budget_tokens, llm_variants,
+    )  # fmt: skip
+    api_key = None
+    if rewriting is not None and llm_api_key_secret:
+        from prefect.blocks.system import Secret
+
+        api_key = Secret.load(llm_api_key_secret).get()
     config = BuildConfig(
         sources=tuple(parse_source_arg(v, slice_axis=slice_axis, slices=slices) for v in sources),
         out=Path(out).expanduser(),
@@ -136,13 +184,19 @@ def build_mmrs(
         progress=progress,
         batch_size=batch_size,
         cache_dir=store,
+        rewrite=rewriting,
     )
     logger = get_run_logger()
-    with make_task_runner(runner, workers, dask_address) as task_runner:
+    with (
+        make_task_runner(runner, workers, dask_address) as task_runner,
+        make_task_runner("threads", workers) as llm_threads,
+    ):
         summary = run_build(
             config,
             _on(task_runner, extract_task, "extract", progress),
             _on(task_runner, render_task, "render", progress),
+            _on_llm(llm_threads, progress),
+            api_key,
         ).as_dict()
         _report_build(summary, out)
         logger.info("built %s: %s rows", out, summary["rows"])
@@ -178,6 +232,10 @@ def _report_build(summary: dict, out: str) -> None:
     lines += [f"- {zone}: {count}" for zone, count in summary["zones"].items()]
     lines += ["", "## Question types", ""]
     lines += [f"- {kind}: {count}" for kind, count in summary["question_types"].items()]
+    if summary.get("rewrite"):
+        lines += ["", "## LLM rewrite", ""]
+        lines += [f"- {key}: {value}" for key, value in summary["rewrite"].items()]
+        lines += [f"- usage {key}: {value}" for key, value in summary["llm_usage"].items()]
     lines += ["", "## Errors", ""]
     lines += [
         f"- {name}: {c['skipped']} skipped, {c['failed']} failed (see errors.jsonl)"

@@ -28,6 +28,8 @@ from .extract import SourceMeta
 from .facts import MIN_COMPONENT_FRACTION
 from .plots import write_plots
 from .qa import TemplateSet, load_templates
+from .rewrite import RewriteConfig
+from .rewriting import Rewriting, open_rewriting
 from .sources.base import Case, Problem, SourceInfo
 from .splits import SPLITS, SplitRatios
 from .stages import (
@@ -69,6 +71,7 @@ class BuildConfig:
     progress: bool = True
     batch_size: int = BATCH_SIZE
     cache_dir: Path | None = None  # None: a temporary store, removed after the build
+    rewrite: RewriteConfig | None = None  # LLM rewriting (pipeline/rewrite.py); None: none
 
 
 @dataclass
@@ -89,8 +92,14 @@ class BuildSummary:
     question_types: Counter = field(default_factory=Counter)
     zones: Counter = field(default_factory=Counter)
     images: int = 0
+    rewrite: dict[str, Any] | None = None  # settings and row statuses (same for same cache)
+    llm_usage: dict[str, Any] | None = None  # what this run asked and spent
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self, usage: bool = True) -> dict[str, Any]:
+        """The summary; usage=False leaves out what differs between a run and its re-run."""
+        extra = {"rewrite": self.rewrite} if self.rewrite else {}
+        if usage and self.llm_usage is not None:
+            extra["llm_usage"] = self.llm_usage
         return {
             "sources": {name: vars(counts) for name, counts in self.sources.items()},
             "images": self.images,
@@ -101,6 +110,7 @@ class BuildSummary:
             },
             "question_types": dict(sorted(self.question_types.items())),
             "zones": dict(sorted(self.zones.items())),
+            **extra,
         }
 
 
@@ -254,19 +264,33 @@ def run_build(
     config: BuildConfig,
     run_extract: StageRunner | None = None,
     run_render: StageRunner | None = None,
+    run_rewrite: StageRunner | None = None,
+    api_key: str | None = None,
 ) -> BuildSummary:
-    """Discover, extract, render and assemble a build (see the module docstring)."""
+    """Discover, extract, render, rewrite (if asked) and assemble a build.
+
+    `api_key` is the LLM key when config.rewrite is set (default: $OPENAI_API_KEY).
+    """
     run_extract = run_extract or inline_runner(config.progress, "extract")
     run_render = run_render or inline_runner(config.progress, "render")
+    run_rewrite = run_rewrite or inline_runner(config.progress, "rewrite")
     templates = load_templates(config.templates_dir)
     discovered = discover(config)
     _check_out(config)
     config.out.parent.mkdir(parents=True, exist_ok=True)
     # Without a cache, the store sits beside --out so its parts can be hard-linked.
-    with tempfile.TemporaryDirectory(
-        prefix=f".{config.out.name}.store-", dir=config.out.parent
-    ) as scratch:
+    with (
+        tempfile.TemporaryDirectory(
+            prefix=f".{config.out.name}.store-", dir=config.out.parent
+        ) as scratch,
+        open_rewriting(config.rewrite, api_key) as llm,
+    ):
         store = config.cache_dir or Path(scratch)
+        if llm is not None:  # expand-templates renders with the generated variants too
+            config = replace(
+                config, templates_dir=llm.templates(config.templates_dir, store, run_rewrite)
+            )
+            templates = load_templates(config.templates_dir)
         jobs = plan_extract(discovered, config.batch_size, store)
         extracted = run_extract(extract_batch, jobs)
         staging = config.out.parent / f".{config.out.name}.partial"
@@ -274,7 +298,10 @@ def run_build(
             shutil.rmtree(staging)
         (staging / "data").mkdir(parents=True)
         try:
-            summary = _assemble(config, staging, templates, discovered, jobs, extracted, run_render)
+            rewrite = None if llm is None else _rewriter(llm, store, run_rewrite)
+            summary = _assemble(
+                config, staging, templates, discovered, jobs, extracted, run_render, rewrite
+            )
             previous = config.out.parent / f".{config.out.name}.previous"
             if config.out.exists():
                 config.out.replace(previous)
@@ -285,6 +312,19 @@ def run_build(
             if staging.exists():
                 shutil.rmtree(staging)
     return summary
+
+
+def _rewriter(
+    llm: Rewriting, store: Path, run: StageRunner
+) -> Callable[[list[RenderResult], BuildSummary], list[RenderResult]]:
+    """The rewrite stage between render and assembly; it records its outcome in the summary."""
+
+    def rewrite(rendered: list[RenderResult], summary: BuildSummary) -> list[RenderResult]:
+        rendered = llm.paraphrase(rendered, store, run)
+        summary.rewrite, summary.llm_usage = llm.report(), llm.usage()
+        return rendered
+
+    return rewrite
 
 
 def build(config: BuildConfig) -> BuildSummary:
@@ -300,6 +340,7 @@ def _assemble(
     jobs: list[ExtractJob],
     extracted: list[ExtractResult],
     run_render: StageRunner,
+    rewrite: Callable[[list[RenderResult], BuildSummary], list[RenderResult]] | None = None,
 ) -> BuildSummary:
     summary = BuildSummary(config.out)
     for request in config.sources:
@@ -347,6 +388,8 @@ def _assemble(
         for index, result in enumerate(extracted)
     ]
     rendered = run_render(render_batch, render_jobs)
+    if rewrite is not None:
+        rendered = rewrite(rendered, summary)
     for request, case_id, batch in converted:
         rows = rendered[batch].rows_per_case[case_id]
         summary.sources[request.source.name].rows += rows
@@ -364,11 +407,12 @@ def _assemble(
     shown = [staging / s["path"] for s in shards if s["source"] in public]
     figures = write_plots(stats, staging / "plots", shown)
     card = render_card(
-        summary.as_dict(), config, shards, templates.count(), _code_version(), stats,
+        summary.as_dict(usage=False), config, shards, templates.count(), _code_version(), stats,
         {name: path.relative_to(staging).as_posix() for name, path in figures.items()},
     )  # fmt: skip
     (staging / "README.md").write_text(card)
-    (staging / "report.json").write_text(json.dumps(summary.as_dict(), indent=2) + "\n")
+    report = summary.as_dict(usage=False)
+    (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     others = ["errors.jsonl", "README.md", "report.json", *(p.relative_to(staging).as_posix()
               for p in figures.values())]  # fmt: skip
     for name in others:
@@ -456,6 +500,7 @@ def _write_manifest(
         "images": summary_dict["images"],
         "rows_per_split": summary_dict["rows_per_split"],
         "render_keys": [result.key for result in rendered],
+        **{k: summary_dict[k] for k in ("rewrite", "llm_usage") if k in summary_dict},
         "shards": shards,
         "files": dict(sorted(files.items())),
     }

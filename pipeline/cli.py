@@ -10,7 +10,9 @@ from pathlib import Path
 
 from . import __version__
 from .build import BATCH_SIZE, BuildError, parse_source_arg
+from .llm import API_KEY_ENV
 from .orchestration import RUNNERS, default_cache_dir
+from .rewrite import MODES, rewrite_config
 from .sources import REGISTRY
 from .splits import SplitRatios
 from .volume import SLICE_AXES
@@ -58,8 +60,30 @@ def _print_summary(summary: dict, out: Path) -> None:
         + ", ".join(f"{k} {v}" for k, v in summary["rows_per_modality_split"].items())
     )
     print("question types: " + ", ".join(f"{k} {v}" for k, v in summary["question_types"].items()))
+    if summary.get("rewrite"):
+        _print_rewrite(summary["rewrite"], summary["llm_usage"])
     if any(c["skipped"] or c["failed"] for c in summary["sources"].values()):
         print(f"skipped and failed cases, with reasons: {out / 'errors.jsonl'}")
+
+
+def _print_rewrite(rewrite: dict, usage: dict) -> None:
+    print(f"rewrite {rewrite['mode']} with {rewrite['model']} (prompt {rewrite['prompt_version']})")
+    if "statuses" in rewrite:
+        print("  rows: " + ", ".join(f"{k} {v}" for k, v in rewrite["statuses"].items()))
+    if rewrite.get("rejected"):
+        print("  rejected: " + ", ".join(f"{k} {v}" for k, v in rewrite["rejected"].items()))
+    if "generated_templates" in rewrite:
+        generated = rewrite["generated_templates"]
+        print("  generated templates: " + ", ".join(f"{k} {v}" for k, v in generated.items()))
+    for family, outcome in usage.get("expansion", {}).items():
+        print(f"  asked for {family} variants: {outcome}")
+    print(
+        f"  requests {usage['requests']} (retries {usage['retries']}, 429s "
+        f"{usage['rate_limited']}, failed {usage['failures']}), cache hits "
+        f"{usage['cache_hits']}, tokens {usage['input_tokens']} in / "
+        f"{usage['output_tokens']} out, cost ${usage['cost_usd']:.4f}"
+        + (f", skipped for the budget {usage['budget_skips']}" if usage["budget_skips"] else "")
+    )
 
 
 def _print_validation(result: dict, folder: Path) -> None:
@@ -74,6 +98,25 @@ def _print_validation(result: dict, folder: Path) -> None:
 def cmd_build(args: argparse.Namespace) -> int:
     sources = _source_args(args)
     SplitRatios.parse(args.split_ratios)  # fail before Prefect starts
+    llm = {
+        "llm_model": args.llm_model,
+        "llm_base_url": args.llm_base_url,
+        "llm_concurrency": args.llm_concurrency,
+        "llm_rate_limit": args.llm_rate_limit,
+        "llm_timeout": args.llm_timeout,
+        "llm_retries": args.llm_retries,
+        "llm_price_in": args.llm_price_in,
+        "llm_price_out": args.llm_price_out,
+        "llm_budget": args.llm_budget,
+        "llm_budget_tokens": args.llm_budget_tokens,
+        "llm_variants": args.llm_variants,
+    }
+    settings = {name.removeprefix("llm_"): value for name, value in llm.items()}
+    if rewrite_config(args.rewrite, **settings) and not os.environ.get(API_KEY_ENV):
+        raise BuildError(
+            f"--rewrite {args.rewrite}: set {API_KEY_ENV} (any value for a local server "
+            "that needs none)"
+        )
     _prefect_console(args.verbose)
     from flows import build_mmrs
 
@@ -94,6 +137,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         slice_axis=args.slice_axis,
         slices=args.slices,
+        rewrite=args.rewrite,
+        **llm,
     )
     out = Path(args.out).expanduser()
     _print_summary(result["summary"], out)
@@ -188,6 +233,43 @@ def _runner_options(command: argparse.ArgumentParser) -> None:
     )
 
 
+def _rewrite_options(command: argparse.ArgumentParser) -> None:
+    llm = command.add_argument_group(
+        "LLM rewriting", f"any OpenAI-compatible endpoint; the key comes from ${API_KEY_ENV}"
+    )
+    llm.add_argument(
+        "--rewrite", choices=MODES, default="none", help="rewrite mode (default none: templates)"
+    )
+    llm.add_argument("--llm-model", help="model name, e.g. gpt-4.1-mini")
+    llm.add_argument("--llm-base-url", help="endpoint, e.g. http://127.0.0.1:8000/v1 (vLLM)")
+    llm.add_argument(
+        "--llm-concurrency", type=int, default=8, help="requests in flight (default 8)"
+    )
+    llm.add_argument("--llm-rate-limit", type=float, metavar="RPM", help="requests per minute")
+    llm.add_argument(
+        "--llm-timeout", type=float, default=60.0, help="seconds per request (default 60)"
+    )
+    llm.add_argument(
+        "--llm-retries", type=int, default=5, help="retries on 429/5xx/timeouts (default 5)"
+    )
+    llm.add_argument(
+        "--llm-price-in", type=float, default=0.0, metavar="USD", help="per 1M input tokens"
+    )
+    llm.add_argument(
+        "--llm-price-out", type=float, default=0.0, metavar="USD", help="per 1M output tokens"
+    )
+    llm.add_argument("--llm-budget", type=float, metavar="USD", help="stop asking before this cost")
+    llm.add_argument(
+        "--llm-budget-tokens", type=int, metavar="N", help="stop asking before this many tokens"
+    )
+    llm.add_argument(
+        "--llm-variants",
+        type=int,
+        default=2,
+        help="expand-templates: variants asked per template (default 2)",
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="mmrs", description=__doc__)
     root.add_argument("--version", action="version", version=f"mmrs {__version__}")
@@ -229,6 +311,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--batch-size", type=int, default=BATCH_SIZE, help=f"cases per task (default {BATCH_SIZE})"
     )
+    _rewrite_options(b)
     b.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     b.add_argument("-v", "--verbose", action="store_true", help="show Prefect's log lines")
     b.set_defaults(func=cmd_build)

@@ -72,6 +72,18 @@ def _table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
+def open_shard(path: Path, row_group_bytes: int = ROW_GROUP_BYTES) -> pq.ParquetWriter:
+    """A Parquet writer with the layout and options of every MMRS shard."""
+    return pq.ParquetWriter(
+        path,
+        schema_with_features(),
+        compression=_compression(),
+        use_dictionary=True,
+        dictionary_pagesize_limit=max(2 * row_group_bytes, 2**20),
+        write_statistics=_STATISTICS,
+    )
+
+
 class SplitWriter:
     """Streams the rows of one split into shards, an image's rows at a time."""
 
@@ -107,14 +119,7 @@ class SplitWriter:
     def _open_shard(self) -> pq.ParquetWriter:
         path = self.folder / f".{self.split}-{len(self.shards):05d}.parquet.tmp"
         self.shards.append(path)
-        return pq.ParquetWriter(
-            path,
-            self._schema,
-            compression=_compression(),
-            use_dictionary=True,
-            dictionary_pagesize_limit=max(2 * self.row_group_bytes, 2**20),
-            write_statistics=_STATISTICS,
-        )
+        return open_shard(path, self.row_group_bytes)
 
     def _flush(self) -> None:
         if not self._buffer:
