@@ -27,6 +27,7 @@ import yaml
 
 from . import facts as facts_module
 from . import guard, qa
+from .patient import PatientFrame, instances_side
 from .qa import FAMILIES, QAPlanner, Template, TemplateSet
 from .rewrite import RewriteConfig, ask, load_prompt, parse_json_reply, session
 from .stages import _key, atomic_pickle, code_digest, stored_result
@@ -94,6 +95,23 @@ def sample_masks(size: int = 60) -> list[np.ndarray]:
     return [*masks, large, np.zeros((size, size), dtype=bool)]
 
 
+# The patient's midline at column 30 of the 60-pixel samples (left on the image's right).
+_SAMPLE_FRAME = PatientFrame(1.0, 0.0, -30.0, 2.0)
+_SAMPLE_OTHER = "sample organ"
+
+
+def sample_cases() -> list[tuple[np.ndarray, PatientFrame | None, tuple[tuple[str, str], ...]]]:
+    """Every sample mask without a patient frame, then with one and with a relation
+    (inside and outside in turn), so laterality and relation templates render too."""
+    masks = sample_masks()
+    plain = [(mask, None, ()) for mask in masks]
+    framed = [
+        (mask, _SAMPLE_FRAME, ((_SAMPLE_OTHER, ("inside", "outside")[i % 2]),))
+        for i, mask in enumerate(masks)
+    ]
+    return plain + framed
+
+
 def _only(family: str, template: Template) -> TemplateSet:
     return TemplateSet({f: (template,) if f == family else () for f in FAMILIES}, "")
 
@@ -113,14 +131,24 @@ def variant_problem(family: str, base: dict[str, Any], variant: dict[str, Any]) 
         return "syntax"
     original = _template(family, base)
     rendered = 0
-    for index, mask in enumerate(sample_masks()):
+    for index, (mask, frame, relation) in enumerate(sample_cases()):
         found, instances = facts_module.analyse(mask)
+        side = instances_side(instances, frame)
         plans = []
         for template in (original, candidate):
             planner = QAPlanner(_only(family, template), seed=0)
             try:
                 plans.append(
-                    planner.plan(found, _SAMPLE_TARGET, _SAMPLE_MODALITY, f"s{index}", instances)
+                    planner.plan(
+                        found,
+                        _SAMPLE_TARGET,
+                        _SAMPLE_MODALITY,
+                        f"s{index}",
+                        instances,
+                        side,
+                        frame,
+                        relation,
+                    )  # fmt: skip
                 )
             except jinja2.TemplateError:
                 return "renders"
@@ -132,7 +160,8 @@ def variant_problem(family: str, base: dict[str, Any], variant: dict[str, Any]) 
                 options=after.options,
                 facts=after.facts or found,
                 target=_SAMPLE_TARGET,
-                patient_side=None,
+                patient_side=after.patient_side,
+                relation=after.relation,
             )
             if reason is not None:
                 return reason

@@ -200,5 +200,7 @@ def row_problem(row: dict[str, Any], question: str, answer: str) -> str | None:
         facts=facts_of_row(row),
         target=row["target"],
         patient_side=row["patient_side"],
-        relation=(row["relation"]["target"], row["relation"]["kind"]) if row["relation"] else None,
+        relation=(row["relation"]["target"], row["relation"]["kind"])
+        if row.get("relation")
+        else None,
     )

@@ -13,6 +13,7 @@ import pytest
 from fake_openai import FakeOpenAI, Scripted, input_pair, polite
 
 from pipeline.build import BuildConfig, build, parse_source_arg
+from pipeline.qa import FAMILIES, load_templates
 from pipeline.rewrite import rewrite_config
 from pipeline.validate import validate
 
@@ -172,13 +173,15 @@ def test_failed_requests_are_recorded_and_asked_again_next_time(data, tmp_path) 
 
 
 def _expansions(prompt: str) -> str:
-    """For each template: one good variant, one with a placeholder lost, one adding "left"."""
+    """For each template: a good variant, one with a placeholder lost, one adding a direction."""
     listed = prompt.split("Existing templates (JSON):\n", 1)[1].split("\n\nReply with", 1)[0]
     proposals = []
     for entry in json.loads(listed):
         good = {"question": f"Tell me, please: {entry['question']}", "answer": entry["answer"]}
         lost = {"question": entry["question"], "answer": "It is in the upper left."}
-        left = {"question": entry["question"] + " Look to the left.", "answer": entry["answer"]}
+        text = f"{entry['question']} {entry['answer']}"
+        word = next(w for w in ("left", "right", "upper", "lower") if w not in text)
+        left = {"question": entry["question"] + f" Look to the {word}.", "answer": entry["answer"]}
         proposals += [{"based_on": entry["id"], **p} for p in (good, lost, left)]
     return "```json\n" + json.dumps({"templates": proposals}) + "\n```"
 
@@ -192,23 +195,25 @@ def test_expand_templates_keeps_only_variants_that_hold(data, tmp_path) -> None:
             data, tmp_path / "out", fake, cache, mode="expand-templates", templates=templates
         )
         summary = build(config)
-        assert fake.requests == 8  # one per family
+        assert fake.requests == len(FAMILIES)  # one per family
         expansion = summary.llm_usage["expansion"]
         for outcome in expansion.values():
             kept = outcome["kept"]
             assert outcome["proposed"] == 3 * kept
-            assert outcome["rejected"] == {"placeholders": kept, "changed-position": kept}
-        assert sum(outcome["kept"] for outcome in expansion.values()) == 60  # one per template
+            # a lost placeholder, or (where the answer has none) the side it stated
+            assert sum(outcome["rejected"].values()) == 2 * kept
+            assert set(outcome["rejected"]) <= {"placeholders", "changed-position", "changed-side"}
+        assert sum(outcome["kept"] for outcome in expansion.values()) == load_templates().count()
         assert summary.rewrite["generated_templates"] == {
             family: outcome["kept"] for family, outcome in expansion.items()
         }
         written = sorted(p.name for p in (templates / "generated").glob("*.yaml"))
-        assert len(written) == 8
+        assert len(written) == len(FAMILIES)
         assert validate(tmp_path / "out").ok
         ids = {row["template_id"] for row in _rows(tmp_path / "out")}
         assert any("_llm_" in template_id for template_id in ids)
         again = build(config)
-        assert fake.requests == 8  # generated files exist: nothing asked again
+        assert fake.requests == len(FAMILIES)  # generated files exist: nothing asked again
     assert again.rewrite == summary.rewrite
     position = templates / "generated" / "position.yaml"
     position.write_text(position.read_text().replace("{{ zone }}", "the upper right", 1))
