@@ -21,6 +21,7 @@ demo: install
 		--source kvasir_seg=$(DEMO_DATA)/Kvasir-SEG \
 		--source busi=$(DEMO_DATA)/Dataset_BUSI_with_GT \
 		--source montgomery=$(DEMO_DATA)/MontgomerySet \
+		--source msd=$(DEMO_DATA)/Task99_PhantomLiver \
 		--out $(DEMO_OUT) --overwrite
 	$(BIN)/mmrs validate $(DEMO_OUT)
 	@echo "MMRS demo build: $(DEMO_OUT)"

@@ -393,7 +393,7 @@ def _assemble(
     for request, case_id, batch in converted:
         rows = rendered[batch].rows_per_case[case_id]
         summary.sources[request.source.name].rows += rows
-        summary.images += 1
+        summary.images += rendered[batch].images_per_case.get(case_id, 1)
     for job, result in zip(jobs, rendered, strict=True):
         summary.rows_per_split.update(result.rows_per_split)
         summary.question_types.update(result.question_types)

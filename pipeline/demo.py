@@ -1,8 +1,10 @@
 """Synthetic phantoms written in the NATIVE layouts of built-in sources (no network).
 
 `python -m pipeline.demo OUT` writes Kvasir-SEG, BUSI and Montgomery folders whose lesions
-are ellipses at known places, so `make demo` runs the real adapters end to end. The
-benchmark uses the same writers at realistic image sizes.
+are ellipses at known places, and (where SimpleITK is installed) a Medical Segmentation
+Decathlon task of small CT volumes with a liver on the patient's right and a lesion in it,
+so `make demo` runs the real adapters end to end, 2D and 3D. The benchmark uses the same
+writers at realistic image sizes.
 """
 
 from __future__ import annotations
@@ -121,13 +123,65 @@ def write_montgomery(
     return folder
 
 
+def write_msd_ct(root: Path, count: int, seed: int = 0, size: int = 96) -> Path:
+    """An MSD task of CT volumes (HU, LPS, 3.5 x 3.5 x 5 mm): a body centred on x = 0, a
+    liver on the patient's RIGHT (label 1) and a lesion inside it (label 2)."""
+    import json
+
+    import SimpleITK as sitk
+
+    task = root / "Task99_PhantomLiver"
+    rng = np.random.default_rng(seed + 3)
+    spacing = (3.5, 3.5, 5.0)
+    mm = (np.arange(size) - (size - 1) / 2) * spacing[0]
+    y, x = np.meshgrid(mm, mm, indexing="ij")  # rows: anterior -> posterior; cols: R -> L
+    body = (x / 150) ** 2 + (y / 110) ** 2 <= 1
+    entries = []
+    for index in range(count):
+        slices = 24
+        image = np.full((slices, size, size), -1000.0)
+        labels = np.zeros((slices, size, size), dtype=np.uint8)
+        shift = rng.uniform(-8, 8)
+        for z in range(slices):
+            hu = np.where(body, 40.0, -1000.0)
+            reach = 1 - ((z - slices / 2) / (slices / 2.5)) ** 2
+            if reach > 0:
+                liver = ((x + 60 + shift) / 55) ** 2 + ((y + 5) / 60) ** 2 <= reach
+                lesion = ((x + 70 + shift) ** 2 + (y + 10) ** 2) <= 15**2 * reach
+                hu[liver], labels[z][liver] = 60.0, 1
+                hu[lesion & liver], labels[z][lesion & liver] = 5.0, 2
+            image[z] = hu + rng.normal(0, 10, hu.shape)
+        name = f"liver_{index:03d}.nii.gz"
+        for folder, array in (("imagesTr", image.astype(np.int16)), ("labelsTr", labels)):
+            volume = sitk.GetImageFromArray(array)
+            volume.SetSpacing(spacing)
+            volume.SetOrigin((mm[0], mm[0], 0.0))  # identity direction: LPS
+            (task / folder).mkdir(parents=True, exist_ok=True)
+            sitk.WriteImage(volume, str(task / folder / name))
+        entries.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
+    description = {
+        "name": "PhantomLiver",
+        "modality": {"0": "CT"},
+        "labels": {"0": "background", "1": "liver", "2": "lesion"},
+        "licence": "CC0 (synthetic)",
+        "training": entries,
+    }
+    (task / "dataset.json").write_text(json.dumps(description, indent=2))
+    return task
+
+
 def write_demo(root: Path, seed: int = 0) -> dict[str, Path]:
-    """The demo data set: three built-in sources in their native layouts."""
-    return {
+    """The demo data set: built-in sources in their native layouts (volumes need SimpleITK)."""
+    folders = {
         "kvasir_seg": write_kvasir(root, 24, seed),
         "busi": write_busi(root, 18, seed),
         "montgomery": write_montgomery(root, 8, seed),
     }
+    try:
+        folders["msd"] = write_msd_ct(root, 4, seed)
+    except ImportError:
+        print("SimpleITK is not installed: the demo has no volumes (pip install 'mmrs[volumes]')")
+    return folders
 
 
 def main() -> None:

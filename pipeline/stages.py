@@ -222,6 +222,7 @@ class RenderResult:
     key: str
     parts: tuple[Part, ...]
     rows_per_case: dict[str, int] = field(default_factory=dict)
+    images_per_case: dict[str, int] = field(default_factory=dict)  # a volume: its slices
     rows_per_split: Counter = field(default_factory=Counter)
     question_types: Counter = field(default_factory=Counter)
     zones: Counter = field(default_factory=Counter)
@@ -257,6 +258,7 @@ def render_batch(job: RenderJob) -> RenderResult:
         rows = [row for item in images for row in render_case(item, planner, job.ratios)]
         split = rows[0]["split"] if rows else None
         result.rows_per_case[images[0].case.case_id] = len(rows)
+        result.images_per_case[images[0].case.case_id] = len(images)
         if split is None:
             continue
         if split not in writers:
@@ -275,6 +277,7 @@ def render_batch(job: RenderJob) -> RenderResult:
         key,
         tuple(parts),
         result.rows_per_case,
+        result.images_per_case,
         result.rows_per_split,
         result.question_types,
         result.zones,
