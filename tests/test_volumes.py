@@ -249,3 +249,35 @@ def test_windows_constant_and_nan_volumes(tmp_path: Path) -> None:
     assert window_range("percentile", np.full((2, 2, 2), np.nan), "mri") == (0.0, 1.0)
     with pytest.raises(ValueError, match="CT preset"):
         window_range("lung", ct, "mri")
+
+
+def test_one_mask_file_per_structure_named_after_it(tmp_path: Path) -> None:
+    image, labels = phantoms.phantom_arrays()
+    phantoms.write(phantoms.to_image(image), tmp_path / "images" / "p1.nii.gz")
+    mirrored = labels[:, :, ::-1]  # the same lesion on the patient's right
+    phantoms.write(phantoms.to_image(labels), tmp_path / "masks" / "p1_lesion_left.nii.gz")
+    phantoms.write(phantoms.to_image(mirrored), tmp_path / "masks" / "p1_lesion_right.nii.gz")
+    spec = tmp_path / "per_structure.yaml"
+    spec.write_text(
+        "name: per_structure\nmodality: mri\nimages: images/*.nii.gz\n"
+        'masks: "masks/{stem}_*.nii.gz"\n'
+        'target_regex: "^{stem}_(?P<target>.+)$"\n'
+        "slices: {mode: largest, k: 1}\n"
+    )
+    images = _slices(tmp_path, spec)
+    sides = {t.target: t.patient_side for i in images for t in i.targets if t.facts.present}
+    assert sides == {"lesion left": "left", "lesion right": "right"}
+
+
+def test_unreadable_series_and_volume_fail_with_the_file_named(tmp_path: Path) -> None:
+    from pipeline.imageio import PixelError
+    from pipeline.volumeio import read_volume
+
+    (tmp_path / "empty_series").mkdir()
+    (tmp_path / "empty_series" / "notes.txt").write_text("no DICOM here")
+    with pytest.raises(PixelError, match="empty_series: no DICOM series found"):
+        read_volume(tmp_path / "empty_series")
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(b"\x1f\x8b not really gzip")
+    with pytest.raises(PixelError, match="broken.nii.gz: cannot read volume"):
+        read_volume(broken)
