@@ -12,7 +12,8 @@ The frame exists only where the geometry makes the midline knowable:
   middles of the body's extent row by row, with a midline band of +/- max(2 pixels, 3 % of
   the body's width) for its uncertainty;
 - or, for a crop that does not show the body, the volume is in scanner coordinates
-  (DICOM; NIfTI with a scanner qform/sform) and the target lies wholly more than
+  (DICOM; NIfTI with a scanner qform/sform, not at the world origin; see
+  volumeio.in_scanner_coordinates) and the target lies wholly more than
   `WORLD_MARGIN_MM` from the scanner's x = 0 (patients lie centred on the table; the
   margin covers how far off centre they may lie). Such frames are `strict`.
 

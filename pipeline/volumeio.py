@@ -99,7 +99,12 @@ def read_volume(path: Path, channel: int | None = None):
 
 def in_scanner_coordinates(path: Path, image) -> bool:
     """Whether physical x = 0 is the scanner's (table) centre: DICOM, or a NIfTI whose
-    transform in use is marked scanner-anatomical. Other formats do not say."""
+    transform in use is marked scanner-anatomical. Other formats do not say.
+
+    A NIfTI whose first voxel sits at the world origin is not trusted even so: that is the
+    default geometry of a converter that knew none (SimpleITK and others still write the
+    scanner code), not a position on a table.
+    """
     name = path.name.lower()
     if path.is_dir() or name.endswith(".dcm"):
         return True
@@ -109,7 +114,8 @@ def in_scanner_coordinates(path: Path, image) -> bool:
             for key in ("qform_code_name", "sform_code_name")
             if image.HasMetaDataKey(key)
         }
-        return codes - {"NIFTI_XFORM_UNKNOWN"} == {"NIFTI_XFORM_SCANNER_ANAT"}
+        at_origin = np.all(np.abs(image.GetOrigin()) <= 2 * max(image.GetSpacing()))
+        return codes - {"NIFTI_XFORM_UNKNOWN"} == {"NIFTI_XFORM_SCANNER_ANAT"} and not at_origin
     return False
 
 

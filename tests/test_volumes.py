@@ -158,6 +158,22 @@ def test_crop_without_body_is_null_unless_scanner_coordinates_make_it_certain(
     phantoms.write(lab, tmp_path / "nrrd" / "labels" / "p1.nrrd")
     spec = _spec(tmp_path / "nrrd", "images/*.nrrd", "labels/{name}")
     assert {_lesion(s)[0] for s in _slices(tmp_path / "nrrd", spec)} == {None}
+    # A NIfTI marked scanner but with its first voxel at the world origin (a converter's
+    # default geometry, as SimpleITK writes for an array): not trusted.
+    default = phantoms.to_image(image, origin_x=0.0)
+    default.SetOrigin((0.0, 0.0, 0.0))
+    phantoms.write(default, tmp_path / "nifti" / "images" / "p1.nii.gz")
+    labels_default = phantoms.to_image(labels)
+    labels_default.SetOrigin((0.0, 0.0, 0.0))
+    phantoms.write(labels_default, tmp_path / "nifti" / "labels" / "p1.nii.gz")
+    spec = _spec(tmp_path / "nifti", "images/*.nii.gz", "labels/{name}")
+    assert {_lesion(s)[0] for s in _slices(tmp_path / "nifti", spec)} == {None}
+    # The same NIfTI placed on the patient's left (scanner code 1, as SimpleITK writes): left.
+    default.SetOrigin((60.0, -20.0, -30.0))
+    labels_default.SetOrigin((60.0, -20.0, -30.0))
+    phantoms.write(default, tmp_path / "nifti" / "images" / "p1.nii.gz")
+    phantoms.write(labels_default, tmp_path / "nifti" / "labels" / "p1.nii.gz")
+    assert {_lesion(s)[0] for s in _slices(tmp_path / "nifti", spec)} == {"left"}
     # Near the scanner centre a DICOM crop is not certain either.
     img = phantoms.to_image(image, origin_x=-90.0)  # the lesion near x = 0
     lab = phantoms.to_image(labels, origin_x=-90.0)
