@@ -41,14 +41,13 @@ from .volumeio import (
     voxel_view,
 )
 
+MAX_HISTOGRAM_VALUES = 4096  # label ranges counted by per-slice histograms
+
 
 def _layers(mask_file: MaskFile, values: np.ndarray) -> dict[str, np.ndarray]:
     if mask_file.labels is not None:
         return label_layers(values, mask_file.labels)
     return {mask_file.target: values != 0}
-
-
-MAX_HISTOGRAM_VALUES = 4096  # label ranges counted by per-slice histograms
 
 
 def _value_sets(labels: Mapping) -> dict[str, list[int]]:

@@ -166,15 +166,14 @@ class VolumeSettings:
 class Oriented:
     """A voxel array seen in LPS order [S, P, L], and where each of its voxels lies.
 
-    world(s, p, l) = origin + matrix @ (s, p, l), in LPS millimetres. `source_axes[a]` is the
-    source array axis that oriented axis a comes from (for the source slice index).
+    world(s, p, l) = origin + matrix @ (s, p, l), in LPS millimetres. `flipped[a]`: oriented
+    axis a runs against its source axis (for the slice index in the source file's grid).
     """
 
     view: np.ndarray
     matrix: np.ndarray  # 3x3: columns = world step of one voxel along S, P, L
     origin: np.ndarray
     spacing: tuple[float, float, float]  # along S, P, L
-    source_axes: tuple[int, int, int]
     flipped: tuple[bool, bool, bool]
 
     def source_index(self, axis: int, index: int) -> int:
@@ -213,7 +212,7 @@ def orient(array: np.ndarray, spacing, origin, direction) -> Oriented:
     view = array.transpose(axes)
     view = view[tuple(slice(None, None, -1) if f else slice(None) for f in flips)]
     oriented_spacing = tuple(float(spacing[index_of_world[2 - a]]) for a in range(3))
-    return Oriented(view, matrix, origin, oriented_spacing, tuple(axes), tuple(flips))
+    return Oriented(view, matrix, origin, oriented_spacing, tuple(flips))
 
 
 AXIS_OF = {"axial": 0, "coronal": 1, "sagittal": 2}
