@@ -41,6 +41,19 @@ ZONES: tuple[str, ...] = (
 )
 
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+# The row columns that Facts.as_row fills (re-derived from every row's mask by validate).
+FACT_COLUMNS = (
+    "centroid",
+    "bbox",
+    "area_fraction",
+    "n_components",
+    "components",
+    "quadrant",
+    "zone",
+    "size",
+    "prsmed_position",
+    "prsmed_near_center",
+)
 
 
 @dataclass(frozen=True)

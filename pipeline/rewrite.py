@@ -42,6 +42,7 @@ import pyarrow.parquet as pq
 
 from . import factcheck, guard, llm_cache, writer
 from .factcheck import prsmed_in, quadrants_in, sizes_in, zones_in
+from .facts import FACT_COLUMNS
 from .llm import BudgetExhausted, LLMClient, LLMFailure, LLMSettings
 from .llm_cache import AnswerCache, answer_key
 from .qa import default_templates_dir
@@ -239,18 +240,14 @@ class RewriteResult:
     final: bool
 
 
-_CONTEXT = ("question", "answer", "question_type", "options", "target", "patient_side")
-_FACTS = (
-    "centroid",
-    "bbox",
-    "area_fraction",
-    "n_components",
-    "components",
-    "quadrant",
-    "zone",
-    "size",
-    "prsmed_position",
-    "prsmed_near_center",
+_CONTEXT = (
+    "question",
+    "answer",
+    "question_type",
+    "options",
+    "target",
+    "patient_side",
+    "relation",
 )
 
 
@@ -315,7 +312,9 @@ def rewrite_batch(job: RewriteJob) -> RewriteResult:
             row
             for source in sources
             for index in range(source.num_row_groups)
-            for row in source.read_row_group(index, columns=list(_CONTEXT + _FACTS)).to_pylist()
+            for row in source.read_row_group(
+                index, columns=list(_CONTEXT + FACT_COLUMNS)
+            ).to_pylist()
         ]
         done = iter(_rewrite_rows(sess, job.store, prompt, rows))
         for part, source in zip(job.render.parts, sources, strict=True):

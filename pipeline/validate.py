@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from . import factcheck, facts, imageio, patient, relations, schema
 from .factcheck import check_answer
-from .facts import Facts, Instance, analyse
+from .facts import FACT_COLUMNS, Facts, Instance, analyse
 from .imageio import PixelError, decode_mask
 from .patient import PatientFrame, instances_side
 from .relations import relation
@@ -37,18 +37,6 @@ from .splits import SPLITS
 from .stages import atomic_pickle, code_digest, file_digest, stored_result
 
 SHARD_NAME = re.compile(r"(?P<split>[a-z]+)-(?P<index>\d{5})-of-(?P<total>\d{5})\.parquet")
-FACT_COLUMNS = (
-    "centroid",
-    "bbox",
-    "area_fraction",
-    "n_components",
-    "components",
-    "quadrant",
-    "zone",
-    "size",
-    "prsmed_position",
-    "prsmed_near_center",
-)
 VALIDATE_CODE = (facts, factcheck, imageio, patient, relations, schema)
 MAX_REPORTED = 50  # violations listed in full; all are counted
 

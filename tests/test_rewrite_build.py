@@ -219,3 +219,27 @@ def test_expand_templates_keeps_only_variants_that_hold(data, tmp_path) -> None:
     position.write_text(position.read_text().replace("{{ zone }}", "the upper right", 1))
     with pytest.raises(ValueError, match="position.yaml: template position_llm_01"):
         build(config)
+
+
+def test_paraphrases_of_volume_rows_keep_sides_and_relations(tmp_path) -> None:
+    """CT phantoms: laterality, patient-side and relation rows are paraphrased and pass."""
+    pytest.importorskip("SimpleITK")
+    from pipeline.demo import write_msd_ct
+
+    task = write_msd_ct(tmp_path, 1)
+    with FakeOpenAI() as fake:
+        config = BuildConfig(
+            sources=(parse_source_arg(f"msd={task}"),),
+            out=tmp_path / "out",
+            progress=False,
+            cache_dir=tmp_path / "cache",
+            rewrite=rewrite_config("paraphrase", "fake-model", fake.base_url, retries=1),
+        )
+        summary = build(config)
+    assert set(summary.rewrite["statuses"]) == {"accepted"}
+    rows = pq.read_table(tmp_path / "out" / "data").to_pylist()
+    kinds = {r["question_type"] for r in rows}
+    assert {"laterality", "relation"} <= kinds
+    assert {r["patient_side"] for r in rows if r["question_type"] == "laterality"} == {"right"}
+    assert all(r["question"].startswith("Looking at this picture") for r in rows)
+    assert validate(tmp_path / "out").ok
