@@ -81,6 +81,7 @@ def render_card(
             "homepage": r.source.homepage,
             "layout": r.source.layout,
             "display": r.source.display.describe(),
+            "volume": r.source.volume.describe() if r.source.volume else None,
             "redistributable": {True: "yes", False: "no", None: "unknown"}[
                 r.source.redistributable
             ],
