@@ -43,12 +43,14 @@ def _prefect_console(verbose: bool) -> None:
 
 def _print_summary(summary: dict, out: Path) -> None:
     print(f"\nMMRS build: {out}")
+    width = max([16, *(len(name) + 2 for name in summary["sources"])])
     print(
-        f"{'source':<16}{'discovered':>11}{'converted':>11}{'skipped':>9}{'failed':>8}{'rows':>9}"
+        f"{'source':<{width}}{'discovered':>11}{'converted':>11}{'skipped':>9}{'failed':>8}"
+        f"{'rows':>9}"
     )
     for name, counts in summary["sources"].items():
         print(
-            f"{name:<16}{counts['discovered']:>11}{counts['converted']:>11}"
+            f"{name:<{width}}{counts['discovered']:>11}{counts['converted']:>11}"
             f"{counts['skipped']:>9}{counts['failed']:>8}{counts['rows']:>9}"
         )
     print(
