@@ -8,9 +8,11 @@ or in pixels for 2D images without spacing:
 
 The frame exists only where the geometry makes the midline knowable:
 - the body is seen whole from left to right (its largest connected part, found by a
-  threshold, touches neither lateral edge of the image): the midline is the median of the
-  middles of the body's extent row by row, with a midline band of +/- max(2 pixels, 3 % of
-  the body's width) for its uncertainty;
+  threshold, covers at least 10 % of the image and touches neither lateral edge; in a
+  volume it is at least 80 mm wide): the midline is the median of the middles of the
+  body's extent row by row, with a midline band of +/- max(2 pixels, 3 % of the body's
+  width) for its uncertainty. A target gets this frame only if it lies in that body (at
+  least 95 % of it, and at most 75 % of the body: see inside_body);
 - or, for a crop that does not show the body, the volume is in scanner coordinates
   (DICOM; NIfTI with a scanner qform/sform, not at the world origin; see
   volumeio.in_scanner_coordinates) and the target lies wholly more than
@@ -34,13 +36,12 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from .facts import Instance, analyse
+from .facts import Instance
 
 WORLD_MARGIN_MM = 50.0
 MIN_BODY_FRACTION = 0.1  # of the image: smaller bright parts are not a body
 MIN_BODY_WIDTH_MM = 80.0  # narrower is no body (a neonate's head is wider): a crop
 BAND_FRACTION = 0.03  # of the body's width
-SIDES = ("left", "right", "bilateral", "midline")
 
 
 @dataclass(frozen=True)
@@ -80,14 +81,6 @@ def _instance_side(instance: Instance, frame: PatientFrame) -> str | None:
     if abs(centre) <= band:
         return "midline"
     return None
-
-
-def patient_side(mask: np.ndarray, frame: PatientFrame | None) -> str | None:
-    """The patient's side of a display mask (see the module docstring); None if unknown."""
-    if frame is None:
-        return None
-    _, instances = analyse(mask)
-    return instances_side(instances, frame)
 
 
 def instances_side(instances: list[Instance], frame: PatientFrame | None) -> str | None:
