@@ -36,6 +36,9 @@ FAMILIES = (
     "relation",
     "negative",
 )
+# Families a custom templates folder may leave out (made before they existed): their
+# questions are then not asked.
+OPTIONAL = ("laterality", "relation")
 LETTERS = ("A", "B", "C", "D")
 IMAGE_NOUNS = {
     "ct": "CT image",
@@ -173,7 +176,7 @@ def _compile(directory: Path, texts: list[tuple[Path, str]], digest: str) -> Tem
                 )
             except (KeyError, jinja2.TemplateError) as exc:
                 raise ValueError(f"{path}: template {template_id}: {exc}") from exc
-    empty = [family for family, templates in by_family.items() if not templates]
+    empty = [f for f, templates in by_family.items() if not templates and f not in OPTIONAL]
     if empty:
         raise ValueError(f"{directory}: no templates for famil(ies) {', '.join(empty)}")
     return TemplateSet({k: tuple(v) for k, v in by_family.items()}, digest)

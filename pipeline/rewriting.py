@@ -71,7 +71,7 @@ class Rewriting:
                 self.session.id,
             )
             for family, entries in base.items()
-            if not (generated / f"{family}.yaml").is_file()
+            if entries and not (generated / f"{family}.yaml").is_file()  # nothing to vary
         ]
         results: list[ExpandResult] = run(expand_family, jobs) if jobs else []
         for result in results:

@@ -191,3 +191,26 @@ def test_two_lungs_are_bilateral_and_each_referred_instance_has_its_own_side(tem
         expected = "left" if row.facts.centroid[0] > 0.5 else "right"
         assert row.patient_side == expected
     assert {r.patient_side for r in rows if r.mask is None} == {"bilateral"}
+
+
+def test_a_templates_folder_may_leave_out_the_optional_families(tmp_path: Path) -> None:
+    import shutil
+
+    from pipeline.qa import OPTIONAL, default_templates_dir
+
+    for path in default_templates_dir().glob("*.yaml"):
+        if path.stem not in OPTIONAL:
+            shutil.copy(path, tmp_path / path.name)
+    older = load_templates(tmp_path)
+    assert not older.by_family["laterality"] and not older.by_family["relation"]
+    from pipeline.patient import PatientFrame
+
+    found, instances = analyse(_blob((60, 60), 20, 40, 10))
+    frame = PatientFrame(1.0, 0.0, -30.0, 2.0)
+    rows = QAPlanner(older, 0).plan(
+        found, "nodule", "ct", "img", instances, "left", frame, (("lung", "inside"),)
+    )
+    assert rows and not {"laterality", "relation"} & {r.question_type for r in rows}
+    (tmp_path / "count.yaml").unlink()
+    with pytest.raises(ValueError, match="no templates for famil"):
+        load_templates(tmp_path)
