@@ -130,10 +130,14 @@ def check_answer(
         problems.append("answer states no side of the patient")
     elif question_type == "relation":
         said = _YES_NO.match(answer.lower())
-        if relation is None or said is None:
-            problems.append("relation row needs a relation and a yes or no answer")
-        elif (said.group(1) == "yes") != (relation[1] == "inside"):
+        if relation is None:
+            problems.append("relation row without its relation")
+        elif said is not None and (said.group(1) == "yes") != (relation[1] == "inside"):
             problems.append(f"answered {said.group(1)!r}; the {relation[0]} is {relation[1]}")
+        elif said is None and not (
+            relation[1] == "inside" and relation[0].lower() in answer.lower()
+        ):  # "which structure holds it?": only for inside, and naming the container
+            problems.append(f"answer does not name the {relation[0]} it lies in")
     elif question_type == "size" and not sizes_in(answer):
         problems.append("answer states no size")
     elif question_type == "count":

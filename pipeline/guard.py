@@ -149,8 +149,11 @@ def rewrite_problem(
         )
         if reason is not None:
             return reason
-    if relation is not None and relation[0].lower() not in question.lower():
-        return "dropped-relation"  # the question must still name the other structure
+    if relation is not None:  # the other structure stays named wherever it was
+        other = relation[0].lower()
+        for before, after in zip(original, rewritten, strict=True):
+            if other in before.lower() and other not in after.lower():
+                return "dropped-relation"
     problems = check_answer(
         question_type,
         question,

@@ -99,3 +99,12 @@ def test_validate_rederives_relations_from_both_masks(tmp_path) -> None:
     result = validate(out)
     assert any("the masks give 'inside'" in v for v in result.violations)
     assert any("answered 'yes'" in v for v in result.violations)
+
+
+def test_which_structure_answers_name_the_container() -> None:
+    facts, _ = analyse(_box(20, 20, 5))
+    args = ("relation", "Within which structure does the lesion lie?")
+    good = "The lesion lies within the left lung."
+    assert check_answer(*args, good, None, facts, "lesion", relation=("left lung", "inside")) == []
+    assert check_answer(*args, good, None, facts, "lesion", relation=("right lung", "inside"))
+    assert check_answer(*args, good, None, facts, "lesion", relation=("left lung", "outside"))
