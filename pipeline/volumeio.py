@@ -85,6 +85,8 @@ def read_volume(path: Path, channel: int | None = None):
         image = sitk.VectorIndexSelectionCast(image, channel)
     if image.GetDimension() == 4:
         size = image.GetSize()
+        if channel is None and size[3] == 1:
+            channel = 0  # a singleton fourth axis (x, y, z, 1) is a plain volume
         if channel is None:
             raise PixelError(
                 f"{path}: 4D volume with {size[3]} channels; choose one with `channel`"

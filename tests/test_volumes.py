@@ -251,6 +251,10 @@ def test_four_d_volume_needs_a_channel(tmp_path: Path) -> None:
         _slices(tmp_path, _spec(tmp_path, "images/*.nii.gz", "labels/{name}"))
     spec = _spec(tmp_path, "images/*.nii.gz", "labels/{name}", channel=1)
     assert _slices(tmp_path, spec)
+    # A singleton fourth axis (x, y, z, 1) is a plain volume: no channel needed.
+    single = sitk.JoinSeries([phantoms.to_image(image)])
+    phantoms.write(single, tmp_path / "images" / "p1.nii.gz")
+    assert _slices(tmp_path, _spec(tmp_path, "images/*.nii.gz", "labels/{name}"))
 
 
 def test_windows_constant_and_nan_volumes(tmp_path: Path) -> None:
