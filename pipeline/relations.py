@@ -54,10 +54,12 @@ def relations_of(masks: dict[str, np.ndarray], key: str) -> dict[str, list[tuple
     maps with a hundred structures stay cheap.
     """
     present = {t: m for t, m in masks.items() if m.any()}
+    if len(present) < 2:
+        return {}
     boxes = {t: _box(m) for t, m in present.items()}
-    filled = {t: fill_holes(m) for t, m in present.items()}
     sizes = {t: int(m.sum()) for t, m in present.items()}
-    filled_sizes = {t: int(m.sum()) for t, m in filled.items()}
+    filled: dict[str, np.ndarray] = {}  # filled on first use: most pairs never need it
+    filled_sizes: dict[str, int] = {}
     chosen: dict[str, list[tuple[str, str]]] = {}
     for target, mask in present.items():
         rows, cols = boxes[target]
@@ -75,6 +77,9 @@ def relations_of(masks: dict[str, np.ndarray], key: str) -> dict[str, list[tuple
             if not meets:
                 outside.append(other)
                 continue
+            if other not in filled:
+                filled[other] = fill_holes(present[other])
+                filled_sizes[other] = int(filled[other].sum())
             found = _relation(
                 mask[rows, cols], sizes[target], filled[other][rows, cols], filled_sizes[other]
             )
