@@ -307,7 +307,10 @@ def rewrite_batch(job: RewriteJob) -> RewriteResult:
     model = job.config.llm.model
     try:
         # Every row of the batch first (text columns only), so one pool keeps every slot busy.
-        sources = [pq.ParquetFile(part.path) for part in job.render.parts]
+        sources = [
+            pq.ParquetFile(part.path, read_dictionary=writer.BYTES_LEAVES)
+            for part in job.render.parts
+        ]
         rows = [
             row
             for source in sources

@@ -3,8 +3,14 @@
 One image carries several QA rows. Rows of one image always share a row group, and the
 image and mask columns are dictionary-encoded with a dictionary page large enough for a
 whole row group, so each distinct image and mask is stored once per row group: the folder
-stays close to the bytes of the unique images and masks it holds. Shards are written under
-a staging folder and named `-of-<n>` only when the split is complete.
+stays close to the bytes of the unique images and masks it holds. The bytes columns are
+handed to Parquet as Arrow dictionary arrays (distinct values + indices), so no image is
+copied or hashed once per row. Shards are written under a staging folder and named
+`-of-<n>` only when the split is complete.
+
+The Arrow schema is not stored in the file (it would record those columns as dictionaries);
+readers get the row contract's plain types from the Parquet types, and the `huggingface`
+key that restores the Image features is written as file metadata.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from .schema import IMAGE_COLUMNS, SCHEMA, schema_with_features
 ROW_GROUP_BYTES = 8 * 2**20  # unique image + mask bytes buffered per row group
 SHARD_BYTES = 256 * 2**20  # start a new shard past this size
 
-_BINARY_LEAVES = [f"{column}.bytes" for column in IMAGE_COLUMNS]
+BYTES_LEAVES = [f"{column}.bytes" for column in IMAGE_COLUMNS]
 _STATISTICS = [
     f.name for f in SCHEMA if f.name not in IMAGE_COLUMNS and not pa.types.is_nested(f.type)
 ]
@@ -38,50 +44,61 @@ def _leaves(name: str, data_type: pa.DataType) -> list[str]:
 def _compression() -> dict[str, str]:
     """zstd everywhere but the image bytes, which are PNG or JPEG already."""
     leaves = [leaf for field in SCHEMA for leaf in _leaves(field.name, field.type)]
-    return {leaf: "none" if leaf in _BINARY_LEAVES else "zstd" for leaf in leaves}
+    return {leaf: "none" if leaf in BYTES_LEAVES else "zstd" for leaf in leaves}
 
 
-def _repeated_binary(values: list[bytes]) -> pa.Array:
-    """A binary array of values that repeat (an image's rows share one bytes object).
+def _dictionary(values: list[bytes]) -> pa.DictionaryArray:
+    """Values that repeat (an image's rows share its bytes) as distinct values + indices.
 
-    Built from the distinct objects and a gather, which sizes the buffer once: far faster
-    than growing a builder with every copy.
+    Distinct by content: Parquet's dictionary writer needs unique values (equal masks of
+    different rows included), and a bytes object computes its hash once.
     """
-    slots: dict[int, int] = {}
-    distinct: list[bytes] = []
-    indices = []
-    for value in values:
-        slot = slots.get(id(value))
-        if slot is None:
-            slot = slots[id(value)] = len(distinct)
-            distinct.append(value)
-        indices.append(slot)
-    return pa.array(distinct, pa.binary()).take(pa.array(indices, pa.int32()))
+    slots: dict[bytes, int] = {}
+    indices = [slots.setdefault(value, len(slots)) for value in values]
+    return pa.DictionaryArray.from_arrays(
+        pa.array(indices, pa.int32()), pa.array(list(slots), pa.binary())
+    )
 
 
-def _table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
-    """Rows to an Arrow table, column by column (image bytes go straight to binary arrays)."""
+def _written(field: pa.Field) -> pa.Field:
+    """The field as written: an image column's bytes as a dictionary array."""
+    if field.name not in IMAGE_COLUMNS:
+        return field
+    return pa.field(
+        field.name,
+        pa.struct([("bytes", pa.dictionary(pa.int32(), pa.binary())), ("path", pa.string())]),
+    )
+
+
+WRITTEN_SCHEMA = pa.schema([_written(field) for field in SCHEMA])
+
+
+def _table(rows: list[dict[str, Any]]) -> pa.Table:
+    """Rows to an Arrow table of WRITTEN_SCHEMA, column by column."""
     arrays = []
-    for field in schema:
+    for field in WRITTEN_SCHEMA:
         if field.name in IMAGE_COLUMNS:
-            data = _repeated_binary([row[field.name]["bytes"] for row in rows])
+            data = _dictionary([row[field.name]["bytes"] for row in rows])
             paths = pa.array([row[field.name]["path"] for row in rows], pa.string())
             arrays.append(pa.StructArray.from_arrays([data, paths], fields=list(field.type)))
         else:
             arrays.append(pa.array([row[field.name] for row in rows], field.type))
-    return pa.Table.from_arrays(arrays, schema=schema)
+    return pa.Table.from_arrays(arrays, schema=WRITTEN_SCHEMA)
 
 
 def open_shard(path: Path, row_group_bytes: int = ROW_GROUP_BYTES) -> pq.ParquetWriter:
     """A Parquet writer with the layout and options of every MMRS shard."""
-    return pq.ParquetWriter(
+    writer = pq.ParquetWriter(
         path,
-        schema_with_features(),
+        WRITTEN_SCHEMA,
         compression=_compression(),
         use_dictionary=True,
         dictionary_pagesize_limit=max(2 * row_group_bytes, 2**20),
         write_statistics=_STATISTICS,
+        store_schema=False,
     )
+    writer.add_key_value_metadata(schema_with_features().metadata)
+    return writer
 
 
 class SplitWriter:
@@ -102,7 +119,6 @@ class SplitWriter:
         self._buffer: list[dict[str, Any]] = []
         self._buffered_bytes = 0
         self._writer: pq.ParquetWriter | None = None
-        self._schema = schema_with_features()
 
     def add_image_rows(self, rows: list[dict[str, Any]]) -> None:
         """Add every row of one image (they stay in one row group)."""
@@ -126,7 +142,7 @@ class SplitWriter:
             return
         if self._writer is None:
             self._writer = self._open_shard()
-        table = _table(self._buffer, self._schema)
+        table = _table(self._buffer)
         self._writer.write_table(table, row_group_size=len(self._buffer))
         self._buffer, self._buffered_bytes = [], 0
         if self.shards[-1].stat().st_size >= self.shard_bytes:
