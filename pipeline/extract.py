@@ -21,9 +21,9 @@ from .imageio import (
     KEPT_FORMATS,
     encode_mask,
     encode_png,
-    read_binary_mask,
     read_image,
     read_label_map,
+    read_mask,
 )
 from .patient import PatientFrame, frame_2d, inside_body, instances_side
 from .relations import relations_of
@@ -96,13 +96,16 @@ def analyse_targets(
     frame: PatientFrame | None,
     body: np.ndarray | None,
     image_id: str,
+    kept: Mapping[str, bytes] | None = None,
 ) -> list[ExtractedTarget]:
     """Facts, instances, the patient's side and relations of every target of one image.
 
     A target has the image's patient frame when the frame is strict (world coordinates) or
-    the target lies in the body the midline was found from.
+    the target lies in the body the midline was found from. `kept` gives the mask PNG of a
+    target whose source file already is one.
     """
     related = relations_of(masks, image_id)
+    kept = kept or {}
     targets = []
     for target, mask in masks.items():
         facts, instances = analyse(mask)
@@ -110,7 +113,7 @@ def analyse_targets(
         targets.append(
             ExtractedTarget(
                 target,
-                encode_mask(mask),
+                kept.get(target) or encode_mask(mask),
                 facts,
                 instances if len(instances) > 1 else [],
                 instances_side(instances, own),
@@ -121,14 +124,23 @@ def analyse_targets(
     return targets
 
 
-def _read_masks(case: Case, shape: tuple[int, int]) -> dict[str, np.ndarray]:
-    """Union of every mask file per target, checked against the image size."""
+def _read_masks(
+    case: Case, shape: tuple[int, int]
+) -> tuple[dict[str, np.ndarray], dict[str, bytes]]:
+    """Union of every mask file per target, checked against the image size.
+
+    Also the own bytes of each target's mask file where that one file is the whole target
+    and already a mask PNG (single-channel 0/255): written as they are, like images.
+    """
     masks: dict[str, np.ndarray] = {t: np.zeros(shape, dtype=bool) for t in case.targets}
+    files: dict[str, list[bytes | None]] = {}
     for mask_file in case.masks:
         if mask_file.labels is not None:
             layers = label_layers(read_label_map(mask_file.path), mask_file.labels)
+            pngs: dict[str, bytes | None] = dict.fromkeys(layers)
         else:
-            layers = {mask_file.target: read_binary_mask(mask_file.path)}
+            read = read_mask(mask_file.path)
+            layers, pngs = {mask_file.target: read.pixels}, {mask_file.target: read.png}
         for target, layer in layers.items():
             if layer.shape != shape:
                 raise CaseError(
@@ -136,7 +148,9 @@ def _read_masks(case: Case, shape: tuple[int, int]) -> dict[str, np.ndarray]:
                     f"{mask_file.path.name} is {layer.shape[1]}x{layer.shape[0]}"
                 )
             masks[target] = masks.get(target, np.zeros(shape, dtype=bool)) | layer
-    return masks
+            files.setdefault(target, []).append(pngs[target])
+    kept = {t: found[0] for t, found in files.items() if len(found) == 1 and found[0]}
+    return masks, kept
 
 
 def extract_case(case: Case, source: SourceMeta) -> list[ExtractedCase]:
@@ -158,7 +172,7 @@ def extract_image(case: Case, source: SourceMeta) -> ExtractedCase:
             f"differ from its stored pixels; the mask's frame is ambiguous"
         )
     shape = (decoded.height, decoded.width)
-    masks = _read_masks(case, shape)
+    masks, kept = _read_masks(case, shape)
     empty = [t for t, m in masks.items() if not m.any() and t not in case.absent_ok]
     if empty:
         files = ", ".join(f.path.name for f in case.masks)
@@ -173,6 +187,7 @@ def extract_image(case: Case, source: SourceMeta) -> ExtractedCase:
     if display.changes_pixels:
         image_bytes = encode_png(display.apply(np.asarray(decoded.image)))
         masks = {t: display.apply(m) for t, m in masks.items()}
+        kept = {}
     elif decoded.format in KEPT_FORMATS:
         image_bytes = decoded.data  # no pixel changes: the source's own bytes
     else:
@@ -186,5 +201,5 @@ def extract_image(case: Case, source: SourceMeta) -> ExtractedCase:
         image_id=image_id,
         width=width,
         height=height,
-        targets=analyse_targets(masks, *(found or (None, None)), image_id),
+        targets=analyse_targets(masks, *(found or (None, None)), image_id, kept),
     )

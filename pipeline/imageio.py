@@ -68,7 +68,15 @@ def _raw_values(path: Path, image: Image.Image) -> np.ndarray:
     raise PixelError(f"{path}: unsupported mask mode {image.mode!r}")
 
 
-def read_binary_mask(path: Path) -> np.ndarray:
+@dataclass(frozen=True)
+class BinaryMask:
+    """A mask file read as booleans, with its own bytes where they can be kept."""
+
+    pixels: np.ndarray
+    png: bytes | None  # the file itself when it already is a mask PNG (single-channel 0/255)
+
+
+def read_mask(path: Path) -> BinaryMask:
     """Read a mask file as a boolean array.
 
     Palette and 1-bit masks: foreground is any non-zero index. Others are read as grey
@@ -76,13 +84,23 @@ def read_binary_mask(path: Path) -> np.ndarray:
     masks; masks whose values never exceed 127 (0/1 masks, label values) use > 0 instead,
     except JPEG masks, whose low values are compression noise.
     """
-    image = read_image(path).image
+    decoded = read_image(path)
+    image = decoded.image
     values = _raw_values(path, image)
     if image.mode in ("P", "1"):
-        return values > 0
+        return BinaryMask(values > 0, None)
     if image.format == "JPEG" or values.max(initial=0) > BINARY_THRESHOLD:
-        return values > BINARY_THRESHOLD
-    return values > 0
+        pixels = values > BINARY_THRESHOLD
+        is_mask_png = image.format == "PNG" and image.mode == "L"
+        if is_mask_png and np.array_equal(values, pixels.view(np.uint8) * np.uint8(255)):
+            return BinaryMask(pixels, decoded.data)  # no need to encode what is there
+        return BinaryMask(pixels, None)
+    return BinaryMask(values > 0, None)
+
+
+def read_binary_mask(path: Path) -> np.ndarray:
+    """The boolean pixels of a mask file (see read_mask)."""
+    return read_mask(path).pixels
 
 
 def read_label_map(path: Path) -> np.ndarray:

@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.imageio import PixelError, read_binary_mask, read_image, read_label_map
+from pipeline.imageio import (
+    PixelError,
+    decode_mask,
+    read_binary_mask,
+    read_image,
+    read_label_map,
+    read_mask,
+)
 
 
 def _square(value: int = 255, shape=(40, 40)) -> np.ndarray:
@@ -45,6 +52,30 @@ def test_lossless_masks_read_exactly(tmp_path: Path, write) -> None:
     path = tmp_path / "m.png"
     write(path)
     assert np.array_equal(read_binary_mask(path), EXPECTED)
+
+
+def test_a_mask_png_is_kept_as_it_is(tmp_path: Path) -> None:
+    path = tmp_path / "m.png"
+    Image.fromarray(_square()).save(path)  # single-channel 0/255: already the contract's
+    read = read_mask(path)
+    assert read.png == path.read_bytes()
+    assert np.array_equal(decode_mask(read.png), EXPECTED)
+
+
+@pytest.mark.parametrize(
+    "write",
+    [
+        lambda p: Image.fromarray(_square(1)).save(p, format="PNG"),  # 0/1
+        lambda p: Image.fromarray(_square(200)).save(p, format="PNG"),  # 0/200
+        lambda p: Image.fromarray(np.stack([_square()] * 3, -1)).save(p, format="PNG"),  # RGB
+        lambda p: Image.fromarray(_square()).convert("1").save(p, format="PNG"),  # 1-bit
+        lambda p: Image.fromarray(_square()).save(p, format="JPEG", quality=95),  # lossy
+    ],
+)
+def test_other_masks_are_encoded_again(tmp_path: Path, write) -> None:
+    path = tmp_path / "m.img"
+    write(path)
+    assert read_mask(path).png is None
 
 
 def test_palette_masks_use_indices(tmp_path: Path) -> None:

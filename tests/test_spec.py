@@ -96,6 +96,17 @@ def test_several_mask_files_per_image_and_their_targets(tmp_path: Path) -> None:
     lesion = [r for r in rows if r["target"] == "lesion" and r["question_type"] == "count"]
     assert lesion and all(r["n_components"] == 2 for r in lesion)  # two files, one target
     assert len({r["split"] for r in rows}) == 1  # one patient, one split
+    whole = {
+        (r["case_id"], r["target"]): r["mask"]["bytes"]
+        for r in rows
+        if r["question_type"] == "count"
+    }
+    kidney = (root / "masks" / "p1_a_left_kidney_000.png").read_bytes()
+    assert whole[("images/p1_a", "left kidney")] == kidney  # one 0/255 PNG: kept as it is
+    assert whole[("images/p1_a", "lesion")] not in (  # two files: their union, encoded
+        (root / "masks" / "p1_a_lesion_000.png").read_bytes(),
+        (root / "masks" / "p1_a_lesion_001.png").read_bytes(),
+    )
     assert validate(out).ok
 
 
