@@ -5,11 +5,13 @@ of cases is one task (extract, render) and each Parquet shard one validation tas
 task's cache key is its job's content key (input file hashes, configuration, the code that
 produces it), used while its result is in the store, so an unchanged re-run converts
 nothing, a template change re-renders without reading images, and a killed build resumes.
-Tasks run on the chosen task runner: threads, processes, or Dask (a LocalCluster or
---dask-address). With --rewrite, the LLM stages (`rewrite-batch`, `expand-templates`)
-run on threads of the flow's process whatever the runner: they wait on the network, and
-one client holds the build's concurrency limit, rate limit and budget. Nothing secret is a
-parameter: the LLM key comes from OPENAI_API_KEY or a Secret block named by a parameter.
+Tasks run on the chosen task runner: local (threads of this process, whose CPU-bound
+work goes to --workers worker processes when there are several), processes, or Dask (a
+LocalCluster or --dask-address). With --rewrite, the LLM stages (`rewrite-batch`,
+`expand-templates`) run on threads of the flow's process whatever the runner: they wait on
+the network, and one client holds the build's concurrency limit, rate limit and budget.
+Nothing secret is a parameter: the LLM key comes from OPENAI_API_KEY or a Secret block
+named by a parameter.
 """
 
 from __future__ import annotations
@@ -19,7 +21,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.orchestration import apply_prefect_defaults, default_cache_dir, make_task_runner
+from pipeline.orchestration import (
+    apply_prefect_defaults,
+    default_cache_dir,
+    make_task_runner,
+    on_worker,
+    worker_pool,
+)
 
 apply_prefect_defaults()
 
@@ -34,8 +42,15 @@ from pipeline.malloc import keep_freed_buffers  # noqa: E402
 from pipeline.publish import publish  # noqa: E402
 from pipeline.rewrite import rewrite_batch, rewrite_config  # noqa: E402
 from pipeline.splits import SplitRatios  # noqa: E402
-from pipeline.stages import extract_batch, render_batch  # noqa: E402
-from pipeline.validate import ValidationResult, check_job, validate  # noqa: E402
+from pipeline.stages import (  # noqa: E402
+    ExtractJob,
+    ExtractResult,
+    RenderJob,
+    RenderResult,
+    extract_batch,
+    render_batch,
+)
+from pipeline.validate import ShardJob, ShardResult, ValidationResult, check_job, validate  # noqa: E402
 
 
 class StoredJob(CachePolicy):
@@ -54,9 +69,23 @@ class StoredJob(CachePolicy):
         return hashlib.sha256(f"{key}|{Path(job.store).resolve()}".encode()).hexdigest()
 
 
-extract_task = task(extract_batch, name="extract-batch", cache_policy=StoredJob())
-render_task = task(render_batch, name="render-batch", cache_policy=StoredJob())
-check_task = task(check_job, name="check-shard", cache_policy=StoredJob())
+# The CPU-bound stages, on the build's worker processes where it has them (module-level
+# functions, so that process and Dask runners import them by name).
+def extract_on_worker(job: ExtractJob) -> ExtractResult:
+    return on_worker(extract_batch, job)
+
+
+def render_on_worker(job: RenderJob) -> RenderResult:
+    return on_worker(render_batch, job)
+
+
+def check_on_worker(job: ShardJob) -> ShardResult:
+    return on_worker(check_job, job)
+
+
+extract_task = task(extract_on_worker, name="extract-batch", cache_policy=StoredJob())
+render_task = task(render_on_worker, name="render-batch", cache_policy=StoredJob())
+check_task = task(check_on_worker, name="check-shard", cache_policy=StoredJob())
 # Rows or families whose requests fail are recorded, not raised: retries are for I/O.
 rewrite_task = task(
     rewrite_batch, name="rewrite-batch", cache_policy=StoredJob(), retries=2, retry_delay_seconds=5
@@ -107,7 +136,7 @@ def _report_validation(result: ValidationResult, folder: str) -> None:
 def validate_mmrs(
     folder: str,
     workers: int = 1,
-    runner: str = "threads",
+    runner: str = "local",
     dask_address: str | None = None,
     cache: bool = True,
     cache_dir: str | None = None,
@@ -116,7 +145,10 @@ def validate_mmrs(
     """Check a built folder against the row contract (see pipeline/validate.py)."""
     keep_freed_buffers()
     store = _store(cache, cache_dir)
-    with make_task_runner(runner, workers, dask_address) as task_runner:
+    with (
+        worker_pool(runner, workers),
+        make_task_runner(runner, workers, dask_address) as task_runner,
+    ):
         result = validate(
             Path(folder),
             store=store,
@@ -132,7 +164,7 @@ def build_mmrs(
     out: str,
     seed: int = 0,
     workers: int = 1,
-    runner: str = "threads",
+    runner: str = "local",
     dask_address: str | None = None,
     strict: bool = False,
     split_ratios: str = "0.8,0.1,0.1",
@@ -191,8 +223,9 @@ def build_mmrs(
     )
     logger = get_run_logger()
     with (
+        worker_pool(runner, workers),
         make_task_runner(runner, workers, dask_address) as task_runner,
-        make_task_runner("threads", workers) as llm_threads,
+        make_task_runner("local", workers) as llm_threads,
     ):
         summary = run_build(
             config,

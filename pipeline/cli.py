@@ -11,7 +11,7 @@ from pathlib import Path
 from . import __version__
 from .build import BATCH_SIZE, BuildError, parse_source_arg
 from .llm import API_KEY_ENV
-from .orchestration import RUNNERS, default_cache_dir
+from .orchestration import RUNNERS, default_cache_dir, start_worker_server
 from .rewrite import MODES, rewrite_config
 from .sources import REGISTRY
 from .splits import SplitRatios
@@ -120,6 +120,8 @@ def cmd_build(args: argparse.Namespace) -> int:
             "that needs none)"
         )
     _prefect_console(args.verbose)
+    if args.runner == "local" and args.workers > 1:
+        start_worker_server()  # its imports run while Prefect's do
     from flows import build_mmrs
 
     result = build_mmrs(
@@ -150,6 +152,8 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     _prefect_console(args.verbose)
+    if args.runner == "local" and args.workers > 1:
+        start_worker_server()
     from flows import validate_mmrs
 
     result = validate_mmrs(
@@ -226,7 +230,10 @@ def cmd_sources(args: argparse.Namespace) -> int:
 def _runner_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--workers", type=int, default=1, help="parallel workers (default 1)")
     command.add_argument(
-        "--runner", choices=RUNNERS, default="threads", help="Prefect task runner (default threads)"
+        "--runner",
+        choices=RUNNERS,
+        default="local",
+        help="Prefect task runner (default local: threads, and --workers processes for CPU work)",
     )
     command.add_argument("--dask-address", help="attach to a running Dask scheduler")
     command.add_argument("--cache-dir", help=f"task cache (default {default_cache_dir()})")

@@ -1,12 +1,27 @@
-"""What Prefect needs from the project: its defaults, task runners and the cache store.
+"""What Prefect needs from the project: its defaults, task runners, worker pool and store.
 
 Kept apart from flows.py so the defaults are set before Prefect is first imported.
+
+The default `local` runner runs tasks on threads of the flow's process; with several
+workers, each CPU-bound task hands its job to a pool of that many worker processes
+(`worker_pool`, `on_worker`). Threads alone would share one interpreter lock, and
+Prefect's own process runner starts the whole task engine (Prefect included) in every
+worker; the pool's processes hold only the stage code, forked from a server that
+imported it once.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, ProcessPoolExecutor
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
+from typing import TypeVar
+
+from .malloc import keep_freed_buffers
 
 # A fresh Prefect database can take ~20 s to start the embedded (ephemeral) API; analytics
 # would try to reach the network. Users' own settings win (setdefault).
@@ -15,7 +30,9 @@ PREFECT_DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "DO_NOT_TRACK": "1",
 }
-RUNNERS = ("threads", "processes", "dask")
+RUNNERS = ("local", "processes", "dask")
+# Imported once by the pool's fork server, so every worker starts with them.
+WORKER_MODULES = ["pipeline.stages", "pipeline.validate"]
 
 
 def apply_prefect_defaults() -> None:
@@ -32,7 +49,7 @@ def default_cache_dir() -> Path:
 
 
 def make_task_runner(runner: str, workers: int, dask_address: str | None = None):
-    """A Prefect task runner: threads (default), processes, or Dask (local or attached)."""
+    """A Prefect task runner: local threads (default), processes, or Dask (local or attached)."""
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     if dask_address or runner == "dask":
@@ -46,6 +63,51 @@ def make_task_runner(runner: str, workers: int, dask_address: str | None = None)
 
     if runner == "processes":
         return ProcessPoolTaskRunner(max_workers=workers)
-    if runner == "threads":
+    if runner == "local":
         return ThreadPoolTaskRunner(max_workers=workers)
     raise ValueError(f"unknown runner {runner!r} (expected one of {', '.join(RUNNERS)})")
+
+
+_POOL: ContextVar[Executor | None] = ContextVar("mmrs_worker_pool", default=None)
+Job = TypeVar("Job")
+Result = TypeVar("Result")
+
+
+def _forkserver() -> multiprocessing.context.BaseContext:
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(WORKER_MODULES)
+    return context
+
+
+def start_worker_server() -> None:
+    """Start the pool's fork server now, so its imports overlap the caller's own work."""
+    _forkserver()
+    from multiprocessing import forkserver
+
+    forkserver.ensure_running()
+
+
+@contextmanager
+def worker_pool(runner: str, workers: int) -> Iterator[Executor | None]:
+    """The worker processes of a local build with several workers (else none).
+
+    While open, `on_worker` runs jobs there, from any thread that inherits this context
+    (Prefect's thread runner copies it into every task).
+    """
+    if runner != "local" or workers < 2:
+        yield None
+        return
+    with ProcessPoolExecutor(
+        workers, mp_context=_forkserver(), initializer=keep_freed_buffers
+    ) as pool:
+        token = _POOL.set(pool)
+        try:
+            yield pool
+        finally:
+            _POOL.reset(token)
+
+
+def on_worker(stage: Callable[[Job], Result], job: Job) -> Result:
+    """stage(job) on the open worker pool when there is one, else in this thread."""
+    pool = _POOL.get()
+    return stage(job) if pool is None else pool.submit(stage, job).result()

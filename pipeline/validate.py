@@ -87,7 +87,7 @@ def _same(expected: Any, found: Any) -> bool:
 
 
 @dataclass
-class _Part:
+class ShardResult:
     """What one row group tells: its violations and the keys that cross row groups."""
 
     split: str
@@ -107,9 +107,9 @@ def _size(data: bytes) -> tuple[int, int]:
     return Image.open(io.BytesIO(data)).size  # header only, no decoding
 
 
-def check_row_group(shard: Path, index: int, split: str) -> _Part:
+def check_row_group(shard: Path, index: int, split: str) -> ShardResult:
     """Every per-row check of one row group (see the module docstring)."""
-    part = _Part(split)
+    part = ShardResult(split)
     parquet = pq.ParquetFile(shard, read_dictionary=["image.bytes", "mask.bytes"])
     table = parquet.read_row_group(index)
     image_index, images = _distinct(table, "image")
@@ -225,14 +225,14 @@ class ShardJob:
         return (self.store or Path(".")) / "validate" / f"{key}.pkl"
 
 
-def _checked(job: ShardJob) -> _Part:
+def _checked(job: ShardJob) -> ShardResult:
     """Every row group of a shard; a row group that cannot be read is a violation."""
-    whole = _Part(job.split)
+    whole = ShardResult(job.split)
     for index in range(job.row_groups):
         try:
             part = check_row_group(job.shard, index, job.split)
         except (pa.ArrowException, OSError) as exc:
-            part = _Part(job.split, violations=[f"{job.shard.name} row group {index}: {exc}"])
+            part = ShardResult(job.split, violations=[f"{job.shard.name} row group {index}: {exc}"])
         whole.rows += part.rows
         whole.violations += part.violations
         whole.patients |= part.patients
@@ -240,13 +240,13 @@ def _checked(job: ShardJob) -> _Part:
     return whole
 
 
-def check_job(job: ShardJob) -> _Part:
+def check_job(job: ShardJob) -> ShardResult:
     """Check a shard, reusing a stored result for the same content and code."""
     if job.store is None:
         return _checked(job)
     key = job.key
     stored = stored_result(job.result(key))
-    if isinstance(stored, _Part):
+    if isinstance(stored, ShardResult):
         return stored
     part = _checked(job)
     atomic_pickle(part, job.result(key))

@@ -85,16 +85,25 @@ def test_template_change_rerenders_without_reading_images(
     assert _files(tmp_path / "before") != _files(tmp_path / "after")
 
 
-@pytest.mark.parametrize("runner", ["processes", "dask"])
+@pytest.mark.parametrize("runner", ["local", "processes", "dask"])
 def test_every_runner_gives_the_same_bytes(prefect_api, data, tmp_path, runner) -> None:
     from flows import build_mmrs
 
-    reference = build_mmrs(_sources(data), str(tmp_path / "threads"), batch_size=4, cache=False)
+    reference = build_mmrs(_sources(data), str(tmp_path / "one"), batch_size=4, cache=False)
     result = build_mmrs(
         _sources(data), str(tmp_path / runner), batch_size=4, workers=2, runner=runner, cache=False
     )
     assert result["summary"] == reference["summary"]
-    assert _files(tmp_path / "threads") == _files(tmp_path / runner)
+    assert _files(tmp_path / "one") == _files(tmp_path / runner)
+
+
+def test_local_runner_reads_on_worker_processes(prefect_api, data, tmp_path, reads) -> None:
+    from flows import build_mmrs
+
+    result = build_mmrs(_sources(data), str(tmp_path / "out"), batch_size=4, workers=2, cache=False)
+    assert result["validation"]["ok"]
+    assert result["summary"]["images"] > 0
+    assert reads == []  # every image was read by a worker process, none by this one
 
 
 def test_validate_flow_reports_violations(prefect_api, data, tmp_path) -> None:
