@@ -205,9 +205,12 @@ def _check_out(config: BuildConfig) -> None:
 
 
 def plan_extract(
-    discovered: list[tuple[SourceRequest, Case | Problem]], batch_size: int, store: Path
+    discovered: list[tuple[SourceRequest, Case | Problem]],
+    batch_size: int,
+    store: Path,
+    reusable: bool = True,
 ) -> list[ExtractJob]:
-    """Cases in batches of one source each, in discovery order."""
+    """Cases in batches of one source each, in discovery order (see ExtractJob.reusable)."""
     jobs: list[ExtractJob] = []
     batch: list[Case] = []
     current: SourceRequest | None = None
@@ -215,7 +218,7 @@ def plan_extract(
     def close() -> None:
         if batch and current is not None:
             meta = SourceMeta.of(current.source)
-            jobs.append(ExtractJob(len(jobs), meta, tuple(batch), store))
+            jobs.append(ExtractJob(len(jobs), meta, tuple(batch), store, reusable))
 
     for request, item in discovered:
         if not isinstance(item, Case):
@@ -291,7 +294,7 @@ def run_build(
                 config, templates_dir=llm.templates(config.templates_dir, store, run_rewrite)
             )
             templates = load_templates(config.templates_dir)
-        jobs = plan_extract(discovered, config.batch_size, store)
+        jobs = plan_extract(discovered, config.batch_size, store, config.cache_dir is not None)
         extracted = run_extract(extract_batch, jobs)
         staging = config.out.parent / f".{config.out.name}.partial"
         if staging.exists():
@@ -417,7 +420,7 @@ def _assemble(
               for p in figures.values())]  # fmt: skip
     for name in others:
         files[name] = file_digest(staging / name)
-    _write_manifest(staging, config, templates, summary, rendered, files, shards)
+    _write_manifest(staging, config, templates, summary, files, shards)
     return summary
 
 
@@ -465,7 +468,6 @@ def _write_manifest(
     config: BuildConfig,
     templates: TemplateSet,
     summary: BuildSummary,
-    rendered: list[RenderResult],
     files: dict[str, str],
     shards: list[dict[str, str]],
 ) -> None:
@@ -499,7 +501,6 @@ def _write_manifest(
         "counts": summary_dict["sources"],
         "images": summary_dict["images"],
         "rows_per_split": summary_dict["rows_per_split"],
-        "render_keys": [result.key for result in rendered],
         **{k: summary_dict[k] for k in ("rewrite", "llm_usage") if k in summary_dict},
         "shards": shards,
         "files": dict(sorted(files.items())),

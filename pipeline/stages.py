@@ -108,10 +108,16 @@ class ExtractJob:
     source: SourceMeta
     cases: tuple[Case, ...]
     store: Path
+    reusable: bool = True  # False: a store of this build only, so nothing to find again
 
     @cached_property
     def key(self) -> str:
-        """Content hashes of every input file + the source's settings + the extract code."""
+        """Content hashes of every input file + the source's settings + the extract code.
+
+        In a store of this build only, the batch's place in it is enough: no file is hashed.
+        """
+        if not self.reusable:
+            return _key("extract", self.index, self.source.name)
         files = []
         for case in self.cases:
             paths = [case.image, *(m.path for m in case.masks)]
