@@ -90,3 +90,15 @@ def test_a_tampered_answer_fails_validation(tmp_path: Path) -> None:
     result = validate(out)
     assert not result.ok
     assert any("states zone" in v for v in result.violations)
+
+
+def test_a_shard_rewritten_with_the_same_rows_fails_its_hash(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    folder = write_kvasir(tmp_path, 3, size=(90, 90))
+    out = tmp_path / "out"
+    build(_config(folder, out))
+    shard = sorted((out / "data").glob("*.parquet"))[0]
+    pq.write_table(pq.read_table(shard), shard, compression="gzip")  # same rows, other bytes
+    result = validate(out)
+    assert result.violations == [f"{shard.name}: content differs from the manifest's hash"]
