@@ -164,7 +164,13 @@ def extract_case(case: Case, source: SourceMeta) -> list[ExtractedCase]:
 
 def extract_image(case: Case, source: SourceMeta) -> ExtractedCase:
     """Pixels and facts of one 2D case (see the module docstring for its errors)."""
-    decoded = read_image(case.image)
+    display = source.display
+    # A CT/MRI cross-section in a known display shows the body's outline; its columns run
+    # from the patient's right to left (axial or coronal). A projection (X-ray) does not.
+    outline = (
+        display.knows_patient and display.plane != "sagittal" and source.modality in CROSS_SECTIONS
+    )
+    decoded = read_image(case.image, pixels=outline or display.changes_pixels)
     orientation = decoded.image.getexif().get(_EXIF_ORIENTATION, 1)
     if orientation not in (0, 1):
         raise CaseError(
@@ -178,12 +184,7 @@ def extract_image(case: Case, source: SourceMeta) -> ExtractedCase:
         files = ", ".join(f.path.name for f in case.masks)
         raise CaseError(f"empty mask for {', '.join(empty)} ({files})")
 
-    display = source.display
-    found = None
-    # A CT/MRI cross-section in a known display shows the body's outline; its columns run
-    # from the patient's right to left (axial or coronal). A projection (X-ray) does not.
-    if display.knows_patient and display.plane != "sagittal" and source.modality in CROSS_SECTIONS:
-        found = frame_2d(display.apply(np.asarray(decoded.image.convert("L"))))
+    found = frame_2d(display.apply(np.asarray(decoded.image.convert("L")))) if outline else None
     if display.changes_pixels:
         image_bytes = encode_png(display.apply(np.asarray(decoded.image)))
         masks = {t: display.apply(m) for t, m in masks.items()}

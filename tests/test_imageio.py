@@ -105,3 +105,16 @@ def test_unreadable_files_name_the_file(tmp_path: Path) -> None:
         read_image(tmp_path / "x.png")
     with pytest.raises(PixelError, match=r"missing\.png: cannot read"):
         read_image(tmp_path / "missing.png")
+
+
+def test_a_jpeg_read_for_its_soundness_only(tmp_path: Path) -> None:
+    path = tmp_path / "photo.jpg"
+    noise = np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(path, quality=90)
+    sound = read_image(path, pixels=False)
+    assert (sound.width, sound.height) == (160, 120)  # the file's size, not the reduced one
+    assert sound.data == path.read_bytes()
+    assert sound.image.size == (20, 15)  # decoded at 1/8 scale
+    path.write_bytes(path.read_bytes()[:3000])  # truncated in its entropy-coded data
+    with pytest.raises(PixelError, match="truncated"):
+        read_image(path, pixels=False)
