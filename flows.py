@@ -5,7 +5,7 @@ of cases is one task (extract, render) and each Parquet shard one validation tas
 task's cache key is its job's content key (input file hashes, configuration, the code that
 produces it), used while its result is in the store, so an unchanged re-run converts
 nothing, a template change re-renders without reading images, and a killed build resumes.
-Tasks run on the chosen task runner: local (threads of this process, whose CPU-bound
+Tasks run on the chosen task runner: threads (of this process, whose CPU-bound
 work goes to --workers worker processes when there are several), processes, or Dask (a
 LocalCluster or --dask-address). With --rewrite, the LLM stages (`rewrite-batch`,
 `expand-templates`) run on threads of the flow's process whatever the runner: they wait on
@@ -136,7 +136,7 @@ def _report_validation(result: ValidationResult, folder: str) -> None:
 def validate_mmrs(
     folder: str,
     workers: int = 1,
-    runner: str = "local",
+    runner: str = "threads",
     dask_address: str | None = None,
     cache: bool = True,
     cache_dir: str | None = None,
@@ -164,7 +164,7 @@ def build_mmrs(
     out: str,
     seed: int = 0,
     workers: int = 1,
-    runner: str = "local",
+    runner: str = "threads",
     dask_address: str | None = None,
     strict: bool = False,
     split_ratios: str = "0.8,0.1,0.1",
@@ -225,7 +225,7 @@ def build_mmrs(
     with (
         worker_pool(runner, workers),
         make_task_runner(runner, workers, dask_address) as task_runner,
-        make_task_runner("local", workers) as llm_threads,
+        make_task_runner("threads", workers) as llm_threads,
     ):
         summary = run_build(
             config,

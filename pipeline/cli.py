@@ -120,7 +120,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             "that needs none)"
         )
     _prefect_console(args.verbose)
-    if args.runner == "local" and args.workers > 1:
+    if args.runner == "threads" and args.workers > 1:
         start_worker_server()  # its imports run while Prefect's do
     from flows import build_mmrs
 
@@ -152,7 +152,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     _prefect_console(args.verbose)
-    if args.runner == "local" and args.workers > 1:
+    if args.runner == "threads" and args.workers > 1:
         start_worker_server()
     from flows import validate_mmrs
 
@@ -232,8 +232,8 @@ def _runner_options(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--runner",
         choices=RUNNERS,
-        default="local",
-        help="Prefect task runner (default local: threads, and --workers processes for CPU work)",
+        default="threads",
+        help="Prefect task runner (default threads; their CPU work on --workers processes)",
     )
     command.add_argument("--dask-address", help="attach to a running Dask scheduler")
     command.add_argument("--cache-dir", help=f"task cache (default {default_cache_dir()})")

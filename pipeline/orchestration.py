@@ -2,7 +2,7 @@
 
 Kept apart from flows.py so the defaults are set before Prefect is first imported.
 
-The default `local` runner runs tasks on threads of the flow's process; with several
+The default `threads` runner runs tasks on threads of the flow's process; with several
 workers, each CPU-bound task hands its job to a pool of that many worker processes
 (`worker_pool`, `on_worker`). Threads alone would share one interpreter lock, and
 Prefect's own process runner starts the whole task engine (Prefect included) in every
@@ -30,7 +30,7 @@ PREFECT_DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "DO_NOT_TRACK": "1",
 }
-RUNNERS = ("local", "processes", "dask")
+RUNNERS = ("threads", "processes", "dask")
 # Imported once by the pool's fork server, so every worker starts with them.
 WORKER_MODULES = ["pipeline.stages", "pipeline.validate"]
 
@@ -49,7 +49,7 @@ def default_cache_dir() -> Path:
 
 
 def make_task_runner(runner: str, workers: int, dask_address: str | None = None):
-    """A Prefect task runner: local threads (default), processes, or Dask (local or attached)."""
+    """A Prefect task runner: threads (default), processes, or Dask (local or attached)."""
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     if dask_address or runner == "dask":
@@ -63,7 +63,7 @@ def make_task_runner(runner: str, workers: int, dask_address: str | None = None)
 
     if runner == "processes":
         return ProcessPoolTaskRunner(max_workers=workers)
-    if runner == "local":
+    if runner == "threads":
         return ThreadPoolTaskRunner(max_workers=workers)
     raise ValueError(f"unknown runner {runner!r} (expected one of {', '.join(RUNNERS)})")
 
@@ -89,12 +89,12 @@ def start_worker_server() -> None:
 
 @contextmanager
 def worker_pool(runner: str, workers: int) -> Iterator[Executor | None]:
-    """The worker processes of a local build with several workers (else none).
+    """The worker processes of a threads-runner build with several workers (else none).
 
     While open, `on_worker` runs jobs there, from any thread that inherits this context
     (Prefect's thread runner copies it into every task).
     """
-    if runner != "local" or workers < 2:
+    if runner != "threads" or workers < 2:
         yield None
         return
     with ProcessPoolExecutor(
@@ -108,6 +108,13 @@ def worker_pool(runner: str, workers: int) -> Iterator[Executor | None]:
 
 
 def on_worker(stage: Callable[[Job], Result], job: Job) -> Result:
-    """stage(job) on the open worker pool when there is one, else in this thread."""
+    """stage(job) on the open worker pool when there is one, else in this thread.
+
+    Either way the process that runs it keeps its freed buffers (pipeline/malloc.py),
+    whichever runner started it.
+    """
     pool = _POOL.get()
-    return stage(job) if pool is None else pool.submit(stage, job).result()
+    if pool is None:
+        keep_freed_buffers()
+        return stage(job)
+    return pool.submit(stage, job).result()

@@ -41,9 +41,9 @@ def reads(monkeypatch) -> list[Path]:
     seen: list[Path] = []
     original = pipeline.extract.read_image
 
-    def spy(path: Path):
+    def spy(path: Path, **kwargs):
         seen.append(path)
-        return original(path)
+        return original(path, **kwargs)
 
     monkeypatch.setattr(pipeline.extract, "read_image", spy)
     return seen
@@ -56,7 +56,7 @@ def test_build_flow_then_unchanged_rerun_converts_nothing(
 
     cache = str(tmp_path / "cache")
     first = build_mmrs(_sources(data), str(tmp_path / "a"), batch_size=4, cache_dir=cache)
-    assert first["validation"]["ok"], first["validation"]
+    assert first["validation"]["ok"], first["validation"]["violations"]
     assert len(reads) == 16
     reads.clear()
     for name in ("b", "c"):  # the second run fills Prefect's cache records, the third uses them
@@ -85,7 +85,7 @@ def test_template_change_rerenders_without_reading_images(
     assert _files(tmp_path / "before") != _files(tmp_path / "after")
 
 
-@pytest.mark.parametrize("runner", ["local", "processes", "dask"])
+@pytest.mark.parametrize("runner", ["threads", "processes", "dask"])
 def test_every_runner_gives_the_same_bytes(prefect_api, data, tmp_path, runner) -> None:
     from flows import build_mmrs
 
@@ -97,7 +97,7 @@ def test_every_runner_gives_the_same_bytes(prefect_api, data, tmp_path, runner) 
     assert _files(tmp_path / "one") == _files(tmp_path / runner)
 
 
-def test_local_runner_reads_on_worker_processes(prefect_api, data, tmp_path, reads) -> None:
+def test_threads_runner_reads_on_worker_processes(prefect_api, data, tmp_path, reads) -> None:
     from flows import build_mmrs
 
     result = build_mmrs(_sources(data), str(tmp_path / "out"), batch_size=4, workers=2, cache=False)
