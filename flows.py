@@ -34,6 +34,8 @@ apply_prefect_defaults()
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact, create_table_artifact  # noqa: E402
 from prefect.cache_policies import CachePolicy  # noqa: E402
+from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
+from prefect.utilities.annotations import quote  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from pipeline.build import BuildConfig, BuildError, parse_source_arg, run_build  # noqa: E402
@@ -61,6 +63,8 @@ class StoredJob(CachePolicy):
 
     def compute_key(self, task_ctx, inputs, flow_parameters, **kwargs) -> str | None:
         job = inputs["job"]
+        if isinstance(job, quote):
+            job = job.unquote()
         if getattr(job, "store", None) is None:
             return None
         key = job.key
@@ -100,8 +104,12 @@ LLM_TASKS = {rewrite_batch: rewrite_task, expand_family: expand_task}
 def _on(task_runner, prefect_task, desc: str, progress: bool, unit: str = "batch"):
     """A stage runner that submits every job to the task runner; results in job order."""
 
+    # A job holds every case of its batch: quoted, Prefect does not walk it for futures.
+    # Threads only: Dask delivers the quote as a plain tuple.
+    wrap = quote if isinstance(task_runner, ThreadPoolTaskRunner) else (lambda job: job)
+
     def run(stage: Callable[[Any], Any], jobs: Sequence[Any]) -> list[Any]:
-        futures = [task_runner.submit(prefect_task, parameters={"job": job}) for job in jobs]
+        futures = [task_runner.submit(prefect_task, parameters={"job": wrap(job)}) for job in jobs]
         bar = tqdm(futures, desc=desc, unit=unit, disable=not progress)
         return [future.result() for future in bar]
 
