@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 from PIL import Image, UnidentifiedImageError
 
 # Formats whose bytes are kept as they are when no pixel changes; anything else (BMP, TIFF,
@@ -64,13 +65,27 @@ def read_image(path: Path, pixels: bool = True) -> DecodedImage:
     return DecodedImage(data, image.format or "", width, height, image)
 
 
+def _pixels(image: Image.Image) -> np.ndarray:
+    """The pixels of an 8-bit single-band image ('L' or 'P') as a read-only array.
+
+    Pillow's Arrow export shares the image's memory when it holds the image in one block
+    (up to its 16 MiB block size), so the array costs no copy; larger images, and Pillow
+    versions without the export, are copied as np.asarray does.
+    """
+    try:
+        flat = pa.array(image).to_numpy(zero_copy_only=True)
+    except (ValueError, TypeError, pa.ArrowException):
+        return np.asarray(image)
+    return flat.reshape(image.height, image.width)
+
+
 def _raw_values(path: Path, image: Image.Image) -> np.ndarray:
     """Single-channel values of a mask: palette indices, 0/1 for 1-bit, grey otherwise."""
-    if image.mode == "P":
-        return np.asarray(image)
+    if image.mode in ("P", "L"):
+        return _pixels(image)
     if image.mode == "1":
         return np.asarray(image, dtype=np.uint8)
-    if image.mode in ("L", "I", "I;16", "I;16B", "I;16L", "F"):
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
         return np.asarray(image)
     if image.mode in ("RGB", "RGBA", "LA", "CMYK", "YCbCr", "PA", "La", "RGBa"):
         return np.asarray(image.convert("L"))
@@ -147,4 +162,4 @@ def decode_mask(data: bytes) -> np.ndarray:
     image = Image.open(io.BytesIO(data))
     if image.mode != "L":
         raise PixelError(f"mask PNG must be single-channel 'L', got {image.mode!r}")
-    return np.asarray(image) > BINARY_THRESHOLD
+    return _pixels(image) > BINARY_THRESHOLD

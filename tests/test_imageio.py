@@ -118,3 +118,13 @@ def test_a_jpeg_read_for_its_soundness_only(tmp_path: Path) -> None:
     path.write_bytes(path.read_bytes()[:3000])  # truncated in its entropy-coded data
     with pytest.raises(PixelError, match="truncated"):
         read_image(path, pixels=False)
+
+
+@pytest.mark.parametrize("shape", [(50, 70), (4200, 4200)])  # one block; past 16 MiB: copied
+def test_mask_pixels_are_read_whatever_pillow_holds(tmp_path: Path, shape) -> None:
+    pixels = np.zeros(shape, np.uint8)
+    pixels[shape[0] // 3 :, : shape[1] // 2] = 255
+    path = tmp_path / "big.png"
+    Image.fromarray(pixels).save(path, compress_level=1)
+    assert np.array_equal(read_binary_mask(path), pixels == 255)
+    assert np.array_equal(decode_mask(path.read_bytes()), pixels == 255)
