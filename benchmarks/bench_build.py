@@ -4,18 +4,27 @@ For each size N it writes N synthetic ISIC 2018 Task 1 cases in their native lay
 (600x500 RGB JPEG, quality 90, with a 0/255 PNG lesion mask) into a temporary folder, then
 measures, each in its own fresh subprocess:
 
-* the FLOOR: Pillow doing the bare work the build cannot avoid and nothing else: read and
+* the FLOOR: Pillow doing the bare work of the same conversion and nothing else: read and
   fully decode every input image and mask, keep the JPEG bytes as they are, and encode one
   'L' PNG per target mask (Pillow defaults). Referring rows of multi-component images would
   add one more mask PNG each; the phantoms have one lesion per image, so there are none.
+* the DECODE-ONLY FLOOR: the same without the mask PNGs. The build keeps a source mask that
+  already is a single-channel 0/255 PNG as it is (these are), so it encodes no output here;
+  the build's time is reported against both floors.
 * the BUILD: `python -m pipeline.cli build --source isic2018=ROOT --out OUT -q --overwrite
   --workers W --no-cache --runner R --batch-size B` (discovery, conversion, Parquet, card,
   manifest and the final validation), through the build-mmrs Prefect flow. By default one
   Prefect server on 127.0.0.1 serves every build (PREFECT_API_URL), as in a deployment;
   --ephemeral lets each build start Prefect's embedded API instead.
 
-Timing: wall clock of the WHOLE subprocess (fork/exec, interpreter start and imports
-included) for both floor and build, so `ratio = build wall (workers=1) / floor wall`. The
+Across sizes, the cost of one more image (the difference between the smallest and largest
+N, divided by the difference in N) separates the per-image ratio from the build's fixed
+cost (interpreter, imports, Prefect's flow run, the card's figures), which a larger N
+amortises.
+
+Before the first size, one build per worker count runs uncounted (Prefect registers the
+flow once). Timing: wall clock of the WHOLE subprocess (fork/exec, interpreter start and
+imports included) for both floor and build, so `ratio = build wall (workers=1) / floor wall`. The
 floor's own work loop, timed inside its process with time.perf_counter, is reported as
 well, with `build wall / floor loop` as a stricter second ratio.
 
@@ -58,6 +67,7 @@ PROJECT = Path(__file__).resolve().parent.parent
 if str(PROJECT) not in sys.path:
     sys.path.insert(0, str(PROJECT))
 
+from pipeline.build import BATCH_SIZE  # noqa: E402
 from pipeline.demo import phantom, random_lesion  # noqa: E402
 
 WIDTH, HEIGHT = 600, 500  # a typical ISIC 2018 image is larger; 600x500 keeps runs short
@@ -72,13 +82,15 @@ TARGET_SPEEDUP = 1.7
 TARGET_BYTES_RATIO = 1.25
 TARGET_MEMORY_GROWTH = 1.10  # "flat": peak at the largest N within 10 % of the smallest
 
-# Runs in a fresh interpreter: argv[1] is the data root. Only the loop is timed inside.
+# Runs in a fresh interpreter: argv[1] is the data root, argv[2] "encode" (one mask PNG per
+# image) or "decode" (no output encoded). Only the loop is timed inside.
 FLOOR_CODE = """
 import io, json, sys, time
 from pathlib import Path
 from PIL import Image
 
 root = Path(sys.argv[1])
+encode = sys.argv[2] == "encode"
 images = sorted((root / INPUT_DIR).glob("ISIC_*.jpg"))
 truth = root / TRUTH_DIR
 start = time.perf_counter()
@@ -90,11 +102,12 @@ for path in images:
     mask_data = (truth / (path.stem + "_segmentation.png")).read_bytes()
     mask = Image.open(io.BytesIO(mask_data))
     mask.load()
-    buffer = io.BytesIO()
-    mask.convert("L").save(buffer, format="PNG")  # one target mask PNG per image
     kept += len(data)
-    encoded += len(buffer.getvalue())
-    masks += 1
+    if encode:
+        buffer = io.BytesIO()
+        mask.convert("L").save(buffer, format="PNG")  # one target mask PNG per image
+        encoded += len(buffer.getvalue())
+        masks += 1
 loop = time.perf_counter() - start
 print(json.dumps({"loop_s": loop, "images": len(images), "masks_encoded": masks,
                   "image_bytes": kept, "mask_bytes": encoded}))
@@ -383,7 +396,20 @@ class Series:
         return float(statistics.median(run[key] for run in self.runs))
 
 
-def bench_size(count: int, args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
+def build_command(
+    python: str, root: Path, out: Path, workers: int, args: argparse.Namespace
+) -> list[str]:
+    return [
+        python, "-m", "pipeline.cli", "build",
+        "--source", f"isic2018={root}", "--out", str(out),
+        "-q", "--overwrite", "--workers", str(workers), "--no-cache",
+        "--runner", args.runner, "--batch-size", str(args.batch_size),
+    ]  # fmt: skip
+
+
+def bench_size(
+    count: int, args: argparse.Namespace, env: dict[str, str], warm_up: bool = False
+) -> dict[str, Any]:
     """Every figure for one N (data written once, outside the timed runs)."""
     python = args.python
     with tempfile.TemporaryDirectory(prefix=f"mmrs-bench-{count}-") as tmp:
@@ -395,23 +421,22 @@ def bench_size(count: int, args: argparse.Namespace, env: dict[str, str]) -> dic
             f"{time.perf_counter() - started:.1f} s",
             file=sys.stderr,
         )
-        floor = Series()
+        floor, decode_floor = Series(), Series()
         builds = {workers: Series() for workers in args.workers}
         hashes: dict[int, dict[str, str]] = {}
         manifest: dict[str, Any] = {}
-        for repeat in range(args.repeats):
-            measured = run_measured(
-                [python, "-c", FLOOR_CODE, str(root)], PROJECT, args.interval, args.timeout, env
-            )
-            _check(measured, f"floor N={count}")
-            floor.add(measured, **json.loads(measured.stdout.strip().splitlines()[-1]))
+        if warm_up:  # not counted: the first build pays Prefect's one-time flow registration
             for workers in args.workers:
-                command = [
-                    python, "-m", "pipeline.cli", "build",
-                    "--source", f"isic2018={root}", "--out", str(out),
-                    "-q", "--overwrite", "--workers", str(workers), "--no-cache",
-                    "--runner", args.runner, "--batch-size", str(args.batch_size),
-                ]  # fmt: skip
+                command = build_command(python, root, out, workers, args)
+                _check(run_measured(command, PROJECT, args.interval, args.timeout, env), "warm-up")
+        for repeat in range(args.repeats):
+            for mode, series in (("encode", floor), ("decode", decode_floor)):
+                command = [python, "-c", FLOOR_CODE, str(root), mode]
+                measured = run_measured(command, PROJECT, args.interval, args.timeout, env)
+                _check(measured, f"floor ({mode}) N={count}")
+                series.add(measured, **json.loads(measured.stdout.strip().splitlines()[-1]))
+            for workers in args.workers:
+                command = build_command(python, root, out, workers, args)
                 measured = run_measured(command, PROJECT, args.interval, args.timeout, env)
                 _check(measured, f"build N={count} workers={workers}")
                 manifest = json.loads((out / "manifest.json").read_text())
@@ -422,7 +447,7 @@ def bench_size(count: int, args: argparse.Namespace, env: dict[str, str]) -> dic
         total_bytes, parquet_bytes = folder_bytes(out)
         image_bytes, mask_bytes, n_images, n_masks = unique_payload_bytes(out)
         return summarise(
-            count, floor, builds, manifest, hashes,
+            count, floor, decode_floor, builds, manifest, hashes,
             (total_bytes, parquet_bytes, image_bytes, mask_bytes, n_images, n_masks),
             input_bytes,
         )  # fmt: skip
@@ -431,6 +456,7 @@ def bench_size(count: int, args: argparse.Namespace, env: dict[str, str]) -> dic
 def summarise(
     count: int,
     floor: Series,
+    decode_floor: Series,
     builds: dict[int, Series],
     manifest: dict[str, Any],
     hashes: dict[int, dict[str, str]],
@@ -453,6 +479,11 @@ def summarise(
             "peak_single_mb": floor.median("peak_single_mb"),
             "masks_encoded": floor.runs[0]["masks_encoded"],
             "runs": floor.runs,
+        },
+        "decode_floor": {
+            "wall_s": decode_floor.median("wall_s"),
+            "loop_s": decode_floor.median("loop_s"),
+            "runs": decode_floor.runs,
         },
         "build": {},
         "output": {
@@ -484,6 +515,9 @@ def summarise(
     if one:
         result["ratio_build_w1_to_floor_wall"] = one["wall_s"] / result["floor"]["wall_s"]
         result["ratio_build_w1_to_floor_loop"] = one["wall_s"] / result["floor"]["loop_s"]
+        result["ratio_build_w1_to_decode_floor_wall"] = (
+            one["wall_s"] / result["decode_floor"]["wall_s"]
+        )
     if one and "2" in result["build"]:
         result["speedup_w2_vs_w1"] = one["wall_s"] / result["build"]["2"]["wall_s"]
     return result
@@ -540,6 +574,11 @@ def print_size(result: dict[str, Any], repeats: int) -> None:
             f"{result['ratio_build_w1_to_floor_loop']:.2f}  (stricter: no interpreter start "
             f"in the floor)"
         )
+        print(
+            f"  ratio build(w=1) wall / decode-only floor wall = "
+            f"{result['ratio_build_w1_to_decode_floor_wall']:.2f}  (decode-only floor "
+            f"{result['decode_floor']['wall_s']:.2f} s: the build encodes no mask here)"
+        )
     speedup = result.get("speedup_w2_vs_w1")
     if speedup is not None:
         print(
@@ -557,6 +596,38 @@ def print_size(result: dict[str, Any], repeats: int) -> None:
     )
     same = "yes" if result["identical_shards_across_workers"] else "NO"
     print(f"  identical Parquet bytes for every worker count: {same}")
+
+
+def per_image(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The cost of one more image between the smallest and largest N, and the fixed cost."""
+    small, large = results[0], results[-1]
+    extra = large["n"] - small["n"]
+    found: dict[str, Any] = {"from_n": small["n"], "to_n": large["n"]}
+    floors = {name: (large[name]["wall_s"] - small[name]["wall_s"]) / extra
+              for name in ("floor", "decode_floor")}  # fmt: skip
+    found.update({f"{name}_ms": value * 1000 for name, value in floors.items()})
+    for workers, build in small["build"].items():
+        marginal = (large["build"][workers]["wall_s"] - build["wall_s"]) / extra
+        found[f"w{workers}_ms"] = marginal * 1000
+        found[f"w{workers}_fixed_s"] = build["wall_s"] - small["n"] * marginal
+        found[f"w{workers}_to_floor"] = marginal / floors["floor"]
+        found[f"w{workers}_to_decode_floor"] = marginal / floors["decode_floor"]
+    return found
+
+
+def print_per_image(found: dict[str, Any]) -> None:
+    print(
+        f"\none more image, from N={found['from_n']} to N={found['to_n']}: floor "
+        f"{found['floor_ms']:.2f} ms, decode-only floor {found['decode_floor_ms']:.2f} ms"
+    )
+    for key in sorted(k for k in found if k.endswith("_fixed_s")):
+        workers = key.split("_")[0]
+        print(
+            f"  build {workers}: {found[workers + '_ms']:.2f} ms per image "
+            f"(x{found[workers + '_to_floor']:.2f} the floor's, "
+            f"x{found[workers + '_to_decode_floor']:.2f} the decode-only floor's), "
+            f"fixed cost {found[key]:.2f} s"
+        )
 
 
 def memory_growth(results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -601,7 +672,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--sizes", type=_ints, default=[200, 800], help="case counts N (default 200,800)"
+        "--sizes", type=_ints, default=[800, 3200], help="case counts N (default 800,3200)"
     )
     parser.add_argument("--repeats", type=int, default=3, help="runs per measurement (median)")
     parser.add_argument(
@@ -619,7 +690,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--runner", default="threads", help="Prefect task runner of the builds (threads)"
     )
-    parser.add_argument("--batch-size", type=int, default=64, help="cases per task (64)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=BATCH_SIZE,
+        help=f"cases per task (default {BATCH_SIZE}, as mmrs build)",
+    )
     parser.add_argument(
         "--ephemeral",
         action="store_true",
@@ -679,7 +755,10 @@ def main(argv: list[str] | None = None) -> int:
         env["PREFECT_HOME"] = home
         server = None if args.ephemeral else start_prefect_server(args.python, env)
         try:
-            results = [bench_size(count, args, env) for count in args.sizes]
+            results = [
+                bench_size(count, args, env, warm_up=index == 0)
+                for index, count in enumerate(args.sizes)
+            ]
         finally:
             if server is not None:
                 _stop_group(server, reaped=False)
@@ -694,6 +773,9 @@ def main(argv: list[str] | None = None) -> int:
     for result in results:
         print_size(result, args.repeats)
     growth = memory_growth(results) if len(results) > 1 else None
+    marginal = per_image(results) if len(results) > 1 else None
+    if marginal:
+        print_per_image(marginal)
     if growth:
         print_growth(growth)
     if args.json:
@@ -713,6 +795,7 @@ def main(argv: list[str] | None = None) -> int:
                 "memory_growth_ratio": TARGET_MEMORY_GROWTH,
             },
             "sizes": results,
+            "per_image": marginal,
             "memory_growth": growth,
         }
         args.json.write_text(json.dumps(report, indent=2) + "\n")
