@@ -52,7 +52,13 @@ from pipeline.stages import (  # noqa: E402
     extract_batch,
     render_batch,
 )
-from pipeline.validate import ShardJob, ShardResult, ValidationResult, check_job, validate  # noqa: E402
+from pipeline.validate import (  # noqa: E402
+    ShardJob,
+    ShardResult,
+    ValidationResult,
+    check_job,
+    validate,
+)
 
 
 class StoredJob(CachePolicy):
@@ -154,7 +160,7 @@ def validate_mmrs(
     keep_freed_buffers()
     store = _store(cache, cache_dir)
     with (
-        worker_pool(runner, workers),
+        worker_pool(runner, workers, dask_address),
         make_task_runner(runner, workers, dask_address) as task_runner,
     ):
         result = validate(
@@ -231,7 +237,7 @@ def build_mmrs(
     )
     logger = get_run_logger()
     with (
-        worker_pool(runner, workers),
+        worker_pool(runner, workers, dask_address),
         make_task_runner(runner, workers, dask_address) as task_runner,
         make_task_runner("threads", workers) as llm_threads,
     ):

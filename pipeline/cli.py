@@ -41,6 +41,12 @@ def _prefect_console(verbose: bool) -> None:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 
+def _start_workers(args: argparse.Namespace) -> None:
+    """Start the worker pool's fork server before Prefect is imported: both imports overlap."""
+    if args.runner == "threads" and not args.dask_address and args.workers > 1:
+        start_worker_server()
+
+
 def _print_summary(summary: dict, out: Path) -> None:
     print(f"\nMMRS build: {out}")
     width = max([16, *(len(name) + 2 for name in summary["sources"])])
@@ -120,8 +126,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             "that needs none)"
         )
     _prefect_console(args.verbose)
-    if args.runner == "threads" and args.workers > 1:
-        start_worker_server()  # its imports run while Prefect's do
+    _start_workers(args)
     from flows import build_mmrs
 
     result = build_mmrs(
@@ -152,8 +157,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     _prefect_console(args.verbose)
-    if args.runner == "threads" and args.workers > 1:
-        start_worker_server()
+    _start_workers(args)
     from flows import validate_mmrs
 
     result = validate_mmrs(

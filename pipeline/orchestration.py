@@ -88,13 +88,15 @@ def start_worker_server() -> None:
 
 
 @contextmanager
-def worker_pool(runner: str, workers: int) -> Iterator[Executor | None]:
+def worker_pool(
+    runner: str, workers: int, dask_address: str | None = None
+) -> Iterator[Executor | None]:
     """The worker processes of a threads-runner build with several workers (else none).
 
     While open, `on_worker` runs jobs there, from any thread that inherits this context
     (Prefect's thread runner copies it into every task).
     """
-    if runner != "threads" or workers < 2:
+    if runner != "threads" or dask_address or workers < 2:
         yield None
         return
     with ProcessPoolExecutor(
