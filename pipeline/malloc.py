@@ -14,8 +14,8 @@ import ctypes
 
 M_TRIM_THRESHOLD = -1  # mallopt parameters, from glibc's malloc.h
 M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD = 64 * 2**20  # blocks above this (whole volumes) still go straight to mmap
-TRIM_THRESHOLD = 256 * 2**20
+MMAP_THRESHOLD = 32 * 2**20  # blocks above this (whole volumes, batch payloads) still use mmap
+TRIM_THRESHOLD = 64 * 2**20  # at most this much freed memory is kept at the heap top
 
 
 def keep_freed_buffers() -> bool:
