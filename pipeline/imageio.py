@@ -43,7 +43,7 @@ def _open(path: Path, data: bytes, pixels: bool) -> tuple[Image.Image, tuple[int
         size = image.size
         if not pixels:
             image.draft(image.mode, (1, 1))  # JPEG: decode at the smallest DCT scale
-        image.load()  # decode fully: truncated and corrupt files fail here, not later
+        image.load()  # decode now: truncated and corrupt files fail here, not later
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise PixelError(f"{path}: cannot decode image ({exc})") from exc
     return image, size
