@@ -11,6 +11,7 @@ thresholds the freed buffers are reused; the peak memory is unchanged.
 from __future__ import annotations
 
 import ctypes
+import functools
 
 M_TRIM_THRESHOLD = -1  # mallopt parameters, from glibc's malloc.h
 M_MMAP_THRESHOLD = -3
@@ -18,6 +19,7 @@ MMAP_THRESHOLD = 32 * 2**20  # blocks above this (whole volumes, batch payloads)
 TRIM_THRESHOLD = 64 * 2**20  # at most this much freed memory is kept at the heap top
 
 
+@functools.cache  # once per process, however many tasks ask
 def keep_freed_buffers() -> bool:
     """Tune this process's malloc (glibc only); False where it is another C library."""
     try:
