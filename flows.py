@@ -43,6 +43,7 @@ from pipeline.expand import expand_family  # noqa: E402
 from pipeline.malloc import keep_freed_buffers  # noqa: E402
 from pipeline.publish import publish  # noqa: E402
 from pipeline.rewrite import rewrite_batch, rewrite_config  # noqa: E402
+from pipeline.shardcheck import ShardResult  # noqa: E402
 from pipeline.splits import SplitRatios  # noqa: E402
 from pipeline.stages import (  # noqa: E402
     ExtractJob,
@@ -52,13 +53,7 @@ from pipeline.stages import (  # noqa: E402
     extract_batch,
     render_batch,
 )
-from pipeline.validate import (  # noqa: E402
-    ShardJob,
-    ShardResult,
-    ValidationResult,
-    check_job,
-    validate,
-)
+from pipeline.validate import ShardJob, ValidationResult, check_job, validate  # noqa: E402
 
 
 class StoredJob(CachePolicy):
@@ -234,6 +229,7 @@ def build_mmrs(
         batch_size=batch_size,
         cache_dir=store,
         rewrite=rewriting,
+        check=check,
     )
     logger = get_run_logger()
     with (
@@ -241,13 +237,14 @@ def build_mmrs(
         make_task_runner(runner, workers, dask_address) as task_runner,
         make_task_runner("threads", workers) as llm_threads,
     ):
-        summary = run_build(
+        built = run_build(
             config,
             _on(task_runner, extract_task, "extract", progress),
             _on(task_runner, render_task, "render", progress),
             _on_llm(llm_threads, progress),
             api_key,
-        ).as_dict()
+        )
+        summary = built.as_dict()
         _report_build(summary, out)
         logger.info("built %s: %s rows", out, summary["rows"])
         validation = None
@@ -256,6 +253,7 @@ def build_mmrs(
                 config.out,
                 store=store,
                 run=_on(task_runner, check_task, "validate", progress, "shard"),
+                checked=built.checks,
             )
             _report_validation(result, out)
             validation = result.as_dict()

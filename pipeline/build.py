@@ -30,6 +30,7 @@ from .plots import write_plots
 from .qa import TemplateSet, load_templates
 from .rewrite import RewriteConfig
 from .rewriting import Rewriting, open_rewriting
+from .shardcheck import ShardResult
 from .sources.base import Case, Problem, SourceInfo
 from .splits import SPLITS, SplitRatios
 from .stages import (
@@ -72,6 +73,7 @@ class BuildConfig:
     batch_size: int = BATCH_SIZE
     cache_dir: Path | None = None  # None: a temporary store, removed after the build
     rewrite: RewriteConfig | None = None  # LLM rewriting (pipeline/rewrite.py); None: none
+    check: bool = True  # render workers check the parts they write (for the final validation)
 
 
 @dataclass
@@ -94,6 +96,9 @@ class BuildSummary:
     images: int = 0
     rewrite: dict[str, Any] | None = None  # settings and row statuses (same for same cache)
     llm_usage: dict[str, Any] | None = None  # what this run asked and spent
+    # The render workers' checks of the parts written, by (content hash, split): what
+    # validate(checked=...) needs to check only shards that changed after render.
+    checks: dict[tuple[str, str], ShardResult] = field(default_factory=dict)
 
     def as_dict(self, usage: bool = True) -> dict[str, Any]:
         """The summary; usage=False leaves out what differs between a run and its re-run."""
@@ -387,6 +392,7 @@ def _assemble(
             config.templates_dir,
             templates.digest,
             jobs[index].store,
+            config.check,
         )
         for index, result in enumerate(extracted)
     ]
@@ -398,6 +404,7 @@ def _assemble(
         summary.sources[request.source.name].rows += rows
         summary.images += rendered[batch].images_per_case.get(case_id, 1)
     for job, result in zip(jobs, rendered, strict=True):
+        summary.checks.update(((p.sha256, p.split), p.check) for p in result.parts if p.check)
         summary.rows_per_split.update(result.rows_per_split)
         summary.question_types.update(result.question_types)
         summary.zones.update(result.zones)

@@ -5,7 +5,9 @@
   input file, the source's settings and the extract code.
 - render_batch: a payload -> QA rows -> one Parquet part per split, written by the worker
   that holds the data, under a key made of the extract key, templates, seed, split ratios,
-  the duplicates to leave out and the render code.
+  the duplicates to leave out and the render code. Unless told not to, the same worker
+  then checks each part it wrote as `mmrs validate` checks a shard (shardcheck.py), so the
+  build's final validation needs to check only what changed after render.
 
 Both return small summaries; keys make them cacheable by any orchestrator (flows.py).
 """
@@ -42,6 +44,7 @@ from .extract import CaseError, ExtractedCase, SourceMeta, extract_case
 from .imageio import PixelError
 from .qa import QAPlanner, TemplateSet, load_templates
 from .render import render_case
+from .shardcheck import CHECK_CODE, ShardResult, check_shard
 from .sources.base import Case
 from .splits import SplitRatios
 from .writer import SplitWriter
@@ -199,12 +202,15 @@ class RenderJob:
     templates_dir: Path | None
     templates_digest: str
     store: Path
+    check: bool = True  # check each part written (shardcheck.py)
 
     @cached_property
     def key(self) -> str:
-        """The extract key + templates, seed, ratios, left-out cases + the render code."""
+        """The extract key + templates, seed, ratios, left-out cases + the render code (and
+        the checking code, when parts are checked)."""
         settings = (self.seed, self.ratios, self.templates_digest, sorted(self.skip))
-        return _key("render", code_digest(RENDER_CODE), self.extract.key, settings)
+        code = code_digest(RENDER_CODE + (CHECK_CODE if self.check else ()))
+        return _key("render", code, self.check, self.extract.key, settings)
 
     def parts(self, key: str) -> Path:
         return self.store / "parts" / key
@@ -215,12 +221,13 @@ class RenderJob:
 
 @dataclass(frozen=True)
 class Part:
-    """One split's rows of one batch: a Parquet file and its content hash."""
+    """One split's rows of one batch: a Parquet file, its content hash and its check."""
 
     split: str
     path: Path
     sha256: str
     rows: int
+    check: ShardResult | None = None  # None: not checked
 
 
 @dataclass(frozen=True)
@@ -277,8 +284,9 @@ def render_batch(job: RenderJob) -> RenderResult:
     for split in splits.SPLITS:
         if split in writers:
             for written in writers[split].close():
-                rows = writer.row_count(written)
-                parts.append(Part(split, folder / written.name, file_digest(written), rows))
+                rows, sha256 = writer.row_count(written), file_digest(written)
+                check = check_shard(written, split, sha256) if job.check else None
+                parts.append(Part(split, folder / written.name, sha256, rows, check))
     rendered = RenderResult(
         key,
         tuple(parts),

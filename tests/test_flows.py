@@ -106,6 +106,26 @@ def test_threads_runner_reads_on_worker_processes(prefect_api, data, tmp_path, r
     assert reads == []  # every image was read by a worker process, none by this one
 
 
+def test_build_flow_validates_with_its_render_checks(
+    prefect_api, data, tmp_path, monkeypatch
+) -> None:
+    import flows
+
+    seen = []
+
+    def recording(folder, **kwargs):
+        seen.append(kwargs["checked"])
+        return validate(folder, **kwargs)
+
+    validate = flows.validate
+    monkeypatch.setattr(flows, "validate", recording)
+    out = tmp_path / "out"
+    result = flows.build_mmrs(_sources(data), str(out), batch_size=4, workers=2, cache=False)
+    assert result["validation"]["ok"]
+    shards = {sha for name, sha in _files(out).items() if name.startswith("data/")}
+    assert len(seen) == 1 and {sha for sha, _ in seen[0]} == shards  # from the worker processes
+
+
 def test_validate_flow_reports_violations(prefect_api, data, tmp_path) -> None:
     from flows import build_mmrs, validate_mmrs
 

@@ -1,0 +1,102 @@
+"""Render workers check the parts they write; validation reuses a check only for the same bytes."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.build import BuildConfig, SourceRequest, build
+from pipeline.demo import write_busi, write_kvasir
+from pipeline.sources import REGISTRY
+from pipeline.validate import ShardJob, check_job, validate
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("render-checks")
+    write_kvasir(root, 7, size=(90, 72))
+    write_busi(root, 5, size=(90, 72))
+    return root
+
+
+def _config(root: Path, out: Path, **kwargs) -> BuildConfig:
+    sources = (
+        SourceRequest(REGISTRY["kvasir_seg"], root / "Kvasir-SEG"),
+        SourceRequest(REGISTRY["busi"], root / "Dataset_BUSI_with_GT"),
+    )
+    return BuildConfig(sources, out, progress=False, batch_size=4, **kwargs)
+
+
+class Recorder:
+    """A validate runner that records the shards it is asked to check, then checks them."""
+
+    def __init__(self) -> None:
+        self.shards: list[str] = []
+
+    def __call__(self, stage, jobs: list[ShardJob]) -> list:
+        self.shards += [job.shard.name for job in jobs]
+        return [stage(job) for job in jobs]
+
+
+def _manifest_hashes(out: Path) -> dict[str, str]:
+    files = json.loads((out / "manifest.json").read_text())["files"]
+    return {name: sha for name, sha in files.items() if name.startswith("data/")}
+
+
+def test_every_shard_is_checked_once_by_its_render_worker(root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    summary = build(_config(root, out))
+    shards = _manifest_hashes(out)
+    assert len(shards) > 3
+    assert {sha for sha, _ in summary.checks} == set(shards.values())
+    recorder = Recorder()
+    result = validate(out, run=recorder, checked=summary.checks)
+    assert result.ok, result.violations
+    assert recorder.shards == []  # nothing left to check again
+    # The same verdicts as checking every shard from scratch.
+    fresh = Recorder()
+    assert validate(out, run=fresh).as_dict() == result.as_dict()
+    assert len(fresh.shards) == len(shards)
+    for (sha, split), check in summary.checks.items():
+        shard = next(out / name for name, digest in shards.items() if digest == sha)
+        assert check == check_job(ShardJob(shard, split))
+
+
+def test_a_shard_changed_after_render_is_checked_again(root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    summary = build(_config(root, out))
+    shard = sorted((out / "data").glob("train-*.parquet"))[0]
+    table = pq.read_table(shard)
+    rows = table.to_pylist()
+    index = next(i for i, r in enumerate(rows) if r["question_type"] == "position")
+    zone = rows[index]["zone"]
+    rows[index]["answer"] = rows[index]["answer"].replace(
+        zone, "lower right" if zone != "lower right" else "upper left"
+    )
+    pq.write_table(type(table).from_pylist(rows, schema=table.schema), shard)
+    recorder = Recorder()
+    result = validate(out, run=recorder, checked=summary.checks)
+    assert recorder.shards == [shard.name]
+    assert f"{shard.name}: content differs from the manifest's hash" in result.violations
+    assert any(v.startswith(f"{shard.name} row ") and "states zone" in v for v in result.violations)
+
+
+def test_a_reused_check_reports_under_the_shard_name(root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    summary = build(_config(root, out))
+    name, sha = next(iter(sorted(_manifest_hashes(out).items())))
+    key = next(k for k in summary.checks if k[0] == sha)
+    checks = {**summary.checks, key: replace(summary.checks[key], violations=["row 7: planted"])}
+    result = validate(out, run=Recorder(), checked=checks)
+    assert result.violations == [f"{Path(name).name} row 7: planted"]
+
+
+def test_no_check_writes_the_same_shards_without_checks(root: Path, tmp_path: Path) -> None:
+    checked, unchecked = tmp_path / "checked", tmp_path / "unchecked"
+    assert build(_config(root, checked)).checks
+    assert build(_config(root, unchecked, check=False)).checks == {}
+    assert _manifest_hashes(checked) == _manifest_hashes(unchecked)
