@@ -254,6 +254,7 @@ def build_mmrs(
                 store=store,
                 run=_on(task_runner, check_task, "validate", progress, "shard"),
                 checked=built.checks,
+                hash_threads=workers,
             )
             _report_validation(result, out)
             validation = result.as_dict()

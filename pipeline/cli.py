@@ -6,12 +6,15 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from . import __version__
 from .build import BATCH_SIZE, BuildError, parse_source_arg
 from .llm import API_KEY_ENV
-from .orchestration import RUNNERS, default_cache_dir, start_worker_server
+from .orchestration import RUNNERS, default_cache_dir, start_workers
+from .qa import load_templates
 from .rewrite import MODES, rewrite_config
 from .sources import REGISTRY
 from .splits import SplitRatios
@@ -41,10 +44,11 @@ def _prefect_console(verbose: bool) -> None:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 
-def _start_workers(args: argparse.Namespace) -> None:
-    """Start the worker pool's fork server before Prefect is imported: both imports overlap."""
+def _start_workers(args: argparse.Namespace, warm_up: Callable[[], object] | None = None) -> None:
+    """Start the worker processes before Prefect is imported: their start (and warm_up)
+    overlaps that import."""
     if args.runner == "threads" and not args.dask_address and args.workers > 1:
-        start_worker_server()
+        start_workers(args.workers, warm_up)
 
 
 def _print_summary(summary: dict, out: Path) -> None:
@@ -126,7 +130,8 @@ def cmd_build(args: argparse.Namespace) -> int:
             "that needs none)"
         )
     _prefect_console(args.verbose)
-    _start_workers(args)
+    templates = Path(args.templates).expanduser() if args.templates else None
+    _start_workers(args, partial(load_templates, templates))  # compiled before the first batch
     from flows import build_mmrs
 
     result = build_mmrs(

@@ -79,12 +79,25 @@ def _forkserver() -> multiprocessing.context.BaseContext:
     return context
 
 
-def start_worker_server() -> None:
-    """Start the pool's fork server now, so its imports overlap the caller's own work."""
-    _forkserver()
-    from multiprocessing import forkserver
+_STARTED: dict[int, ProcessPoolExecutor] = {}  # pools started ahead, by worker count
 
-    forkserver.ensure_running()
+
+def _new_pool(workers: int) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(workers, mp_context=_forkserver(), initializer=keep_freed_buffers)
+
+
+def _nothing() -> None:
+    return None
+
+
+def start_workers(workers: int, warm_up: Callable[[], object] | None = None) -> None:
+    """Start the worker processes now (from their fork server), for the next worker_pool
+    of that size: their start, and warm_up run once per worker, overlap the caller's work.
+    """
+    pool = _new_pool(workers)
+    for _ in range(workers):  # one job per worker: the pool forks them all now
+        pool.submit(warm_up or _nothing)
+    _STARTED[workers] = pool
 
 
 @contextmanager
@@ -94,14 +107,13 @@ def worker_pool(
     """The worker processes of a threads-runner build with several workers (else none).
 
     While open, `on_worker` runs jobs there, from any thread that inherits this context
-    (Prefect's thread runner copies it into every task).
+    (Prefect's thread runner copies it into every task). Workers started ahead by
+    start_workers are used, else new ones are started.
     """
     if runner != "threads" or dask_address or workers < 2:
         yield None
         return
-    with ProcessPoolExecutor(
-        workers, mp_context=_forkserver(), initializer=keep_freed_buffers
-    ) as pool:
+    with _STARTED.pop(workers, None) or _new_pool(workers) as pool:
         token = _POOL.set(pool)
         try:
             yield pool

@@ -15,6 +15,7 @@ import json
 import re
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -101,12 +102,13 @@ def validate(
     store: Path | None = None,
     run: Callable[[Callable[[Any], Any], Sequence[Any]], list[Any]] | None = None,
     checked: Mapping[tuple[str, str], ShardResult] | None = None,
+    hash_threads: int = 1,
 ) -> ValidationResult:
     """Check an output folder; the result lists every violation found (see module doc).
 
     `run` runs the per-shard checks (default: one after another in this process).
     `checked`: checks already made, by (content hash, split); a shard with the same content
-    and split is not checked again.
+    and split is not checked again (shards are hashed for it on `hash_threads` threads).
     """
     result = ValidationResult()
     manifest_path = folder / "manifest.json"
@@ -142,6 +144,8 @@ def validate(
 
     known = {}
     if checked:  # hashing here is what lets a check made elsewhere stand for this shard
+        with ThreadPoolExecutor(hash_threads) as pool:  # hashlib lets go of the GIL
+            list(pool.map(lambda job: job.sha256, jobs))  # each job keeps its hash
         known = {i: checked[j.sha256, j.split] for i, j in enumerate(jobs)
                  if (j.sha256, j.split) in checked}  # fmt: skip
     unknown = [job for i, job in enumerate(jobs) if i not in known]
