@@ -17,7 +17,7 @@ named by a parameter.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ from pipeline.stages import (  # noqa: E402
     ExtractResult,
     RenderJob,
     RenderResult,
+    StageRunner,
     extract_batch,
     render_batch,
 )
@@ -102,17 +103,18 @@ expand_task = task(
 LLM_TASKS = {rewrite_batch: rewrite_task, expand_family: expand_task}
 
 
-def _on(task_runner, prefect_task, desc: str, progress: bool, unit: str = "batch"):
-    """A stage runner that submits every job to the task runner; results in job order."""
+def _on(task_runner, prefect_task, desc: str, progress: bool, unit: str = "batch") -> StageRunner:
+    """A stage runner that submits each job to the task runner as soon as the jobs yield it
+    (all of them before it returns); results in job order."""
 
     # A job holds every case of its batch: quoted, Prefect does not walk it for futures.
     # Threads only: Dask delivers the quote as a plain tuple.
     wrap = quote if isinstance(task_runner, ThreadPoolTaskRunner) else (lambda job: job)
 
-    def run(stage: Callable[[Any], Any], jobs: Sequence[Any]) -> list[Any]:
+    def run(stage: Callable[[Any], Any], jobs: Iterable[Any]) -> Iterator[Any]:
         futures = [task_runner.submit(prefect_task, parameters={"job": wrap(job)}) for job in jobs]
         bar = tqdm(futures, desc=desc, unit=unit, disable=not progress)
-        return [future.result() for future in bar]
+        return (future.result() for future in bar)
 
     return run
 
@@ -120,7 +122,7 @@ def _on(task_runner, prefect_task, desc: str, progress: bool, unit: str = "batch
 def _on_llm(task_runner, progress: bool):
     """The LLM stages' runner: each stage function to its own task."""
 
-    def run(stage: Callable[[Any], Any], jobs: Sequence[Any]) -> list[Any]:
+    def run(stage: Callable[[Any], Any], jobs: Iterable[Any]) -> Iterator[Any]:
         unit = "family" if stage is expand_family else "batch"
         return _on(task_runner, LLM_TASKS[stage], stage.__name__, progress, unit)(stage, jobs)
 

@@ -1,5 +1,7 @@
 """`mmrs build`: sources -> cases -> batches -> extract -> render -> shards and records.
 
+A batch is rendered as soon as it and every batch before it are extracted: outcomes are
+recorded in discovery order, and an image identical to one converted earlier is left out.
 The orchestration is written once, here; what runs each batch stage is passed in: a plain
 loop (`build`, for library use and tests) or Prefect tasks with caching on a task runner
 (flows.py, what `mmrs build` uses). The output is assembled in a staging folder beside
@@ -15,7 +17,7 @@ import os
 import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,7 @@ from .stages import (
     ExtractResult,
     RenderJob,
     RenderResult,
+    StageRunner,
     code_digest,
     extract_batch,
     file_digest,
@@ -119,14 +122,12 @@ class BuildSummary:
         }
 
 
-StageRunner = Callable[[Callable[[Any], Any], Sequence[Any]], list[Any]]
-
-
 def inline_runner(progress: bool, desc: str) -> StageRunner:
-    """Run a stage's jobs one after another in this process, with a progress bar."""
+    """Run a stage's jobs one after another in this process, each when its result is asked
+    for, with a progress bar."""
 
-    def run(stage: Callable[[Any], Any], jobs: Sequence[Any]) -> list[Any]:
-        return [stage(job) for job in tqdm(jobs, desc=desc, unit="batch", disable=not progress)]
+    def run(stage: Callable[[Any], Any], jobs: Iterable[Any]) -> Iterator[Any]:
+        return map(stage, tqdm(jobs, desc=desc, unit="batch", disable=not progress))
 
     return run
 
@@ -346,7 +347,7 @@ def _assemble(
     templates: TemplateSet,
     discovered: list[tuple[SourceRequest, Case | Problem]],
     jobs: list[ExtractJob],
-    extracted: list[ExtractResult],
+    extracted: Iterable[ExtractResult],
     run_render: StageRunner,
     rewrite: Callable[[list[RenderResult], BuildSummary], list[RenderResult]] | None = None,
 ) -> BuildSummary:
@@ -354,49 +355,59 @@ def _assemble(
     for request in config.sources:
         summary.sources[request.source.name] = SourceCounts()
     records = _Records(config, staging / "errors.jsonl", summary)
-    outcomes = iter([o for result in extracted for o in result.outcomes])
     owner: dict[str, str] = {}  # image_id -> source/case that converted it first
-    skip: list[set[str]] = [set() for _ in jobs]
-    batch_of = {(job.source.name, case.case_id): job.index for job in jobs for case in job.cases}
     converted: list[tuple[SourceRequest, str, int]] = []
-    for request, item in discovered:  # discovery order, so --strict stops at the first
-        summary.sources[request.source.name].discovered += 1
-        if isinstance(item, Problem):
-            records.add(request, "skipped", item.case_id, item.file, item.reason)
-            continue
-        outcome = next(outcomes)
-        if outcome.status != "converted":
-            records.add(request, outcome.status, item.case_id, item.image, outcome.reason)
-            continue
-        first = owner.setdefault(outcome.image_id, f"{request.source.name}/{item.case_id}")
-        if first != f"{request.source.name}/{item.case_id}":
-            skip[batch_of[(request.source.name, item.case_id)]].add(item.case_id)
-            records.add(
-                request,
-                "skipped",
-                item.case_id,
-                item.image,
-                f"identical image already converted as {first}",
-            )
-            continue
-        records.add(request, "converted", item.case_id, item.image, None)
-        converted.append((request, item.case_id, batch_of[(request.source.name, item.case_id)]))
-    records.handle.close()
+    pending = iter(discovered)
 
-    render_jobs = [
-        RenderJob(
-            result,
-            frozenset(skip[index]),
-            config.seed,
-            config.ratios,
-            config.templates_dir,
-            templates.digest,
-            jobs[index].store,
-            config.check,
-        )
-        for index, result in enumerate(extracted)
-    ]
-    rendered = run_render(render_batch, render_jobs)
+    def reach(case: Case | None) -> SourceRequest | None:
+        """Count discovered items up to `case` (to the end for None), recording the
+        problems met on the way; returns the case's request."""
+        for request, item in pending:
+            summary.sources[request.source.name].discovered += 1
+            if item is case:
+                return request
+            records.add(request, "skipped", item.case_id, item.file, item.reason)
+        return None
+
+    def render_jobs() -> Iterator[RenderJob]:
+        """Each batch's render job, as soon as its extraction and every earlier one's is
+        done: outcomes are recorded in discovery order (so --strict stops at the first bad
+        case), and an image identical to one converted before is left out."""
+        for job, result in zip(jobs, extracted, strict=True):
+            skip: set[str] = set()
+            for case, outcome in zip(job.cases, result.outcomes, strict=True):
+                request = reach(case)  # batches hold the discovered cases, in order
+                if outcome.status != "converted":
+                    records.add(request, outcome.status, case.case_id, case.image, outcome.reason)
+                    continue
+                me = f"{request.source.name}/{case.case_id}"
+                first = owner.setdefault(outcome.image_id, me)
+                if first != me:
+                    skip.add(case.case_id)
+                    records.add(
+                        request,
+                        "skipped",
+                        case.case_id,
+                        case.image,
+                        f"identical image already converted as {first}",
+                    )
+                    continue
+                records.add(request, "converted", case.case_id, case.image, None)
+                converted.append((request, case.case_id, job.index))
+            yield RenderJob(
+                result,
+                frozenset(skip),
+                config.seed,
+                config.ratios,
+                config.templates_dir,
+                templates.digest,
+                job.store,
+                config.check,
+            )
+        reach(None)
+        records.handle.close()
+
+    rendered = list(run_render(render_batch, render_jobs()))
     if rewrite is not None:
         rendered = rewrite(rendered, summary)
     for request, case_id, batch in converted:

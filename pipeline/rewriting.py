@@ -8,7 +8,7 @@ runner it is given, and keeps what they gave for the summary and the manifest.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -34,9 +34,7 @@ from .rewrite import (
     open_session,
     rewrite_batch,
 )
-from .stages import RenderResult
-
-StageRunner = Callable[[Callable[[Any], Any], Sequence[Any]], list[Any]]
+from .stages import RenderResult, StageRunner
 
 
 class Rewriting:
@@ -73,7 +71,7 @@ class Rewriting:
             for family, entries in base.items()
             if entries and not (generated / f"{family}.yaml").is_file()  # nothing to vary
         ]
-        results: list[ExpandResult] = run(expand_family, jobs) if jobs else []
+        results: list[ExpandResult] = list(run(expand_family, jobs)) if jobs else []
         for result in results:
             self.expansion[result.family] = {
                 "proposed": result.proposed,
@@ -95,7 +93,7 @@ class Rewriting:
             return rendered
         version = load_prompt("paraphrase").version
         jobs = [RewriteJob(r, self.config, version, store, self.session.id) for r in rendered]
-        results: list[RewriteResult] = run(rewrite_batch, jobs)
+        results: list[RewriteResult] = list(run(rewrite_batch, jobs))
         for result in results:
             self.statuses.update(result.statuses)
         return [

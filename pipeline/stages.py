@@ -19,9 +19,11 @@ import os
 import pickle
 import shutil
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from . import (
     dicomseg,
@@ -62,6 +64,12 @@ EXTRACT_CODE = (
     relations,
 )
 RENDER_CODE = (render, qa, splits, schema, writer)
+
+
+# Runs a stage on every job, each submitted as soon as the iterable yields it; the results
+# come in job order. What runs them is the caller's: a loop here (build.inline_runner) or
+# Prefect tasks on a task runner (flows.py).
+StageRunner = Callable[[Callable[[Any], Any], Iterable[Any]], Iterator[Any]]
 
 
 def file_digest(path: Path) -> str:

@@ -14,7 +14,7 @@ import hashlib
 import json
 import re
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -28,7 +28,7 @@ from tqdm import tqdm
 from .schema import SCHEMA
 from .shardcheck import CHECK_CODE, ShardResult, check_shard
 from .splits import SPLITS
-from .stages import atomic_pickle, code_digest, file_digest, stored_result
+from .stages import StageRunner, atomic_pickle, code_digest, file_digest, stored_result
 
 SHARD_NAME = re.compile(r"(?P<split>[a-z]+)-(?P<index>\d{5})-of-(?P<total>\d{5})\.parquet")
 MAX_REPORTED = 50  # violations listed in full; all are counted
@@ -100,7 +100,7 @@ def validate(
     folder: Path,
     progress: bool = False,
     store: Path | None = None,
-    run: Callable[[Callable[[Any], Any], Sequence[Any]], list[Any]] | None = None,
+    run: StageRunner | None = None,
     checked: Mapping[tuple[str, str], ShardResult] | None = None,
     hash_threads: int = 1,
 ) -> ValidationResult:

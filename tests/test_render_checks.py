@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.build import BuildConfig, SourceRequest, build
+from pipeline.build import BuildConfig, SourceRequest, build, run_build
 from pipeline.demo import write_busi, write_kvasir
 from pipeline.sources import REGISTRY
 from pipeline.validate import ShardJob, check_job, validate
@@ -100,3 +101,42 @@ def test_no_check_writes_the_same_shards_without_checks(root: Path, tmp_path: Pa
     assert build(_config(root, checked)).checks
     assert build(_config(root, unchecked, check=False)).checks == {}
     assert _manifest_hashes(checked) == _manifest_hashes(unchecked)
+
+
+def test_each_batch_is_rendered_once_it_and_all_before_it_are_extracted(
+    root: Path, tmp_path: Path
+) -> None:
+    """No barrier between the stages; a later batch's copy of an earlier image is left out."""
+    kvasir = root / "Kvasir-SEG"
+    copy = tmp_path / "Kvasir-SEG"
+    shutil.copytree(kvasir, copy)
+    first = sorted((copy / "images").iterdir())[0]
+    shutil.copy(first, copy / "images" / "zz_copy.jpg")  # sorts last: in the last batch
+    shutil.copy(copy / "masks" / first.name, copy / "masks" / "zz_copy.jpg")
+    events: list[tuple[str, int]] = []
+
+    def extract(stage, jobs):
+        for job in list(jobs):
+            events.append(("extracted", job.index))
+            yield stage(job)
+
+    def render(stage, jobs):
+        submitted = []
+        for job in jobs:
+            events.append(("render", len(submitted)))
+            submitted.append(job)
+        return map(stage, submitted)
+
+    config = BuildConfig(
+        (SourceRequest(REGISTRY["kvasir_seg"], copy),), tmp_path / "out", progress=False,
+        batch_size=3,
+    )  # fmt: skip
+    summary = run_build(config, extract, render)
+    batches = len(events) // 2
+    assert batches == 3
+    assert events == [(kind, i) for i in range(batches) for kind in ("extracted", "render")]
+    counts = summary.sources["kvasir_seg"]
+    assert (counts.discovered, counts.converted, counts.skipped) == (8, 7, 1)
+    errors = [json.loads(line) for line in (tmp_path / "out" / "errors.jsonl").open()]
+    assert [e["case_id"] for e in errors] == ["zz_copy"]
+    assert errors[0]["reason"] == f"identical image already converted as kvasir_seg/{first.stem}"
