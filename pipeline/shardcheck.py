@@ -94,15 +94,24 @@ def check_row_group(shard: Path, index: int, split: str) -> ShardResult:
             image_sizes.append(_size(data))
         except OSError as exc:
             image_sizes.append(f"image unreadable ({exc})")
+    whole = {  # the mask of each target in each image, from its whole-target rows
+        (row["image_id"], row["target"]): m
+        for row, m in zip(rows, mask_index, strict=True)
+        if row["question_type"] not in ("referring", "negative")
+    }
+    related = set()  # the masks that relations compare: only their pixels are kept
+    for row, m in zip(rows, mask_index, strict=True):
+        if row["relation"] is not None:
+            related |= {m, whole.get((row["image_id"], row["relation"]["target"]))}
     mask_facts: list[Facts | str] = []
     mask_rows: list[dict[str, Any]] = []
     mask_instances: list[list[Instance]] = []
     mask_sizes = []
     decoded: list[np.ndarray | None] = []
-    for data in masks:
+    for m, data in enumerate(masks):
         try:
             mask = decode_mask(data)
-            decoded.append(mask)
+            decoded.append(mask if m in related else None)
             facts, instances = analyse(mask)
             mask_facts.append(facts)
             mask_instances.append(instances)
@@ -114,11 +123,6 @@ def check_row_group(shard: Path, index: int, split: str) -> ShardResult:
             mask_instances.append([])
             decoded.append(None)
             mask_sizes.append(None)
-    whole = {  # the mask of each target in each image, from its whole-target rows
-        (row["image_id"], row["target"]): m
-        for row, m in zip(rows, mask_index, strict=True)
-        if row["question_type"] not in ("referring", "negative")
-    }
 
     for row, i, m in zip(rows, image_index, mask_index, strict=True):
         label = f"row {row.get('row_id')}"

@@ -257,20 +257,14 @@ def _templates(directory: Path | None, digest: str) -> TemplateSet:
     return loaded
 
 
-def render_batch(job: RenderJob) -> RenderResult:
-    """Render and write one batch's rows: one Parquet part per split it has rows in."""
-    key = job.key
-    stored = stored_result(job.result(key))
-    if isinstance(stored, RenderResult) and all(part.path.is_file() for part in stored.parts):
-        return stored
+def _write_rows(
+    job: RenderJob, key: str, staging: Path
+) -> tuple[RenderResult, list[tuple[str, Path]]]:
+    """Render a batch's rows into one Parquet part per split it has rows in, in staging;
+    returns the counts and each part with its split."""
     planner = QAPlanner(_templates(job.templates_dir, job.templates_digest), job.seed)
     with job.extract.payload.open("rb") as handle:
         extracted: list[list[ExtractedCase] | None] = pickle.load(handle)
-    folder = job.parts(key)
-    staging = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
     writers: dict[str, SplitWriter] = {}
     result = RenderResult(key, ())
     for images in extracted:
@@ -288,13 +282,27 @@ def render_batch(job: RenderJob) -> RenderResult:
         result.rows_per_split[split] += len(rows)
         result.question_types.update(row["question_type"] for row in rows)
         result.zones.update(row["zone"] for row in rows if row["zone"] is not None)
+    return result, [(split, path) for split in splits.SPLITS if split in writers
+                    for path in writers[split].close()]  # fmt: skip
+
+
+def render_batch(job: RenderJob) -> RenderResult:
+    """Render and write one batch's rows: one Parquet part per split it has rows in."""
+    key = job.key
+    stored = stored_result(job.result(key))
+    if isinstance(stored, RenderResult) and all(part.path.is_file() for part in stored.parts):
+        return stored
+    folder = job.parts(key)
+    staging = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    result, written = _write_rows(job, key, staging)  # the batch's pixels are let go here
     parts = []
-    for split in splits.SPLITS:
-        if split in writers:
-            for written in writers[split].close():
-                rows, sha256 = writer.row_count(written), file_digest(written)
-                check = check_shard(written, split, sha256) if job.check else None
-                parts.append(Part(split, folder / written.name, sha256, rows, check))
+    for split, path in written:
+        rows, sha256 = writer.row_count(path), file_digest(path)
+        check = check_shard(path, split, sha256) if job.check else None
+        parts.append(Part(split, folder / path.name, sha256, rows, check))
     rendered = RenderResult(
         key,
         tuple(parts),
