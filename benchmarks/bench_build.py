@@ -29,8 +29,9 @@ floor's own work loop, timed inside its process with time.perf_counter, is repor
 well, with `build wall / floor loop` as a stricter second ratio.
 
 Memory: /proc of the subprocess and all its descendants is polled (default every 50 ms):
-peak of the summed VmRSS, peak of the summed Pss (shared copy-on-write pages counted once)
-and the largest single-process VmHWM. os.wait4's ru_maxrss of the child (itself and its
+peak of the summed VmRSS, peak of the summed Pss (shared copy-on-write pages counted once;
+read at every 20th sample only, as reading it takes the measured processes' time) and the
+largest single-process VmHWM. os.wait4's ru_maxrss of the child (itself and its
 reaped workers, max not sum) is recorded in the JSON only: Linux also counts in it the
 pre-exec copy of the benchmark process that forked the child.
 
@@ -189,9 +190,11 @@ def _children_by_scan(pid: int) -> list[int]:
     return found
 
 
-def _process_memory(pid: int) -> tuple[int, int, int] | None:
-    """(VmRSS, VmHWM, Pss) of one process in kB; None when it is gone."""
-    rss = hwm = pss = 0
+def _process_memory(pid: int, with_pss: bool) -> tuple[int, int, int] | None:
+    """(VmRSS, VmHWM, Pss) of one process in kB (Pss None unless asked); None when it is
+    gone."""
+    rss = hwm = 0
+    pss = None
     try:
         with open(f"/proc/{pid}/status") as handle:
             for line in handle:
@@ -199,14 +202,15 @@ def _process_memory(pid: int) -> tuple[int, int, int] | None:
                     rss = int(line.split()[1])
                 elif line.startswith("VmHWM:"):
                     hwm = int(line.split()[1])
-        try:
-            with open(f"/proc/{pid}/smaps_rollup") as handle:
-                for line in handle:
-                    if line.startswith("Pss:"):
-                        pss = int(line.split()[1])
-                        break
-        except (FileNotFoundError, PermissionError):
-            pss = rss
+        if with_pss:
+            try:
+                with open(f"/proc/{pid}/smaps_rollup") as handle:
+                    for line in handle:
+                        if line.startswith("Pss:"):
+                            pss = int(line.split()[1])
+                            break
+            except (FileNotFoundError, PermissionError):
+                pss = rss
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
     except OSError:
@@ -216,6 +220,11 @@ def _process_memory(pid: int) -> tuple[int, int, int] | None:
 
 class MemoryPoller(threading.Thread):
     """Polls the memory of a process tree until stopped; kills the tree past a deadline."""
+
+    # Reading Pss (smaps_rollup walks every mapping of a process, under its memory lock)
+    # costs milliseconds per process: done at every sample it would take a good part of a
+    # core from the measured build. Pss is read every PSS_EVERY-th sample only.
+    PSS_EVERY = 20
 
     def __init__(self, pid: int, interval: float, timeout: float) -> None:
         super().__init__(daemon=True)
@@ -235,20 +244,22 @@ class MemoryPoller(threading.Thread):
         while index < len(pids):
             pids += _children(pids[index])
             index += 1
+        with_pss = self.samples % self.PSS_EVERY == 0
         rss_sum = pss_sum = alive = 0
         for pid in pids:
-            memory = _process_memory(pid)
+            memory = _process_memory(pid, with_pss)
             if memory is None:
                 continue
             rss, hwm, pss = memory
             alive += 1
             rss_sum += rss
-            pss_sum += pss
+            pss_sum += pss or 0
             self.peak_single_kb = max(self.peak_single_kb, hwm, rss)
         if alive:
             self.samples += 1
             self.peak_rss_sum_kb = max(self.peak_rss_sum_kb, rss_sum)
-            self.peak_pss_sum_kb = max(self.peak_pss_sum_kb, pss_sum)
+            if with_pss:
+                self.peak_pss_sum_kb = max(self.peak_pss_sum_kb, pss_sum)
             self.max_processes = max(self.max_processes, alive)
 
     def run(self) -> None:
@@ -768,7 +779,8 @@ def main(argv: list[str] | None = None) -> int:
         "wall s = whole subprocess (interpreter start and imports included) for floor and "
         "build alike; the build includes its final validation.\n"
         f"RSS/PSS sum = peak over {args.interval * 1000:.0f} ms samples of the process tree's "
-        "summed VmRSS / Pss; max proc = largest single-process VmHWM."
+        f"summed VmRSS / Pss (Pss every {MemoryPoller.PSS_EVERY}th sample); max proc = largest "
+        "single-process VmHWM."
     )
     for result in results:
         print_size(result, args.repeats)

@@ -92,8 +92,8 @@ def _nothing() -> None:
 
 def start_workers(workers: int, warm_up: Callable[[], object] | None = None) -> None:
     """Start the worker processes now (from their fork server), for the next worker_pool
-    of that size: their start, and warm_up run once per worker, overlap the caller's work.
-    """
+    of that size: their start, and one warm_up job per worker (normally each takes one),
+    overlap the caller's own work."""
     pool = _new_pool(workers)
     for _ in range(workers):  # one job per worker: the pool forks them all now
         pool.submit(warm_up or _nothing)
