@@ -257,6 +257,7 @@ def build_mmrs(
                 run=_on(task_runner, check_task, "validate", progress, "shard"),
                 checked=built.checks,
                 hash_threads=workers,
+                known_hashes=built.hashes,
             )
             _report_validation(result, out)
             validation = result.as_dict()

@@ -40,6 +40,7 @@ from .stages import (
     RENDER_CODE,
     ExtractJob,
     ExtractResult,
+    FileIdentity,
     RenderJob,
     RenderResult,
     StageRunner,
@@ -102,6 +103,9 @@ class BuildSummary:
     # The render workers' checks of the parts written, by (content hash, split): what
     # validate(checked=...) needs to check only shards that changed after render.
     checks: dict[tuple[str, str], ShardResult] = field(default_factory=dict)
+    # The parts' content hashes by file identity: what validate(known_hashes=...) needs to
+    # hash only shards whose file changed after render.
+    hashes: dict[FileIdentity, str] = field(default_factory=dict)
 
     def as_dict(self, usage: bool = True) -> dict[str, Any]:
         """The summary; usage=False leaves out what differs between a run and its re-run."""
@@ -416,6 +420,7 @@ def _assemble(
         summary.images += rendered[batch].images_per_case.get(case_id, 1)
     for job, result in zip(jobs, rendered, strict=True):
         summary.checks.update(((p.sha256, p.split), p.check) for p in result.parts if p.check)
+        summary.hashes.update((p.identity, p.sha256) for p in result.parts)
         summary.rows_per_split.update(result.rows_per_split)
         summary.question_types.update(result.question_types)
         summary.zones.update(result.zones)

@@ -47,7 +47,16 @@ from .llm import BudgetExhausted, LLMClient, LLMFailure, LLMSettings
 from .llm_cache import AnswerCache, answer_key
 from .qa import default_templates_dir
 from .schema import REWRITE
-from .stages import Part, RenderResult, _key, atomic_pickle, code_digest, file_digest, stored_result
+from .stages import (
+    Part,
+    RenderResult,
+    _key,
+    atomic_pickle,
+    code_digest,
+    file_digest,
+    file_identity,
+    stored_result,
+)
 
 MODES = ("none", "paraphrase", "expand-templates")
 REWRITE_CODE = (guard, factcheck, llm_cache, writer)
@@ -338,7 +347,8 @@ def rewrite_batch(job: RewriteJob) -> RewriteResult:
                         at = table.schema.get_field_index(name)
                         table = table.set_column(at, table.schema.field(at), values)
                     out.write_table(table, row_group_size=max(1, len(table)))
-            parts.append(Part(part.split, folder / target.name, file_digest(target), part.rows))
+            identity, sha256 = file_identity(target), file_digest(target)
+            parts.append(Part(part.split, folder / target.name, sha256, part.rows, identity))
         final = not any(s.startswith(("failed:", "skipped:")) for s in statuses)
         result = RewriteResult(key, tuple(parts), statuses, final)
         if final:

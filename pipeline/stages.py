@@ -18,6 +18,7 @@ import hashlib
 import os
 import pickle
 import shutil
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -51,7 +52,9 @@ from .sources.base import Case
 from .splits import SplitRatios
 from .writer import SplitWriter
 
+STAGES = sys.modules[__name__]  # this module: the stage functions and their results
 EXTRACT_CODE = (
+    STAGES,
     extract,
     extract_volume,
     facts,
@@ -63,7 +66,7 @@ EXTRACT_CODE = (
     dicomseg,
     relations,
 )
-RENDER_CODE = (render, qa, splits, schema, writer)
+RENDER_CODE = (STAGES, render, qa, splits, schema, writer)
 
 
 # Runs a stage on every job, each submitted as soon as the iterable yields it; the results
@@ -79,6 +82,17 @@ def file_digest(path: Path) -> str:
         for block in iter(lambda: handle.read(2**20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+# Device, inode, size and modification time (ns): a file rewritten or replaced gets a new
+# one; a hard link or a rename keeps it. What lets a content hash be known without reading.
+FileIdentity = tuple[int, int, int, int]
+
+
+def file_identity(path: Path) -> FileIdentity:
+    """The identity of a file's current content (see FileIdentity)."""
+    status = path.stat()
+    return status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns
 
 
 def code_digest(modules: tuple) -> str:
@@ -235,6 +249,7 @@ class Part:
     path: Path
     sha256: str
     rows: int
+    identity: FileIdentity  # of the file when it was hashed
     check: ShardResult | None = None  # None: not checked
 
 
@@ -300,9 +315,9 @@ def render_batch(job: RenderJob) -> RenderResult:
     result, written = _write_rows(job, key, staging)  # the batch's pixels are let go here
     parts = []
     for split, path in written:
-        rows, sha256 = writer.row_count(path), file_digest(path)
+        rows, identity, sha256 = writer.row_count(path), file_identity(path), file_digest(path)
         check = check_shard(path, split, sha256) if job.check else None
-        parts.append(Part(split, folder / path.name, sha256, rows, check))
+        parts.append(Part(split, folder / path.name, sha256, rows, identity, check))
     rendered = RenderResult(
         key,
         tuple(parts),

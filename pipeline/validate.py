@@ -4,8 +4,9 @@ Re-derives every fact of every row from the row's own mask, reads the facts back
 each answer (shardcheck.py, one shard at a time), and checks the schema, file names,
 content hashes against the manifest, patient leakage and identical images across splits.
 Independent of how the rows were made: it reads only the output folder. A build hands in
-the checks its render workers made of the parts it wrote; each is used only for a shard
-whose content hash it matches.
+the checks its render workers made of the parts it wrote, each used only for a shard whose
+content hash it matches, and the parts' content hashes by file identity (device, inode,
+size, modification time), so a shard whose file is still the one hashed is not read again.
 """
 
 from __future__ import annotations
@@ -28,7 +29,15 @@ from tqdm import tqdm
 from .schema import SCHEMA
 from .shardcheck import CHECK_CODE, ShardResult, check_shard
 from .splits import SPLITS
-from .stages import StageRunner, atomic_pickle, code_digest, file_digest, stored_result
+from .stages import (
+    FileIdentity,
+    StageRunner,
+    atomic_pickle,
+    code_digest,
+    file_digest,
+    file_identity,
+    stored_result,
+)
 
 SHARD_NAME = re.compile(r"(?P<split>[a-z]+)-(?P<index>\d{5})-of-(?P<total>\d{5})\.parquet")
 MAX_REPORTED = 50  # violations listed in full; all are counted
@@ -67,12 +76,13 @@ class ShardJob:
     shard: Path
     split: str
     store: Path | None = None  # where results are kept for the next run (None: nowhere)
+    known_sha256: str | None = None  # the hash of this very file, made when it was written
 
     @cached_property
     def sha256(self) -> str:
         """The shard's content hash, computed by whoever needs it first (a cache key or the
-        worker that checks the shard)."""
-        return file_digest(self.shard)
+        worker that checks the shard) unless it is known."""
+        return self.known_sha256 or file_digest(self.shard)
 
     @cached_property
     def key(self) -> str:
@@ -103,12 +113,15 @@ def validate(
     run: StageRunner | None = None,
     checked: Mapping[tuple[str, str], ShardResult] | None = None,
     hash_threads: int = 1,
+    known_hashes: Mapping[FileIdentity, str] | None = None,
 ) -> ValidationResult:
     """Check an output folder; the result lists every violation found (see module doc).
 
     `run` runs the per-shard checks (default: one after another in this process).
     `checked`: checks already made, by (content hash, split); a shard with the same content
     and split is not checked again (shards are hashed for it on `hash_threads` threads).
+    `known_hashes`: content hashes by file identity; a shard whose file has one is not
+    hashed.
     """
     result = ValidationResult()
     manifest_path = folder / "manifest.json"
@@ -136,7 +149,8 @@ def validate(
         if not parquet.schema_arrow.remove_metadata().equals(SCHEMA):
             result.add(f"{shard.name}: schema differs from the row contract")
             continue
-        jobs.append(ShardJob(shard, name["split"], store))
+        sha256 = (known_hashes or {}).get(file_identity(shard))
+        jobs.append(ShardJob(shard, name["split"], store, sha256))
     for split, total in totals.items():
         count = sum(1 for s in shards if s.name.startswith(f"{split}-"))
         if total != {count}:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline import validate as validate_module
 from pipeline.build import BuildConfig, SourceRequest, build, run_build
 from pipeline.demo import write_busi, write_kvasir
 from pipeline.sources import REGISTRY
@@ -140,3 +141,27 @@ def test_each_batch_is_rendered_once_it_and_all_before_it_are_extracted(
     errors = [json.loads(line) for line in (tmp_path / "out" / "errors.jsonl").open()]
     assert [e["case_id"] for e in errors] == ["zz_copy"]
     assert errors[0]["reason"] == f"identical image already converted as kvasir_seg/{first.stem}"
+
+
+def test_validation_hashes_only_shards_whose_file_changed(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A build's parts keep their content hash by file identity; a rewritten file loses it."""
+    out = tmp_path / "out"
+    summary = build(_config(root, out))
+    hashed: list[str] = []
+    digest = validate_module.file_digest
+    monkeypatch.setattr(
+        validate_module, "file_digest", lambda path: hashed.append(path.name) or digest(path)
+    )
+    kwargs = {"checked": summary.checks, "known_hashes": summary.hashes}
+    assert validate(out, run=Recorder(), **kwargs).ok
+    assert hashed == []
+    shard = sorted((out / "data").glob("train-*.parquet"))[0]
+    data = shard.read_bytes()
+    shard.unlink()
+    shard.write_bytes(data)  # the same bytes in a new file
+    recorder = Recorder()
+    assert validate(out, run=recorder, **kwargs).ok
+    assert hashed == [shard.name]
+    assert recorder.shards == []  # the same content: its check still stands
