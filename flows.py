@@ -23,7 +23,7 @@ from typing import Any
 
 from pipeline.orchestration import (
     apply_prefect_defaults,
-    default_cache_dir,
+    cache_store,
     make_task_runner,
     on_worker,
     worker_pool,
@@ -129,12 +129,6 @@ def _on_llm(task_runner, progress: bool):
     return run
 
 
-def _store(cache: bool, cache_dir: str | None) -> Path | None:
-    if not cache:
-        return None
-    return Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-
-
 def _report_validation(result: ValidationResult, folder: str) -> None:
     lines = [f"# Validation of `{folder}`", "", f"- rows: {result.rows}"]
     lines += [f"- {split}: {rows} rows" for split, rows in sorted(result.rows_per_split.items())]
@@ -155,7 +149,7 @@ def validate_mmrs(
 ) -> dict:
     """Check a built folder against the row contract (see pipeline/validate.py)."""
     keep_freed_buffers()
-    store = _store(cache, cache_dir)
+    store = cache_store(cache, cache_dir)
     with (
         worker_pool(runner, workers, dask_address),
         make_task_runner(runner, workers, dask_address) as task_runner,
@@ -209,7 +203,7 @@ def build_mmrs(
     comes from OPENAI_API_KEY, or from the Prefect Secret block named llm_api_key_secret.
     """
     keep_freed_buffers()
-    store = _store(cache, cache_dir)
+    store = cache_store(cache, cache_dir)
     rewriting = rewrite_config(
         rewrite, llm_model, llm_base_url, llm_concurrency, llm_rate_limit, llm_timeout,
         llm_retries, llm_price_in, llm_price_out, llm_budget, llm_budget_tokens, llm_variants,

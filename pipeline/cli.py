@@ -5,20 +5,25 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
 from . import __version__
-from .build import BATCH_SIZE, BuildError, parse_source_arg
+from .build import BATCH_SIZE, BuildConfig, BuildError, discover, parse_source_arg, plan_extract
 from .llm import API_KEY_ENV
-from .orchestration import RUNNERS, default_cache_dir, start_workers
+from .orchestration import RUNNERS, cache_store, default_cache_dir, start_ahead, start_workers
 from .qa import load_templates
 from .rewrite import MODES, rewrite_config
 from .sources import REGISTRY
 from .splits import SplitRatios
+from .stages import ExtractJob, extract_batch
 from .volume import SLICE_AXES
+
+AHEAD_BATCHES = 2  # per worker: extracted while Prefect starts
 
 
 def _source_args(args: argparse.Namespace) -> list[str]:
@@ -44,11 +49,32 @@ def _prefect_console(verbose: bool) -> None:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 
-def _start_workers(args: argparse.Namespace, warm_up: Callable[[], object] | None = None) -> None:
+def _start_workers(args: argparse.Namespace, warm_up: Callable[[], object] | None = None) -> bool:
     """Start the worker processes before Prefect is imported: their start (and warm_up)
-    overlaps that import."""
+    overlaps that import. Whether they were (the build has a pool of them)."""
     if args.runner == "threads" and not args.dask_address and args.workers > 1:
         start_workers(args.workers, warm_up)
+        return True
+    return False
+
+
+def _extract_ahead(args: argparse.Namespace, sources: list[str]) -> Path | None:
+    """Give the workers started ahead the build's first batches (AHEAD_BATCHES each) to
+    extract while Prefect starts; the flow's extract tasks of those batches take their
+    results. Returns the scratch store to remove after the build when it has no cache."""
+    requests = [parse_source_arg(v, slice_axis=args.slice_axis, slices=args.slices)
+                for v in sources]  # fmt: skip
+    out = Path(args.out).expanduser()
+    discovered = discover(BuildConfig(tuple(requests), out))  # the flow discovers the same
+    store = cache_store(not args.no_cache, args.cache_dir)
+    scratch = None
+    if store is None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        store = scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.ahead-", dir=out.parent))
+    jobs = plan_extract(discovered, args.batch_size, store, reusable=scratch is None)
+    ahead = jobs[: AHEAD_BATCHES * args.workers]
+    start_ahead(args.workers, extract_batch, ahead, ExtractJob.same_batch)
+    return scratch
 
 
 def _print_summary(summary: dict, out: Path) -> None:
@@ -131,29 +157,35 @@ def cmd_build(args: argparse.Namespace) -> int:
         )
     _prefect_console(args.verbose)
     templates = Path(args.templates).expanduser() if args.templates else None
-    _start_workers(args, partial(load_templates, templates))  # compiled before the first batch
-    from flows import build_mmrs
+    scratch = None
+    if _start_workers(args, partial(load_templates, templates)):  # compiled before rendering
+        scratch = _extract_ahead(args, sources)
+    try:
+        from flows import build_mmrs
 
-    result = build_mmrs(
-        sources=sources,
-        out=args.out,
-        seed=args.seed,
-        workers=args.workers,
-        runner=args.runner,
-        dask_address=args.dask_address,
-        strict=args.strict,
-        split_ratios=args.split_ratios,
-        templates=args.templates,
-        overwrite=args.overwrite,
-        batch_size=args.batch_size,
-        cache=not args.no_cache,
-        cache_dir=args.cache_dir,
-        progress=not args.quiet,
-        slice_axis=args.slice_axis,
-        slices=args.slices,
-        rewrite=args.rewrite,
-        **llm,
-    )
+        result = build_mmrs(
+            sources=sources,
+            out=args.out,
+            seed=args.seed,
+            workers=args.workers,
+            runner=args.runner,
+            dask_address=args.dask_address,
+            strict=args.strict,
+            split_ratios=args.split_ratios,
+            templates=args.templates,
+            overwrite=args.overwrite,
+            batch_size=args.batch_size,
+            cache=not args.no_cache,
+            cache_dir=args.cache_dir,
+            progress=not args.quiet,
+            slice_axis=args.slice_axis,
+            slices=args.slices,
+            rewrite=args.rewrite,
+            **llm,
+        )
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
     out = Path(args.out).expanduser()
     _print_summary(result["summary"], out)
     _print_validation(result["validation"], out)

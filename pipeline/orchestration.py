@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, ProcessPoolExecutor
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from .malloc import keep_freed_buffers
 
@@ -46,6 +47,13 @@ def default_cache_dir() -> Path:
         return Path(os.environ["MMRS_CACHE_DIR"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base).expanduser() / "mmrs"
+
+
+def cache_store(cache: bool, cache_dir: str | None) -> Path | None:
+    """The store of a build's stage results: cache_dir or the default; None without cache."""
+    if not cache:
+        return None
+    return Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
 
 
 def make_task_runner(runner: str, workers: int, dask_address: str | None = None):
@@ -80,6 +88,10 @@ def _forkserver() -> multiprocessing.context.BaseContext:
 
 
 _STARTED: dict[int, ProcessPoolExecutor] = {}  # pools started ahead, by worker count
+# Jobs given to a pool started ahead before the orchestrator asks for them, by stage: the
+# test of sameness, and each job with its future (see start_ahead).
+_AHEAD: dict[Callable, tuple[Callable[[Any, Any], bool], list[tuple[Any, Future]]]] = {}
+_AHEAD_LOCK = threading.Lock()
 
 
 def _new_pool(workers: int) -> ProcessPoolExecutor:
@@ -98,6 +110,37 @@ def start_workers(workers: int, warm_up: Callable[[], object] | None = None) -> 
     for _ in range(workers):  # one job per worker: the pool forks them all now
         pool.submit(warm_up or _nothing)
     _STARTED[workers] = pool
+
+
+def start_ahead(
+    workers: int,
+    stage: Callable[[Job], Result],
+    jobs: Iterable[Job],
+    same: Callable[[Job, Job], bool],
+) -> None:
+    """Run stage on jobs now, on the workers start_workers(workers) started: on_worker then
+    takes, for a job same(started, job) as one of these, its result instead of running it
+    again. What the orchestrator never asks for is cancelled when the pool closes."""
+    pool = _STARTED[workers]
+    _AHEAD[stage] = (same, [(job, pool.submit(stage, job)) for job in jobs])
+
+
+def _started_ahead(stage: Callable[[Job], Result], job: Job) -> Future | None:
+    with _AHEAD_LOCK:
+        same, started = _AHEAD.get(stage, (None, []))
+        for index, (other, future) in enumerate(started):
+            if same(other, job):
+                del started[index]
+                return future
+    return None
+
+
+def _cancel_ahead() -> None:
+    with _AHEAD_LOCK:
+        for _, started in _AHEAD.values():
+            for _, future in started:
+                future.cancel()
+        _AHEAD.clear()
 
 
 @contextmanager
@@ -119,10 +162,12 @@ def worker_pool(
             yield pool
         finally:
             _POOL.reset(token)
+            _cancel_ahead()
 
 
 def on_worker(stage: Callable[[Job], Result], job: Job) -> Result:
-    """stage(job) on the open worker pool when there is one, else in this thread.
+    """stage(job) on the open worker pool when there is one (the result of the same job
+    started ahead, if it was), else in this thread.
 
     Either way the process that runs it keeps its freed buffers (pipeline/malloc.py),
     whichever runner started it.
@@ -131,4 +176,4 @@ def on_worker(stage: Callable[[Job], Result], job: Job) -> Result:
     if pool is None:
         keep_freed_buffers()
         return stage(job)
-    return pool.submit(stage, job).result()
+    return (_started_ahead(stage, job) or pool.submit(stage, job)).result()

@@ -21,7 +21,7 @@ import shutil
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -152,6 +152,10 @@ class ExtractJob:
 
     def payload(self, key: str) -> Path:
         return self.store / "extract" / f"{key}.pkl"
+
+    def same_batch(self, other: ExtractJob) -> bool:
+        """Whether other extracts the same cases the same way (into any store)."""
+        return replace(other, store=self.store) == self
 
     def result(self, key: str) -> Path:
         return self.store / "extract" / f"{key}.result.pkl"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from pipeline import orchestration
 from pipeline.cli import main
 from pipeline.demo import write_busi
 
@@ -61,3 +62,32 @@ def test_validate_fails_on_a_folder_that_is_not_a_build(
 ) -> None:
     assert main(["validate", str(tmp_path), "-q"]) == 1
     assert "no manifest.json" in capsys.readouterr().err
+
+
+def test_workers_extract_the_first_batches_while_prefect_starts(
+    tmp_path: Path, capsys, prefect_api, monkeypatch
+) -> None:
+    """With --workers 2, the first 2 batches per worker are extracted before the flow asks
+    for them; the flow takes those results, and the scratch store is removed."""
+    write_busi(tmp_path / "data", 9)
+    taken = []
+    started_ahead = orchestration._started_ahead
+
+    def record(stage, job):
+        future = started_ahead(stage, job)
+        taken.append(future is not None)
+        return future
+
+    monkeypatch.setattr(orchestration, "_started_ahead", record)
+    out = tmp_path / "out"
+    args = ["build", "--source", f"busi={tmp_path / 'data'}", "--out", str(out), "-q"]
+    args += ["--workers", "2", "--no-cache", "--batch-size", "2"]
+    assert main(args) == 0
+    assert "valid:" in capsys.readouterr().out
+    assert taken[:4] == [True] * 4 and not any(taken[4:])
+    assert len(taken) > 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "out"]
+    single = tmp_path / "single"
+    assert main([*args[:4], str(single), "-q", "--no-cache", "--batch-size", "2"]) == 0
+    files = json.loads((out / "manifest.json").read_text())["files"]
+    assert files == json.loads((single / "manifest.json").read_text())["files"]

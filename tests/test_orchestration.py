@@ -1,4 +1,5 @@
-"""The worker pool: started ahead by the CLI, warmed up, then used by the flow's pool."""
+"""The worker pool: started ahead by the CLI, warmed up and given the first jobs, then used
+by the flow's pool."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import os
 from functools import partial
 from pathlib import Path
 
-from pipeline.orchestration import on_worker, start_workers, worker_pool
+from pipeline.orchestration import on_worker, start_ahead, start_workers, worker_pool
 
 
 def _mark(folder: Path) -> None:
@@ -31,3 +32,31 @@ def test_no_pool_for_one_worker_or_other_runners() -> None:
         with worker_pool(runner, workers) as pool:
             assert pool is None
             assert on_worker(lambda _: os.getpid(), None) == os.getpid()
+
+
+def _run_once(job: tuple[str, Path]) -> int:
+    """A stage that leaves a file per run, named after the job, in the job's folder."""
+    name, folder = job
+    (folder / f"{name}-{os.getpid()}").touch()
+    return os.getpid()
+
+
+def _same_name(started: tuple[str, Path], job: tuple[str, Path]) -> bool:
+    return started[0] == job[0]
+
+
+def test_jobs_started_ahead_stand_for_the_same_jobs(tmp_path: Path) -> None:
+    ahead, later = tmp_path / "ahead", tmp_path / "later"
+    ahead.mkdir()
+    later.mkdir()
+    start_workers(2)
+    start_ahead(2, _run_once, [("a", ahead), ("b", ahead)], _same_name)
+    with worker_pool("threads", 2):
+        pid = on_worker(_run_once, ("a", later))  # taken from the job started ahead
+        assert [p.name for p in ahead.glob("a-*")] == [f"a-{pid}"]
+        on_worker(_run_once, ("a", later))  # a job is taken once: this one runs
+        on_worker(_run_once, ("c", later))  # nothing the same started ahead: it runs
+        assert sorted(p.name.split("-")[0] for p in later.iterdir()) == ["a", "c"]
+    with worker_pool("threads", 2):  # the started pool is gone, and with it its jobs
+        on_worker(_run_once, ("b", later))
+        assert sorted(p.name.split("-")[0] for p in later.iterdir()) == ["a", "b", "c"]

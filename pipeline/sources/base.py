@@ -104,7 +104,7 @@ class SourceInfo:
 
 def stem(path: Path | str) -> str:
     """File name without all its extensions ("a.nii.gz" -> "a")."""
-    name = Path(path).name
+    name = path.name if isinstance(path, Path) else Path(path).name
     return name.split(".", 1)[0] if not name.startswith(".") else name
 
 
