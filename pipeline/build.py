@@ -16,7 +16,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -215,7 +215,7 @@ def _check_out(config: BuildConfig) -> None:
 
 
 def plan_extract(
-    discovered: list[tuple[SourceRequest, Case | Problem]],
+    discovered: Iterable[tuple[SourceRequest, Case | Problem]],
     batch_size: int,
     store: Path,
     reusable: bool = True,
@@ -288,7 +288,7 @@ def run_build(
     run_render = run_render or inline_runner(config.progress, "render")
     run_rewrite = run_rewrite or inline_runner(config.progress, "rewrite")
     templates = load_templates(config.templates_dir)
-    discovered = discover(config)
+    discovered = deque(discover(config))  # consumed by _assemble as it counts them
     _check_out(config)
     config.out.parent.mkdir(parents=True, exist_ok=True)
     # Without a cache, the store sits beside --out so its parts can be hard-linked.
@@ -349,7 +349,7 @@ def _assemble(
     config: BuildConfig,
     staging: Path,
     templates: TemplateSet,
-    discovered: list[tuple[SourceRequest, Case | Problem]],
+    discovered: deque[tuple[SourceRequest, Case | Problem]],
     jobs: list[ExtractJob],
     extracted: Iterable[ExtractResult],
     run_render: StageRunner,
@@ -361,55 +361,65 @@ def _assemble(
     records = _Records(config, staging / "errors.jsonl", summary)
     owner: dict[str, str] = {}  # image_id -> source/case that converted it first
     converted: list[tuple[SourceRequest, str, int]] = []
-    pending = iter(discovered)
 
     def reach(case: Case | None) -> SourceRequest | None:
         """Count discovered items up to `case` (to the end for None), recording the
-        problems met on the way; returns the case's request."""
-        for request, item in pending:
+        problems met on the way; returns the case's request. Each item is let go once
+        counted (a build of many cases holds only those not yet counted)."""
+        while discovered:
+            request, item = discovered.popleft()
             summary.sources[request.source.name].discovered += 1
             if item is case:
                 return request
             records.add(request, "skipped", item.case_id, item.file, item.reason)
         return None
 
+    def record(job: ExtractJob, result: ExtractResult) -> frozenset[str]:
+        """Record a batch's outcomes in discovery order (so --strict stops at the first bad
+        case); returns its cases to leave out: images identical to one converted before."""
+        skip: set[str] = set()
+        for case, outcome in zip(job.cases, result.outcomes, strict=True):
+            request = reach(case)  # batches hold the discovered cases, in order
+            if outcome.status != "converted":
+                records.add(request, outcome.status, case.case_id, case.image, outcome.reason)
+                continue
+            me = f"{request.source.name}/{case.case_id}"
+            first = owner.setdefault(outcome.image_id, me)
+            if first != me:
+                skip.add(case.case_id)
+                records.add(
+                    request,
+                    "skipped",
+                    case.case_id,
+                    case.image,
+                    f"identical image already converted as {first}",
+                )
+                continue
+            records.add(request, "converted", case.case_id, case.image, None)
+            converted.append((request, case.case_id, job.index))
+        return frozenset(skip)
+
     def render_jobs() -> Iterator[RenderJob]:
         """Each batch's render job, as soon as its extraction and every earlier one's is
-        done: outcomes are recorded in discovery order (so --strict stops at the first bad
-        case), and an image identical to one converted before is left out."""
-        for job, result in zip(jobs, extracted, strict=True):
-            skip: set[str] = set()
-            for case, outcome in zip(job.cases, result.outcomes, strict=True):
-                request = reach(case)  # batches hold the discovered cases, in order
-                if outcome.status != "converted":
-                    records.add(request, outcome.status, case.case_id, case.image, outcome.reason)
-                    continue
-                me = f"{request.source.name}/{case.case_id}"
-                first = owner.setdefault(outcome.image_id, me)
-                if first != me:
-                    skip.add(case.case_id)
-                    records.add(
-                        request,
-                        "skipped",
-                        case.case_id,
-                        case.image,
-                        f"identical image already converted as {first}",
-                    )
-                    continue
-                records.add(request, "converted", case.case_id, case.image, None)
-                converted.append((request, case.case_id, job.index))
+        recorded. What is left to do then needs neither the batch's cases (only its index,
+        source and store) nor their outcomes (render needs the key and payload): both are
+        let go."""
+        for index, result in zip(range(len(jobs)), extracted, strict=True):
+            skip = record(jobs[index], result)
+            jobs[index] = replace(jobs[index], cases=())
             yield RenderJob(
-                result,
-                frozenset(skip),
+                replace(result, outcomes=()),
+                skip,
                 config.seed,
                 config.ratios,
                 config.templates_dir,
                 templates.digest,
-                job.store,
+                jobs[index].store,
                 config.check,
             )
         reach(None)
         records.handle.close()
+        owner.clear()
 
     rendered = list(run_render(render_batch, render_jobs()))
     if rewrite is not None:

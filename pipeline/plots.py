@@ -15,6 +15,7 @@ import matplotlib
 matplotlib.use("Agg")  # no screen: render to files only
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -77,22 +78,15 @@ def gallery(shards: list[Path], path: Path, count: int = 6) -> None:
     source whose licence forbids it; with none, the figure says so.
     """
     rows = []
+    pool = pa.default_memory_pool()
     for shard in shards:
-        # One row, read as dictionary indices: the row group's images are not expanded.
-        parquet = pq.ParquetFile(shard, read_dictionary=["image.bytes", "mask.bytes"])
+        # One row: only its values are built (a dictionary read would copy every image of
+        # the row group); the file is mapped, not read into Arrow's memory.
+        parquet = pq.ParquetFile(shard, memory_map=True)
         batch = next(parquet.iter_batches(batch_size=1, columns=list(GALLERY_COLUMNS)))
-        row = {name: batch.column(name)[0] for name in GALLERY_COLUMNS}
-        rows.append(
-            {
-                **{
-                    name: value.as_py()
-                    for name, value in row.items()
-                    if name not in ("image", "mask")
-                },
-                "image": {"bytes": row["image"]["bytes"].as_py()},
-                "mask": {"bytes": row["mask"]["bytes"].as_py()},
-            }
-        )
+        rows.append(batch.to_pylist()[0])
+        del batch, parquet
+        pool.release_unused()  # else Arrow's allocator keeps what each read freed
         if len(rows) == count:
             break
     figure, axes = plt.subplots(1, max(len(rows), 1), figsize=(3.5 * max(len(rows), 1), 4.8))

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
+import weakref
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.build import BuildConfig, SourceRequest, build
+from pipeline.build import BuildConfig, SourceRequest, build, run_build
 from pipeline.demo import write_busi, write_kvasir, write_montgomery
 from pipeline.sources import REGISTRY
 from pipeline.validate import SHARD_NAME, validate
@@ -149,3 +151,27 @@ def test_existing_output_is_kept_unless_overwrite(demo_root: Path, built: Path) 
         build(_config(demo_root, built))
     with pytest.raises(BuildError, match="not an MMRS build"):
         build(_config(demo_root, demo_root, overwrite=True))
+
+
+def test_cases_are_let_go_once_their_batch_is_recorded(demo_root: Path, tmp_path: Path) -> None:
+    """A build holds the cases of the batches not yet recorded only: memory stays flat as
+    the number of cases grows."""
+    cases: list[weakref.ref] = []
+    alive: list[int] = []
+
+    def extract(stage, jobs):
+        for job in jobs:
+            cases.extend(weakref.ref(case) for case in job.cases)
+            result = stage(job)
+            del job
+            yield result
+
+    def render(stage, jobs):
+        for job in jobs:
+            gc.collect()
+            alive.append(sum(ref() is not None for ref in cases))
+            yield stage(job)
+
+    summary = run_build(_config(demo_root, tmp_path / "out", batch_size=4), extract, render)
+    assert len(alive) > 3 and len(cases) == sum(c.discovered for c in summary.sources.values())
+    assert alive == [0] * len(alive)
