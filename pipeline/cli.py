@@ -14,6 +14,7 @@ from pathlib import Path
 
 from . import __version__
 from .build import BATCH_SIZE, BuildConfig, BuildError, discover, parse_source_arg, plan_extract
+from .collector import long_lived, skip_collection_at_exit
 from .llm import API_KEY_ENV
 from .orchestration import RUNNERS, cache_store, default_cache_dir, start_ahead, start_workers
 from .qa import load_templates
@@ -161,7 +162,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     if _start_workers(args, partial(load_templates, templates)):  # compiled before rendering
         scratch = _extract_ahead(args, sources)
     try:
-        from flows import build_mmrs
+        with long_lived():
+            from flows import build_mmrs
 
         result = build_mmrs(
             sources=sources,
@@ -195,7 +197,8 @@ def cmd_build(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     _prefect_console(args.verbose)
     _start_workers(args)
-    from flows import validate_mmrs
+    with long_lived():
+        from flows import validate_mmrs
 
     result = validate_mmrs(
         folder=args.folder,
@@ -215,7 +218,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_publish(args: argparse.Namespace) -> int:
     _prefect_console(args.verbose)
-    from flows import publish_mmrs
+    with long_lived():
+        from flows import publish_mmrs
 
     files = publish_mmrs(
         folder=args.folder,
@@ -396,6 +400,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    skip_collection_at_exit()
     try:
         return args.func(args)
     except (BuildError, ValueError, FileNotFoundError, PermissionError) as exc:

@@ -12,6 +12,7 @@ imported it once.
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import threading
@@ -95,7 +96,14 @@ _AHEAD_LOCK = threading.Lock()
 
 
 def _new_pool(workers: int) -> ProcessPoolExecutor:
-    return ProcessPoolExecutor(workers, mp_context=_forkserver(), initializer=keep_freed_buffers)
+    return ProcessPoolExecutor(workers, mp_context=_forkserver(), initializer=_start_worker)
+
+
+def _start_worker() -> None:
+    """Each worker keeps its freed buffers (malloc.py), and its collections skip the
+    modules the fork server imported (frozen: see collector.py)."""
+    keep_freed_buffers()
+    gc.freeze()
 
 
 def _nothing() -> None:

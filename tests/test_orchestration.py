@@ -3,6 +3,7 @@ by the flow's pool."""
 
 from __future__ import annotations
 
+import gc
 import os
 from functools import partial
 from pathlib import Path
@@ -60,3 +61,10 @@ def test_jobs_started_ahead_stand_for_the_same_jobs(tmp_path: Path) -> None:
     with worker_pool("threads", 2):  # the started pool is gone, and with it its jobs
         on_worker(_run_once, ("b", later))
         assert sorted(p.name.split("-")[0] for p in later.iterdir()) == ["a", "b", "c"]
+
+
+def test_workers_start_with_the_fork_servers_modules_frozen() -> None:
+    with worker_pool("threads", 2) as pool:
+        assert pool is not None
+        counts = [pool.submit(gc.get_freeze_count).result() for _ in range(2)]
+    assert all(count > 1000 for count in counts)  # every module the fork server imported
