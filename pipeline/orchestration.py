@@ -17,7 +17,7 @@ import multiprocessing
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
@@ -33,8 +33,10 @@ PREFECT_DEFAULTS = {
     "DO_NOT_TRACK": "1",
 }
 RUNNERS = ("threads", "processes", "dask")
-# Imported once by the pool's fork server, so every worker starts with them.
-WORKER_MODULES = ["pipeline.stages", "pipeline.validate"]
+# Imported once by the pool's fork server, so every worker starts with them. pandas, where
+# installed (datasets needs it): pyarrow imports it on a process's first pa.array call,
+# about 0.3 s that each worker would pay again. The fork server skips what is missing.
+WORKER_MODULES = ["pipeline.stages", "pipeline.validate", "pandas"]
 
 
 def apply_prefect_defaults() -> None:
@@ -88,9 +90,10 @@ def _forkserver() -> multiprocessing.context.BaseContext:
     return context
 
 
-_STARTED: dict[int, ProcessPoolExecutor] = {}  # pools started ahead, by worker count
+# Pools started ahead, by worker count, each with the thread that hands it its first jobs.
+_STARTED: dict[int, tuple[ProcessPoolExecutor, ThreadPoolExecutor]] = {}
 # Jobs given to a pool started ahead before the orchestrator asks for them, by stage: the
-# test of sameness, and each job with its future (see start_ahead).
+# test of sameness, and each job with its handing (a future of the pool's future).
 _AHEAD: dict[Callable, tuple[Callable[[Any, Any], bool], list[tuple[Any, Future]]]] = {}
 _AHEAD_LOCK = threading.Lock()
 
@@ -113,11 +116,17 @@ def _nothing() -> None:
 def start_workers(workers: int, warm_up: Callable[[], object] | None = None) -> None:
     """Start the worker processes now (from their fork server), for the next worker_pool
     of that size: their start, and one warm_up job per worker (normally each takes one),
-    overlap the caller's own work."""
+    overlap the caller's own work.
+
+    The jobs are handed to the pool on a thread of its own, because the first submit waits
+    until the fork server has imported the workers' modules (about 0.7 s): the caller
+    goes on meanwhile.
+    """
     pool = _new_pool(workers)
+    hand = ThreadPoolExecutor(1, thread_name_prefix="mmrs-start-workers")
     for _ in range(workers):  # one job per worker: the pool forks them all now
-        pool.submit(warm_up or _nothing)
-    _STARTED[workers] = pool
+        hand.submit(pool.submit, warm_up or _nothing)
+    _STARTED[workers] = (pool, hand)
 
 
 def start_ahead(
@@ -129,8 +138,8 @@ def start_ahead(
     """Run stage on jobs now, on the workers start_workers(workers) started: on_worker then
     takes, for a job same(started, job) as one of these, its result instead of running it
     again. What the orchestrator never asks for is cancelled when the pool closes."""
-    pool = _STARTED[workers]
-    _AHEAD[stage] = (same, [(job, pool.submit(stage, job)) for job in jobs])
+    pool, hand = _STARTED[workers]
+    _AHEAD[stage] = (same, [(job, hand.submit(pool.submit, stage, job)) for job in jobs])
 
 
 def _started_ahead(stage: Callable[[Job], Result], job: Job) -> Future | None:
@@ -144,10 +153,12 @@ def _started_ahead(stage: Callable[[Job], Result], job: Job) -> Future | None:
 
 
 def _cancel_ahead() -> None:
+    """Cancel the jobs started ahead that nobody asked for (all of them handed by now)."""
     with _AHEAD_LOCK:
         for _, started in _AHEAD.values():
-            for _, future in started:
-                future.cancel()
+            for _, handed in started:
+                if handed.exception() is None:
+                    handed.result().cancel()
         _AHEAD.clear()
 
 
@@ -164,12 +175,15 @@ def worker_pool(
     if runner != "threads" or dask_address or workers < 2:
         yield None
         return
-    with _STARTED.pop(workers, None) or _new_pool(workers) as pool:
+    pool, hand = _STARTED.pop(workers, None) or (_new_pool(workers), None)
+    with pool:
         token = _POOL.set(pool)
         try:
             yield pool
         finally:
             _POOL.reset(token)
+            if hand is not None:
+                hand.shutdown()
             _cancel_ahead()
 
 
@@ -184,4 +198,5 @@ def on_worker(stage: Callable[[Job], Result], job: Job) -> Result:
     if pool is None:
         keep_freed_buffers()
         return stage(job)
-    return (_started_ahead(stage, job) or pool.submit(stage, job)).result()
+    handed = _started_ahead(stage, job)
+    return (handed.result() if handed is not None else pool.submit(stage, job)).result()

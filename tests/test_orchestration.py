@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import gc
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
+from pipeline import orchestration
 from pipeline.orchestration import on_worker, start_ahead, start_workers, worker_pool
 
 
@@ -61,6 +64,33 @@ def test_jobs_started_ahead_stand_for_the_same_jobs(tmp_path: Path) -> None:
     with worker_pool("threads", 2):  # the started pool is gone, and with it its jobs
         on_worker(_run_once, ("b", later))
         assert sorted(p.name.split("-")[0] for p in later.iterdir()) == ["a", "b", "c"]
+
+
+class _SlowToStart(ThreadPoolExecutor):
+    """A pool whose submit waits, as a process pool's first one waits for its fork server."""
+
+    def __init__(self, ready: threading.Event) -> None:
+        super().__init__(2)
+        self.ready = ready
+
+    def submit(self, fn, /, *args, **kwargs):
+        assert self.ready.wait(5)
+        return super().submit(fn, *args, **kwargs)
+
+
+def test_starting_workers_and_jobs_ahead_does_not_wait_for_the_workers(
+    monkeypatch, tmp_path: Path
+) -> None:
+    ready = threading.Event()
+    monkeypatch.setattr(orchestration, "_new_pool", lambda workers: _SlowToStart(ready))
+    start_workers(2, partial(_mark, tmp_path))
+    start_ahead(2, _run_once, [("a", tmp_path)], _same_name)  # neither waits
+    assert not list(tmp_path.iterdir())
+    ready.set()
+    with worker_pool("threads", 2):
+        assert on_worker(_run_once, ("a", tmp_path)) == os.getpid()  # the one started ahead
+    assert (tmp_path / str(os.getpid())).exists()  # warmed up
+    assert [p.name for p in tmp_path.glob("a-*")] == [f"a-{os.getpid()}"]
 
 
 def test_workers_start_with_the_fork_servers_modules_frozen() -> None:
