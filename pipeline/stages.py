@@ -166,6 +166,7 @@ class ExtractResult:
     key: str
     payload: Path
     outcomes: tuple[CaseOutcome, ...]
+    reusable: bool = True  # False: read once, by its render job, which then deletes it
 
 
 def stored_result(path: Path) -> object | None:
@@ -214,7 +215,7 @@ def extract_batch(job: ExtractJob) -> ExtractResult:
         extracted.append(None)
     payload = job.payload(key)
     atomic_pickle(extracted, payload)
-    result = ExtractResult(key, payload, tuple(outcomes))
+    result = ExtractResult(key, payload, tuple(outcomes), job.reusable)
     atomic_pickle(result, job.result(key))  # written last: marks the batch complete
     return result
 
@@ -335,4 +336,6 @@ def render_batch(job: RenderJob) -> RenderResult:
     if folder.exists():
         shutil.rmtree(folder)
     staging.replace(folder)  # the whole batch appears at once
+    if not job.extract.reusable:  # freed now by this worker, not at the build's end
+        job.extract.payload.unlink(missing_ok=True)
     return rendered

@@ -165,3 +165,26 @@ def test_validation_hashes_only_shards_whose_file_changed(
     assert validate(out, run=recorder, **kwargs).ok
     assert hashed == [shard.name]
     assert recorder.shards == []  # the same content: its check still stands
+
+
+def _render_and_see_payloads(seen: list[bool]):
+    """A render runner that records whether each batch's payload is still there after it."""
+
+    def run(stage, jobs):
+        for job in jobs:
+            assert job.extract.payload.is_file()
+            result = stage(job)
+            seen.append(job.extract.payload.exists())
+            yield result
+
+    return run
+
+
+def test_a_payload_of_this_build_only_is_deleted_once_rendered(root: Path, tmp_path: Path) -> None:
+    scratch: list[bool] = []
+    run_build(_config(root, tmp_path / "out"), run_render=_render_and_see_payloads(scratch))
+    assert len(scratch) > 3 and not any(scratch)
+    cached: list[bool] = []  # a cache keeps them for the next build
+    config = _config(root, tmp_path / "cached", cache_dir=tmp_path / "cache")
+    run_build(config, run_render=_render_and_see_payloads(cached))
+    assert len(cached) == len(scratch) and all(cached)
