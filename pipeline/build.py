@@ -28,7 +28,6 @@ from . import __version__
 from .card import render_card
 from .extract import SourceMeta
 from .facts import MIN_COMPONENT_FRACTION
-from .plots import write_plots
 from .qa import TemplateSet, load_templates
 from .rewrite import RewriteConfig
 from .rewriting import Rewriting, open_rewriting
@@ -441,6 +440,8 @@ def _assemble(
     stats = collect_stats(staging)
     public = {r.source.name for r in config.sources if r.source.redistributable}
     shown = [staging / s["path"] for s in shards if s["source"] in public]
+    from .plots import write_plots  # matplotlib: only a build that gets this far needs it
+
     figures = write_plots(stats, staging / "plots", shown)
     card = render_card(
         summary.as_dict(usage=False), config, shards, templates.count(), _code_version(), stats,

@@ -162,8 +162,10 @@ def cmd_build(args: argparse.Namespace) -> int:
     if _start_workers(args, partial(load_templates, templates)):  # compiled before rendering
         scratch = _extract_ahead(args, sources)
     try:
-        with long_lived():
+        with long_lived():  # also matplotlib, for the card: imported while workers start
             from flows import build_mmrs
+
+            from . import plots  # noqa: F401
 
         result = build_mmrs(
             sources=sources,

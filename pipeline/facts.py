@@ -11,7 +11,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
 # A connected component counts as an instance when it holds at least this fraction of the
 # image's pixels (and at least one pixel). Smaller specks (typically JPEG or annotation
@@ -214,6 +213,8 @@ def _instances(crop: np.ndarray, top: int, left: int, shape: tuple[int, int]) ->
     8-connectivity; components below MIN_COMPONENT_FRACTION are not instances (see above).
     Order: largest area first; equal areas by their first pixel in row-major order.
     """
+    from scipy import ndimage  # on first use: a process that labels no mask skips 0.25 s
+
     labelled, count = ndimage.label(crop, structure=_EIGHT_CONNECTED)
     if count == 1:
         return [Instance(top, left, crop, shape)]

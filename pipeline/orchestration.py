@@ -33,10 +33,11 @@ PREFECT_DEFAULTS = {
     "DO_NOT_TRACK": "1",
 }
 RUNNERS = ("threads", "processes", "dask")
-# Imported once by the pool's fork server, so every worker starts with them. pandas, where
-# installed (datasets needs it): pyarrow imports it on a process's first pa.array call,
-# about 0.3 s that each worker would pay again. The fork server skips what is missing.
-WORKER_MODULES = ["pipeline.stages", "pipeline.validate", "pandas"]
+# Imported once by the pool's fork server, so every worker starts with them: the stages,
+# scipy.ndimage (imported on first use by facts.py), and pandas where installed (datasets
+# needs it): pyarrow imports it on a process's first pa.array call, about 0.3 s that each
+# worker would pay again. The fork server skips what is missing.
+WORKER_MODULES = ["pipeline.stages", "pipeline.validate", "scipy.ndimage", "pandas"]
 
 
 def apply_prefect_defaults() -> None:

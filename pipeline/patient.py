@@ -34,7 +34,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
 from .facts import Instance
 
@@ -116,6 +115,8 @@ def otsu_threshold(values: np.ndarray) -> float:
 def fill_holes(mask: np.ndarray) -> np.ndarray:
     """A 2D mask with its holes filled: the background parts that touch no border become
     foreground (what scipy's binary_fill_holes gives, about twice as fast)."""
+    from scipy import ndimage  # on first use (see facts._instances)
+
     background, count = ndimage.label(~mask)
     if count == 0:
         return mask.copy()
@@ -133,6 +134,8 @@ def body_mask(pixels: np.ndarray, threshold: float) -> np.ndarray | None:
     cover at least MIN_BODY_FRACTION of the slice and touch neither the first nor the last
     column.
     """
+    from scipy import ndimage  # on first use (see facts._instances)
+
     labelled, count = ndimage.label(pixels > threshold, structure=np.ones((3, 3), dtype=bool))
     if count == 0:
         return None

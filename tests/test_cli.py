@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 from pipeline import orchestration
@@ -91,3 +93,10 @@ def test_workers_extract_the_first_batches_while_prefect_starts(
     assert main([*args[:4], str(single), "-q", "--no-cache", "--batch-size", "2"]) == 0
     files = json.loads((out / "manifest.json").read_text())["files"]
     assert files == json.loads((single / "manifest.json").read_text())["files"]
+
+
+def test_the_command_starts_without_scipy_or_matplotlib() -> None:
+    """Neither is needed before a build's workers start (they import scipy) or its card."""
+    code = "import sys, pipeline.cli; print(sorted({'scipy', 'matplotlib'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
