@@ -1,7 +1,7 @@
 """The build's two batch stages, as plain functions over picklable jobs.
 
 - extract_batch: cases -> pixels and facts (the only stage that reads source files),
-  stored as one payload file in the store, under a key made of the content hashes of every
+  written case by case into one payload file in the store, under a key made of the content hashes of every
   input file, the source's settings and the extract code.
 - render_batch: a payload -> QA rows -> one Parquet part per split, written by the worker
   that holds the data, under a key made of the extract key, templates, seed, split ratios,
@@ -169,6 +169,39 @@ class ExtractResult:
     reusable: bool = True  # False: read once, by its render job, which then deletes it
 
 
+class PayloadWriter:
+    """A batch's payload, written one case at a time: one pickle per case (None for a case
+    not converted), so neither stage holds a whole batch's pixels. Readers see all of the
+    file or none of it: it is written under a temporary name, renamed when the block ends
+    without error and removed when it ends with one."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+    def __enter__(self) -> PayloadWriter:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = self.tmp.open("wb")
+        return self
+
+    def add(self, images: list[ExtractedCase] | None) -> None:
+        pickle.dump(images, self.handle, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        self.handle.close()
+        if kind is None:
+            self.tmp.replace(self.path)
+        else:
+            self.tmp.unlink(missing_ok=True)
+
+
+def read_payload(path: Path) -> Iterator[list[ExtractedCase] | None]:
+    """The cases of a payload (PayloadWriter), one at a time, in batch order."""
+    with path.open("rb") as handle:
+        while handle.peek(1):
+            yield pickle.load(handle)
+
+
 def stored_result(path: Path) -> object | None:
     """A stored stage result, or None when absent (or cut short by a crash)."""
     try:
@@ -194,28 +227,25 @@ def extract_batch(job: ExtractJob) -> ExtractResult:
     stored = stored_result(job.result(key))
     if isinstance(stored, ExtractResult) and stored.payload.is_file():
         return stored
-    extracted: list[list[ExtractedCase] | None] = []
     outcomes = []
-    for case in job.cases:
-        try:
-            images = extract_case(case, job.source)
-        except CaseError as exc:
-            outcomes.append(CaseOutcome(case.case_id, case.image, "skipped", str(exc)))
-        except PixelError as exc:
-            outcomes.append(CaseOutcome(case.case_id, case.image, "failed", str(exc)))
-        except Exception as exc:  # noqa: BLE001 - any other error fails this case only
-            reason = f"{type(exc).__name__}: {exc}"
-            outcomes.append(CaseOutcome(case.case_id, case.image, "failed", reason))
-        else:
-            extracted.append(images)
-            outcomes.append(
-                CaseOutcome(case.case_id, case.image, "converted", None, case_image_id(images))
-            )
-            continue
-        extracted.append(None)
-    payload = job.payload(key)
-    atomic_pickle(extracted, payload)
-    result = ExtractResult(key, payload, tuple(outcomes), job.reusable)
+    with PayloadWriter(job.payload(key)) as payload:
+        for case in job.cases:
+            try:
+                images = extract_case(case, job.source)
+            except CaseError as exc:
+                outcomes.append(CaseOutcome(case.case_id, case.image, "skipped", str(exc)))
+            except PixelError as exc:
+                outcomes.append(CaseOutcome(case.case_id, case.image, "failed", str(exc)))
+            except Exception as exc:  # noqa: BLE001 - any other error fails this case only
+                reason = f"{type(exc).__name__}: {exc}"
+                outcomes.append(CaseOutcome(case.case_id, case.image, "failed", reason))
+            else:
+                payload.add(images)
+                image_id = case_image_id(images)
+                outcomes.append(CaseOutcome(case.case_id, case.image, "converted", None, image_id))
+                continue
+            payload.add(None)
+    result = ExtractResult(key, payload.path, tuple(outcomes), job.reusable)
     atomic_pickle(result, job.result(key))  # written last: marks the batch complete
     return result
 
@@ -283,11 +313,9 @@ def _write_rows(
     """Render a batch's rows into one Parquet part per split it has rows in, in staging;
     returns the counts and each part with its split."""
     planner = QAPlanner(_templates(job.templates_dir, job.templates_digest), job.seed)
-    with job.extract.payload.open("rb") as handle:
-        extracted: list[list[ExtractedCase] | None] = pickle.load(handle)
     writers: dict[str, SplitWriter] = {}
     result = RenderResult(key, ())
-    for images in extracted:
+    for images in read_payload(job.extract.payload):
         if images is None or images[0].case.case_id in job.skip:
             continue
         rows = [row for item in images for row in render_case(item, planner, job.ratios)]
@@ -317,7 +345,7 @@ def render_batch(job: RenderJob) -> RenderResult:
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
-    result, written = _write_rows(job, key, staging)  # the batch's pixels are let go here
+    result, written = _write_rows(job, key, staging)
     parts = []
     for split, path in written:
         rows, identity, sha256 = writer.row_count(path), file_identity(path), file_digest(path)
