@@ -48,7 +48,7 @@ from .stages import (
     file_digest,
     render_batch,
 )
-from .stats import collect_stats
+from .stats import Stats
 
 BATCH_SIZE = 256  # cases per extract/render task
 
@@ -92,10 +92,7 @@ class SourceCounts:
 class BuildSummary:
     out: Path
     sources: dict[str, SourceCounts] = field(default_factory=dict)
-    rows_per_split: Counter = field(default_factory=Counter)
-    rows_per_modality_split: Counter = field(default_factory=Counter)
-    question_types: Counter = field(default_factory=Counter)
-    zones: Counter = field(default_factory=Counter)
+    stats: Stats = field(default_factory=Stats)  # of every row written
     images: int = 0
     rewrite: dict[str, Any] | None = None  # settings and row statuses (same for same cache)
     llm_usage: dict[str, Any] | None = None  # what this run asked and spent
@@ -111,16 +108,23 @@ class BuildSummary:
         extra = {"rewrite": self.rewrite} if self.rewrite else {}
         if usage and self.llm_usage is not None:
             extra["llm_usage"] = self.llm_usage
+        per_modality_split = self.stats.rows_per_modality_split
+        per_split: Counter = Counter()
+        for (_, split), rows in per_modality_split.items():
+            per_split[split] += rows
+        zones: Counter = Counter()
+        for (_, zone), rows in self.stats.zones.items():
+            zones[zone] += rows
         return {
             "sources": {name: vars(counts) for name, counts in self.sources.items()},
             "images": self.images,
-            "rows": sum(self.rows_per_split.values()),
-            "rows_per_split": {s: self.rows_per_split[s] for s in SPLITS if self.rows_per_split[s]},
+            "rows": self.stats.rows,
+            "rows_per_split": {s: per_split[s] for s in SPLITS if per_split[s]},
             "rows_per_modality_split": {
-                f"{m}/{s}": n for (m, s), n in sorted(self.rows_per_modality_split.items())
+                f"{m}/{s}": n for (m, s), n in sorted(per_modality_split.items())
             },
-            "question_types": dict(sorted(self.question_types.items())),
-            "zones": dict(sorted(self.zones.items())),
+            "question_types": dict(sorted(self.stats.question_types.items())),
+            "zones": dict(sorted(zones.items())),
             **extra,
         }
 
@@ -427,24 +431,20 @@ def _assemble(
         rows = rendered[batch].rows_per_case[case_id]
         summary.sources[request.source.name].rows += rows
         summary.images += rendered[batch].images_per_case.get(case_id, 1)
-    for job, result in zip(jobs, rendered, strict=True):
+    for result in rendered:
         summary.checks.update(((p.sha256, p.split), p.check) for p in result.parts if p.check)
         summary.hashes.update((p.identity, p.sha256) for p in result.parts)
-        summary.rows_per_split.update(result.rows_per_split)
-        summary.question_types.update(result.question_types)
-        summary.zones.update(result.zones)
-        for split, rows in result.rows_per_split.items():
-            summary.rows_per_modality_split[(job.source.modality, split)] += rows
+    summary.stats = Stats.total(result.stats for result in rendered)
 
     files, shards = _link_shards(staging / "data", jobs, rendered)
-    stats = collect_stats(staging)
     public = {r.source.name for r in config.sources if r.source.redistributable}
     shown = [staging / s["path"] for s in shards if s["source"] in public]
     from .plots import write_plots  # matplotlib: only a build that gets this far needs it
 
-    figures = write_plots(stats, staging / "plots", shown)
+    figures = write_plots(summary.stats, staging / "plots", shown)
     card = render_card(
-        summary.as_dict(usage=False), config, shards, templates.count(), _code_version(), stats,
+        summary.as_dict(usage=False), config, shards, templates.count(), _code_version(),
+        summary.stats,
         {name: path.relative_to(staging).as_posix() for name, path in figures.items()},
     )  # fmt: skip
     (staging / "README.md").write_text(card)

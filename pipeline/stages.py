@@ -1,8 +1,8 @@
 """The build's two batch stages, as plain functions over picklable jobs.
 
 - extract_batch: cases -> pixels and facts (the only stage that reads source files),
-  written case by case into one payload file in the store, under a key made of the content hashes of every
-  input file, the source's settings and the extract code.
+  written case by case into one payload file in the store, under a key made of the
+  content hashes of every input file, the source's settings and the extract code.
 - render_batch: a payload -> QA rows -> one Parquet part per split, written by the worker
   that holds the data, under a key made of the extract key, templates, seed, split ratios,
   the duplicates to leave out and the render code. Unless told not to, the same worker
@@ -19,7 +19,6 @@ import os
 import pickle
 import shutil
 import sys
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -39,6 +38,7 @@ from . import (
     render,
     schema,
     splits,
+    stats,
     volume,
     volumeio,
     writer,
@@ -50,6 +50,8 @@ from .render import render_case
 from .shardcheck import CHECK_CODE, ShardResult, check_shard
 from .sources.base import Case
 from .splits import SplitRatios
+from .stats import COLUMNS as STATS_COLUMNS
+from .stats import Stats
 from .writer import SplitWriter
 
 STAGES = sys.modules[__name__]  # this module: the stage functions and their results
@@ -66,7 +68,7 @@ EXTRACT_CODE = (
     dicomseg,
     relations,
 )
-RENDER_CODE = (STAGES, render, qa, splits, schema, writer)
+RENDER_CODE = (STAGES, render, qa, splits, schema, stats, writer)
 
 
 # Runs a stage on every job, each submitted as soon as the iterable yields it; the results
@@ -294,9 +296,7 @@ class RenderResult:
     parts: tuple[Part, ...]
     rows_per_case: dict[str, int] = field(default_factory=dict)
     images_per_case: dict[str, int] = field(default_factory=dict)  # a volume: its slices
-    rows_per_split: Counter = field(default_factory=Counter)
-    question_types: Counter = field(default_factory=Counter)
-    zones: Counter = field(default_factory=Counter)
+    stats: Stats = field(default_factory=Stats)  # of every row written, for the card
 
 
 def _templates(directory: Path | None, digest: str) -> TemplateSet:
@@ -315,6 +315,7 @@ def _write_rows(
     planner = QAPlanner(_templates(job.templates_dir, job.templates_digest), job.seed)
     writers: dict[str, SplitWriter] = {}
     result = RenderResult(key, ())
+    counted: dict[str, list] = {name: [] for name in STATS_COLUMNS}
     for images in read_payload(job.extract.payload):
         if images is None or images[0].case.case_id in job.skip:
             continue
@@ -327,9 +328,9 @@ def _write_rows(
         if split not in writers:
             writers[split] = SplitWriter(staging, split)
         writers[split].add_image_rows(rows)
-        result.rows_per_split[split] += len(rows)
-        result.question_types.update(row["question_type"] for row in rows)
-        result.zones.update(row["zone"] for row in rows if row["zone"] is not None)
+        for name, values in counted.items():
+            values += [row[name] for row in rows]
+    result.stats.add(counted)
     return result, [(split, path) for split in splits.SPLITS if split in writers
                     for path in writers[split].close()]  # fmt: skip
 
@@ -356,9 +357,7 @@ def render_batch(job: RenderJob) -> RenderResult:
         tuple(parts),
         result.rows_per_case,
         result.images_per_case,
-        result.rows_per_split,
-        result.question_types,
-        result.zones,
+        result.stats,
     )
     atomic_pickle(rendered, staging / "result.pkl")
     if folder.exists():

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.build import BuildConfig, SourceRequest, build
+from pipeline.build import BuildConfig, BuildSummary, SourceRequest, build
 from pipeline.card import size_category
 from pipeline.demo import write_busi, write_kvasir
 from pipeline.sources import REGISTRY
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory) -> Path:
+def built_with_summary(tmp_path_factory) -> tuple[Path, BuildSummary]:
     root = tmp_path_factory.mktemp("card-data")
     write_kvasir(root, 6, size=(96, 80))
     write_busi(root, 6, size=(96, 80))
@@ -22,8 +22,12 @@ def built(tmp_path_factory) -> Path:
         SourceRequest(REGISTRY["kvasir_seg"], root / "Kvasir-SEG"),
         SourceRequest(REGISTRY["busi"], root / "Dataset_BUSI_with_GT"),
     )
-    build(BuildConfig(sources, out, progress=False))
-    return out
+    return out, build(BuildConfig(sources, out, progress=False, batch_size=4))
+
+
+@pytest.fixture(scope="module")
+def built(built_with_summary: tuple[Path, BuildSummary]) -> Path:
+    return built_with_summary[0]
 
 
 def test_front_matter_loads_as_a_hub_dataset_card(built: Path) -> None:
@@ -94,3 +98,18 @@ def test_streamed_stats_match_the_rows(built: Path) -> None:
     assert stats.rows == len(rows)
     assert sum(stats.zones.values()) == sum(1 for r in rows if r["zone"])
     assert stats.size_histogram.sum() == sum(1 for r in rows if r["question_type"] == "size")
+
+
+def test_the_stats_counted_at_render_are_those_of_the_folder(
+    built_with_summary: tuple[Path, BuildSummary],
+) -> None:
+    from pipeline.stats import collect_stats
+
+    built, summary = built_with_summary
+    counted, streamed = summary.stats, collect_stats(built)
+    assert counted.rows == streamed.rows > 0
+    assert counted.by_modality_split_type == streamed.by_modality_split_type
+    assert counted.zones == streamed.zones
+    assert counted.patient_sides == streamed.patient_sides
+    assert counted.size_histogram.tolist() == streamed.size_histogram.tolist()
+    assert len(counted.modalities) == 2 and sum(counted.size_histogram) > 0
