@@ -1,6 +1,6 @@
 """The data card's figures (matplotlib, PNG): zones, question types, sizes, a gallery.
 
-Every figure but the gallery comes from Stats (streamed columns); the gallery decodes only
+Every figure but the gallery comes from Stats (the rows' counts); the gallery decodes only
 the few rows it shows.
 """
 
