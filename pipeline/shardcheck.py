@@ -67,13 +67,13 @@ class ShardResult:
     sha256: str | None = None  # the content hash of the shard checked
 
 
-def _distinct(table, column: str) -> tuple[list[int], list[bytes]]:
+def _distinct(table, column: str) -> tuple[list[int], pa.BinaryArray]:
     """Per-row indices into the distinct values of a dictionary-read image column."""
     array = table.column(column).combine_chunks().field("bytes")
-    return array.indices.to_pylist(), array.dictionary.to_pylist()
+    return array.indices.to_pylist(), array.dictionary
 
 
-def _size(data: bytes) -> tuple[int, int]:
+def _size(data: pa.Buffer) -> tuple[int, int]:
     return Image.open(io.BytesIO(data)).size  # header only, no decoding
 
 
@@ -88,7 +88,8 @@ def check_row_group(shard: Path, index: int, split: str) -> ShardResult:
     part.rows = len(rows)
 
     image_ids, image_sizes = [], []
-    for data in images:
+    for value in images:  # read in place: no copy of the row group's images at once
+        data = value.as_buffer()
         image_ids.append(hashlib.sha256(data).hexdigest())
         try:
             image_sizes.append(_size(data))
@@ -108,7 +109,7 @@ def check_row_group(shard: Path, index: int, split: str) -> ShardResult:
     mask_instances: list[list[Instance]] = []
     mask_sizes = []
     decoded: list[np.ndarray | None] = []
-    for m, data in enumerate(masks):
+    for m, data in enumerate(masks.to_pylist()):
         try:
             mask = decode_mask(data)
             decoded.append(mask if m in related else None)

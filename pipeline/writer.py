@@ -23,7 +23,8 @@ import pyarrow.parquet as pq
 
 from .schema import IMAGE_COLUMNS, SCHEMA, schema_with_features
 
-ROW_GROUP_BYTES = 8 * 2**20  # unique image + mask bytes buffered per row group
+ROW_GROUP_BYTES = 4 * 2**20  # unique image + mask bytes buffered per row group (writing or
+# checking one holds a few copies of it at once: kept small, so a worker's peak stays low)
 SHARD_BYTES = 256 * 2**20  # start a new shard past this size
 
 BYTES_LEAVES = [f"{column}.bytes" for column in IMAGE_COLUMNS]

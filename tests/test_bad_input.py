@@ -102,3 +102,27 @@ def test_a_shard_rewritten_with_the_same_rows_fails_its_hash(tmp_path: Path) -> 
     pq.write_table(pq.read_table(shard), shard, compression="gzip")  # same rows, other bytes
     result = validate(out)
     assert result.violations == [f"{shard.name}: content differs from the manifest's hash"]
+
+
+def test_an_image_swapped_for_another_fails_its_hash_and_size(tmp_path: Path) -> None:
+    import io
+
+    import pyarrow.parquet as pq
+
+    folder = write_kvasir(tmp_path, 3, size=(90, 90))
+    out = tmp_path / "out"
+    build(_config(folder, out))
+    shard = sorted((out / "data").glob("*.parquet"))[0]
+    table = pq.read_table(shard)
+    rows = table.to_pylist()
+    other = io.BytesIO()
+    Image.new("RGB", (60, 40), "white").save(other, format="JPEG")
+    swapped = rows[0]["image_id"]
+    for row in rows:
+        if row["image_id"] == swapped:
+            row["image"]["bytes"] = other.getvalue()
+    pq.write_table(type(table).from_pylist(rows, schema=table.schema), shard)
+    result = validate(out)
+    label = f"{shard.name} row {rows[0]['row_id']}"
+    assert f"{label}: image_id is not the SHA-256 of the image bytes" in result.violations
+    assert f"{label}: mask (90, 90) and image (60, 40) differ" in result.violations
