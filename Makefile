@@ -27,8 +27,8 @@ demo: install
 	@echo "MMRS demo build: $(DEMO_OUT)"
 
 lint: install
-	$(BIN)/ruff check pipeline tests benchmarks
-	$(BIN)/ruff format --check pipeline tests benchmarks
+	$(BIN)/ruff check pipeline tests benchmarks flows.py
+	$(BIN)/ruff format --check pipeline tests benchmarks flows.py
 
 test: install lint
 	$(BIN)/python -m pytest -q

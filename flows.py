@@ -17,6 +17,7 @@ named by a parameter.
 from __future__ import annotations
 
 import hashlib
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -112,11 +113,23 @@ def _on(task_runner, prefect_task, desc: str, progress: bool, unit: str = "batch
     wrap = quote if isinstance(task_runner, ThreadPoolTaskRunner) else (lambda job: job)
 
     def run(stage: Callable[[Any], Any], jobs: Iterable[Any]) -> Iterator[Any]:
-        futures = [task_runner.submit(prefect_task, parameters={"job": wrap(job)}) for job in jobs]
-        bar = tqdm(futures, desc=desc, unit=unit, disable=not progress)
-        return (future.result() for future in bar)
+        futures = deque(
+            task_runner.submit(prefect_task, parameters={"job": wrap(job)}) for job in jobs
+        )
+        bar = tqdm(total=len(futures), desc=desc, unit=unit, disable=not progress)
+        return _results(futures, bar)
 
     return run
+
+
+def _results(futures: deque, bar: tqdm) -> Iterator[Any]:
+    """Each future's result in order; a future is let go once its result is taken, so the
+    build holds only the results its caller keeps."""
+    with bar:
+        while futures:
+            result = futures.popleft().result()
+            bar.update()
+            yield result
 
 
 def _on_llm(task_runner, progress: bool):

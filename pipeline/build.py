@@ -363,7 +363,6 @@ def _assemble(
         summary.sources[request.source.name] = SourceCounts()
     records = _Records(config, staging / "errors.jsonl", summary)
     owner: dict[str, str] = {}  # image_id -> source/case that converted it first
-    converted: list[tuple[SourceRequest, str, int]] = []
 
     def reach(case: Case | None) -> SourceRequest | None:
         """Count discovered items up to `case` (to the end for None), recording the
@@ -399,7 +398,6 @@ def _assemble(
                 )
                 continue
             records.add(request, "converted", case.case_id, case.image, None)
-            converted.append((request, case.case_id, job.index))
         return frozenset(skip)
 
     def render_jobs() -> Iterator[RenderJob]:
@@ -427,11 +425,9 @@ def _assemble(
     rendered = list(run_render(render_batch, render_jobs()))
     if rewrite is not None:
         rendered = rewrite(rendered, summary)
-    for request, case_id, batch in converted:
-        rows = rendered[batch].rows_per_case[case_id]
-        summary.sources[request.source.name].rows += rows
-        summary.images += rendered[batch].images_per_case.get(case_id, 1)
-    for result in rendered:
+    for job, result in zip(jobs, rendered, strict=True):  # a batch holds one source
+        summary.sources[job.source.name].rows += result.stats.rows
+        summary.images += result.images
         summary.checks.update(((p.sha256, p.split), p.check) for p in result.parts if p.check)
         summary.hashes.update((p.identity, p.sha256) for p in result.parts)
     summary.stats = Stats.total(result.stats for result in rendered)

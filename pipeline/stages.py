@@ -294,8 +294,7 @@ class Part:
 class RenderResult:
     key: str
     parts: tuple[Part, ...]
-    rows_per_case: dict[str, int] = field(default_factory=dict)
-    images_per_case: dict[str, int] = field(default_factory=dict)  # a volume: its slices
+    images: int = 0  # of the cases rendered (a volume case: its slices)
     stats: Stats = field(default_factory=Stats)  # of every row written, for the card
 
 
@@ -314,15 +313,14 @@ def _write_rows(
     returns the counts and each part with its split."""
     planner = QAPlanner(_templates(job.templates_dir, job.templates_digest), job.seed)
     writers: dict[str, SplitWriter] = {}
-    result = RenderResult(key, ())
     counted: dict[str, list] = {name: [] for name in STATS_COLUMNS}
+    rendered_images = 0
     for images in read_payload(job.extract.payload):
         if images is None or images[0].case.case_id in job.skip:
             continue
         rows = [row for item in images for row in render_case(item, planner, job.ratios)]
         split = rows[0]["split"] if rows else None
-        result.rows_per_case[images[0].case.case_id] = len(rows)
-        result.images_per_case[images[0].case.case_id] = len(images)
+        rendered_images += len(images)
         if split is None:
             continue
         if split not in writers:
@@ -330,9 +328,11 @@ def _write_rows(
         writers[split].add_image_rows(rows)
         for name, values in counted.items():
             values += [row[name] for row in rows]
-    result.stats.add(counted)
-    return result, [(split, path) for split in splits.SPLITS if split in writers
-                    for path in writers[split].close()]  # fmt: skip
+    stats = Stats()
+    stats.add(counted)
+    written = [(split, path) for split in splits.SPLITS if split in writers
+               for path in writers[split].close()]  # fmt: skip
+    return RenderResult(key, (), rendered_images, stats), written
 
 
 def render_batch(job: RenderJob) -> RenderResult:
@@ -352,13 +352,7 @@ def render_batch(job: RenderJob) -> RenderResult:
         rows, identity, sha256 = writer.row_count(path), file_identity(path), file_digest(path)
         check = check_shard(path, split, sha256) if job.check else None
         parts.append(Part(split, folder / path.name, sha256, rows, identity, check))
-    rendered = RenderResult(
-        key,
-        tuple(parts),
-        result.rows_per_case,
-        result.images_per_case,
-        result.stats,
-    )
+    rendered = replace(result, parts=tuple(parts))
     atomic_pickle(rendered, staging / "result.pkl")
     if folder.exists():
         shutil.rmtree(folder)

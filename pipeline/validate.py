@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -106,6 +106,21 @@ def check_job(job: ShardJob) -> ShardResult:
     return part
 
 
+Key = TypeVar("Key")
+
+
+def _place(seen: dict[Key, str | set[str]], key: Key, split: str) -> None:
+    """Note that key is in split: the split's name while it is in one (most are), a set of
+    names once it is in several (a set per key would cost a folder of many images dearly)."""
+    known = seen.setdefault(key, split)
+    if known != split:
+        seen[key] = ({known} if isinstance(known, str) else known) | {split}
+
+
+def _in_several(seen: dict[Key, str | set[str]]) -> list[tuple[Key, set[str]]]:
+    return [(key, splits) for key, splits in seen.items() if isinstance(splits, set)]
+
+
 def validate(
     folder: Path,
     progress: bool = False,
@@ -168,8 +183,8 @@ def validate(
     else:
         done = run(check_job, unknown)
     done = iter(done)
-    patient_splits: dict[tuple[str, str], set[str]] = defaultdict(set)
-    image_splits: dict[str, set[str]] = defaultdict(set)
+    patient_splits: dict[tuple[str, str], str | set[str]] = {}
+    image_splits: dict[str, str | set[str]] = {}
     for index, job in enumerate(jobs):
         part = known[index] if index in known else next(done)
         result.rows += part.rows
@@ -179,15 +194,13 @@ def validate(
         for message in part.violations:
             result.add(f"{job.shard.name} {message}")
         for source, patient_id, split in part.patients:
-            patient_splits[(source, patient_id)].add(split)
+            _place(patient_splits, (source, patient_id), split)
         for image_id, split in part.images:
-            image_splits[image_id].add(split)
-    for (source, patient_id), splits in sorted(patient_splits.items()):
-        if len(splits) > 1:
-            result.add(f"patient leakage: {source}/{patient_id} is in {sorted(splits)}")
-    for image_id, splits in sorted(image_splits.items()):
-        if len(splits) > 1:
-            result.add(f"identical image {image_id[:16]} is in {sorted(splits)}")
+            _place(image_splits, image_id, split)
+    for (source, patient_id), splits in sorted(_in_several(patient_splits)):
+        result.add(f"patient leakage: {source}/{patient_id} is in {sorted(splits)}")
+    for image_id, splits in sorted(_in_several(image_splits)):
+        result.add(f"identical image {image_id[:16]} is in {sorted(splits)}")
     expected = manifest.get("rows_per_split", {})
     if expected != result.rows_per_split:
         result.add(f"manifest rows_per_split {expected} != rows found {result.rows_per_split}")

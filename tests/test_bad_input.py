@@ -126,3 +126,26 @@ def test_an_image_swapped_for_another_fails_its_hash_and_size(tmp_path: Path) ->
     label = f"{shard.name} row {rows[0]['row_id']}"
     assert f"{label}: image_id is not the SHA-256 of the image bytes" in result.violations
     assert f"{label}: mask (90, 90) and image (60, 40) differ" in result.violations
+
+
+def test_a_patient_or_image_in_two_splits_fails_validation(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    folder = write_kvasir(tmp_path, 8, size=(90, 90))
+    out = tmp_path / "out"
+    build(_config(folder, out))
+    train = pq.read_table(sorted((out / "data").glob("train-*.parquet"))[0]).to_pylist()
+    shard = sorted((out / "data").glob("validation-*.parquet"))[0]
+    table = pq.read_table(shard)
+    rows = table.to_pylist()
+    moved = rows[0]["image_id"]
+    for row in rows:
+        if row["image_id"] == moved:  # this image's rows now show a train patient's image
+            row["patient_id"] = train[0]["patient_id"]
+            row["image"], row["image_id"] = train[0]["image"], train[0]["image_id"]
+    pq.write_table(type(table).from_pylist(rows, schema=table.schema), shard)
+    result = validate(out)
+    patient = f"kvasir_seg/{train[0]['patient_id']}"
+    assert f"patient leakage: {patient} is in ['train', 'validation']" in result.violations
+    image = train[0]["image_id"][:16]
+    assert f"identical image {image} is in ['train', 'validation']" in result.violations
