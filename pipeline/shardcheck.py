@@ -77,10 +77,10 @@ def _size(data: pa.Buffer) -> tuple[int, int]:
     return Image.open(io.BytesIO(data)).size  # header only, no decoding
 
 
-def check_row_group(shard: Path, index: int, split: str) -> ShardResult:
-    """Every per-row check of one row group (see the module docstring)."""
+def check_row_group(parquet: pq.ParquetFile, index: int, split: str) -> ShardResult:
+    """Every per-row check of one row group (see the module docstring), of a shard opened
+    with its image columns read as dictionaries."""
     part = ShardResult(split)
-    parquet = pq.ParquetFile(shard, read_dictionary=["image.bytes", "mask.bytes"])
     table = parquet.read_row_group(index)
     image_index, images = _distinct(table, "image")
     mask_index, masks = _distinct(table, "mask")
@@ -186,17 +186,18 @@ def check_shard(shard: Path, split: str, sha256: str) -> ShardResult:
     read is a violation."""
     whole = ShardResult(split, sha256=sha256)
     try:
-        row_groups = pq.ParquetFile(shard).num_row_groups
+        parquet = pq.ParquetFile(shard, read_dictionary=["image.bytes", "mask.bytes"])
     except (pa.ArrowException, OSError) as exc:
         whole.violations.append(f"not a readable Parquet file ({exc})")
         return whole
-    for index in range(row_groups):
-        try:
-            part = check_row_group(shard, index, split)
-        except (pa.ArrowException, OSError) as exc:
-            part = ShardResult(split, violations=[f"row group {index}: {exc}"])
-        whole.rows += part.rows
-        whole.violations += part.violations
-        whole.patients |= part.patients
-        whole.images |= part.images
+    with parquet:
+        for index in range(parquet.num_row_groups):
+            try:
+                part = check_row_group(parquet, index, split)
+            except (pa.ArrowException, OSError) as exc:
+                part = ShardResult(split, violations=[f"row group {index}: {exc}"])
+            whole.rows += part.rows
+            whole.violations += part.violations
+            whole.patients |= part.patients
+            whole.images |= part.images
     return whole
