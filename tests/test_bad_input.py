@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -73,20 +75,37 @@ def test_wrong_layout_and_missing_root_are_one_line_errors(tmp_path: Path) -> No
         build(_config(tmp_path / "empty", tmp_path / "out"))
 
 
-def test_a_tampered_answer_fails_validation(tmp_path: Path) -> None:
+def _built(tmp_path: Path, cases: int = 3) -> Path:
+    """A built Kvasir-SEG folder of `cases` 90x90 demo cases."""
+    out = tmp_path / "out"
+    build(_config(write_kvasir(tmp_path, cases, size=(90, 90)), out))
+    return out
+
+
+def _shard(out: Path, split: str = "") -> Path:
+    return sorted((out / "data").glob(f"{split}*.parquet"))[0]
+
+
+def _edit_rows(shard: Path, edit: Callable[[list[dict]], None]) -> list[dict]:
+    """Rewrite a shard with its rows as `edit` changes them; returns the edited rows."""
     import pyarrow.parquet as pq
 
-    folder = write_kvasir(tmp_path, 3, size=(90, 90))
-    out = tmp_path / "out"
-    build(_config(folder, out))
-    shard = sorted((out / "data").glob("*.parquet"))[0]
     table = pq.read_table(shard)
     rows = table.to_pylist()
-    index = next(i for i, r in enumerate(rows) if r["question_type"] == "position")
-    zone = rows[index]["zone"]
-    wrong = "lower right" if zone != "lower right" else "upper left"
-    rows[index]["answer"] = rows[index]["answer"].replace(zone, wrong)
+    edit(rows)
     pq.write_table(type(table).from_pylist(rows, schema=table.schema), shard)
+    return rows
+
+
+def test_a_tampered_answer_fails_validation(tmp_path: Path) -> None:
+    out = _built(tmp_path)
+
+    def tamper(rows: list[dict]) -> None:
+        row = next(r for r in rows if r["question_type"] == "position")
+        wrong = "lower right" if row["zone"] != "lower right" else "upper left"
+        row["answer"] = row["answer"].replace(row["zone"], wrong)
+
+    _edit_rows(_shard(out), tamper)
     result = validate(out)
     assert not result.ok
     assert any("states zone" in v for v in result.violations)
@@ -95,33 +114,26 @@ def test_a_tampered_answer_fails_validation(tmp_path: Path) -> None:
 def test_a_shard_rewritten_with_the_same_rows_fails_its_hash(tmp_path: Path) -> None:
     import pyarrow.parquet as pq
 
-    folder = write_kvasir(tmp_path, 3, size=(90, 90))
-    out = tmp_path / "out"
-    build(_config(folder, out))
-    shard = sorted((out / "data").glob("*.parquet"))[0]
+    out = _built(tmp_path)
+    shard = _shard(out)
     pq.write_table(pq.read_table(shard), shard, compression="gzip")  # same rows, other bytes
     result = validate(out)
     assert result.violations == [f"{shard.name}: content differs from the manifest's hash"]
 
 
 def test_an_image_swapped_for_another_fails_its_hash_and_size(tmp_path: Path) -> None:
-    import io
-
-    import pyarrow.parquet as pq
-
-    folder = write_kvasir(tmp_path, 3, size=(90, 90))
-    out = tmp_path / "out"
-    build(_config(folder, out))
-    shard = sorted((out / "data").glob("*.parquet"))[0]
-    table = pq.read_table(shard)
-    rows = table.to_pylist()
+    out = _built(tmp_path)
     other = io.BytesIO()
     Image.new("RGB", (60, 40), "white").save(other, format="JPEG")
-    swapped = rows[0]["image_id"]
-    for row in rows:
-        if row["image_id"] == swapped:
-            row["image"]["bytes"] = other.getvalue()
-    pq.write_table(type(table).from_pylist(rows, schema=table.schema), shard)
+
+    def swap(rows: list[dict]) -> None:
+        swapped = rows[0]["image_id"]
+        for row in rows:
+            if row["image_id"] == swapped:
+                row["image"]["bytes"] = other.getvalue()
+
+    shard = _shard(out)
+    rows = _edit_rows(shard, swap)
     result = validate(out)
     label = f"{shard.name} row {rows[0]['row_id']}"
     assert f"{label}: image_id is not the SHA-256 of the image bytes" in result.violations
@@ -131,21 +143,19 @@ def test_an_image_swapped_for_another_fails_its_hash_and_size(tmp_path: Path) ->
 def test_a_patient_or_image_in_two_splits_fails_validation(tmp_path: Path) -> None:
     import pyarrow.parquet as pq
 
-    folder = write_kvasir(tmp_path, 8, size=(90, 90))
-    out = tmp_path / "out"
-    build(_config(folder, out))
-    train = pq.read_table(sorted((out / "data").glob("train-*.parquet"))[0]).to_pylist()
-    shard = sorted((out / "data").glob("validation-*.parquet"))[0]
-    table = pq.read_table(shard)
-    rows = table.to_pylist()
-    moved = rows[0]["image_id"]
-    for row in rows:
-        if row["image_id"] == moved:  # this image's rows now show a train patient's image
-            row["patient_id"] = train[0]["patient_id"]
-            row["image"], row["image_id"] = train[0]["image"], train[0]["image_id"]
-    pq.write_table(type(table).from_pylist(rows, schema=table.schema), shard)
+    out = _built(tmp_path, cases=8)
+    train = pq.read_table(_shard(out, "train")).to_pylist()[0]
+
+    def move(rows: list[dict]) -> None:
+        moved = rows[0]["image_id"]
+        for row in rows:
+            if row["image_id"] == moved:  # this image's rows now show a train patient's image
+                row["patient_id"] = train["patient_id"]
+                row["image"], row["image_id"] = train["image"], train["image_id"]
+
+    _edit_rows(_shard(out, "validation"), move)
     result = validate(out)
-    patient = f"kvasir_seg/{train[0]['patient_id']}"
+    patient = f"kvasir_seg/{train['patient_id']}"
     assert f"patient leakage: {patient} is in ['train', 'validation']" in result.violations
-    image = train[0]["image_id"][:16]
+    image = train["image_id"][:16]
     assert f"identical image {image} is in ['train', 'validation']" in result.violations
