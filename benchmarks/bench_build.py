@@ -26,7 +26,9 @@ Before the first size, one build per worker count runs uncounted (Prefect regist
 flow once). Timing: wall clock of the WHOLE subprocess (fork/exec, interpreter start and
 imports included) for both floor and build, so `ratio = build wall (workers=1) / floor wall`. The
 floor's own work loop, timed inside its process with time.perf_counter, is reported as
-well, with `build wall / floor loop` as a stricter second ratio.
+well, with `build wall / floor loop` as a stricter second ratio. Ratios and speed-up are
+taken between medians; their range over the repeats (each repeat runs the floors and then
+every build, back to back) is printed with them.
 
 Memory: /proc of the subprocess and all its descendants is polled (default every 50 ms):
 peak of the summed VmRSS, peak of the summed Pss (shared copy-on-write pages counted once;
@@ -525,13 +527,25 @@ def summarise(
     one = result["build"].get("1")
     if one:
         result["ratio_build_w1_to_floor_wall"] = one["wall_s"] / result["floor"]["wall_s"]
+        result["ratio_build_w1_to_floor_wall_per_repeat"] = _per_repeat(one, result["floor"])
         result["ratio_build_w1_to_floor_loop"] = one["wall_s"] / result["floor"]["loop_s"]
         result["ratio_build_w1_to_decode_floor_wall"] = (
             one["wall_s"] / result["decode_floor"]["wall_s"]
         )
     if one and "2" in result["build"]:
         result["speedup_w2_vs_w1"] = one["wall_s"] / result["build"]["2"]["wall_s"]
+        result["speedup_w2_vs_w1_per_repeat"] = _per_repeat(one, result["build"]["2"])
     return result
+
+
+def _per_repeat(top: dict[str, Any], bottom: dict[str, Any]) -> list[float]:
+    """top's wall time over bottom's, repeat by repeat: the runs of one repeat follow each
+    other, so the spread of these shows how far the machine's speed drifted between runs."""
+    return [a["wall_s"] / b["wall_s"] for a, b in zip(top["runs"], bottom["runs"], strict=True)]
+
+
+def _spread(values: list[float]) -> str:
+    return f"; per repeat {min(values):.2f}-{max(values):.2f}" if len(values) > 1 else ""
 
 
 # -- report ------------------------------------------------------------------------------------
@@ -578,7 +592,8 @@ def print_size(result: dict[str, Any], repeats: int) -> None:
     if ratio is not None:
         print(
             f"  ratio build(w=1) wall / floor wall  = {ratio:.2f}  "
-            f"(target <= {TARGET_FLOOR_RATIO}: {_verdict(ratio, TARGET_FLOOR_RATIO, True)})"
+            f"(target <= {TARGET_FLOOR_RATIO}: {_verdict(ratio, TARGET_FLOOR_RATIO, True)}"
+            f"{_spread(result['ratio_build_w1_to_floor_wall_per_repeat'])})"
         )
         print(
             f"  ratio build(w=1) wall / floor loop  = "
@@ -594,7 +609,8 @@ def print_size(result: dict[str, Any], repeats: int) -> None:
     if speedup is not None:
         print(
             f"  speed-up workers=2 vs workers=1     = {speedup:.2f}  "
-            f"(target >= {TARGET_SPEEDUP}: {_verdict(speedup, TARGET_SPEEDUP, False)})"
+            f"(target >= {TARGET_SPEEDUP}: {_verdict(speedup, TARGET_SPEEDUP, False)}"
+            f"{_spread(result['speedup_w2_vs_w1_per_repeat'])})"
         )
     unique = output["unique_image_bytes"] + output["unique_mask_bytes"]
     print(
