@@ -62,8 +62,10 @@ class ShardResult:
     split: str
     rows: int = 0
     violations: list[str] = field(default_factory=list)
-    patients: set[tuple[str, str, str]] = field(default_factory=set)  # source, patient, split
-    images: set[tuple[str, str]] = field(default_factory=set)  # image_id, split
+    # Of the shard's rows, all in `split` (a row of another split is a violation): each key
+    # is kept once per shard, with its strings only, since a build holds every shard's.
+    patients: set[tuple[str, str]] = field(default_factory=set)  # (source, patient_id)
+    images: set[str] = field(default_factory=set)  # image_id
     sha256: str | None = None  # the content hash of the shard checked
 
 
@@ -129,8 +131,8 @@ def check_row_group(parquet: pq.ParquetFile, index: int, split: str) -> ShardRes
         label = f"row {row.get('row_id')}"
         if row["split"] != split:
             part.violations.append(f"{label}: split {row['split']!r} in a {split} shard")
-        part.patients.add((row["source"], row["patient_id"], row["split"]))
-        part.images.add((row["image_id"], row["split"]))
+        part.patients.add((sys.intern(row["source"]), row["patient_id"]))
+        part.images.add(row["image_id"])
         if image_ids[i] != row["image_id"]:
             part.violations.append(f"{label}: image_id is not the SHA-256 of the image bytes")
         facts = mask_facts[m]

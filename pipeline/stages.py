@@ -118,7 +118,7 @@ def atomic_pickle(value: object, path: Path) -> None:
     tmp.replace(path)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CaseOutcome:
     """How one case left the extract stage."""
 

@@ -193,10 +193,10 @@ def validate(
             result.add(f"{job.shard.name}: content differs from the manifest's hash")
         for message in part.violations:
             result.add(f"{job.shard.name} {message}")
-        for source, patient_id, split in part.patients:
-            _place(patient_splits, (source, patient_id), split)
-        for image_id, split in part.images:
-            _place(image_splits, image_id, split)
+        for patient in part.patients:
+            _place(patient_splits, patient, part.split)
+        for image_id in part.images:
+            _place(image_splits, image_id, part.split)
     for (source, patient_id), splits in sorted(_in_several(patient_splits)):
         result.add(f"patient leakage: {source}/{patient_id} is in {sorted(splits)}")
     for image_id, splits in sorted(_in_several(image_splits)):

@@ -25,7 +25,7 @@ class LayoutError(ValueError):
     """A data root that does not hold the layout its source expects."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MaskFile:
     """One mask file and what it means: a binary mask of `target`, or a label map."""
 
@@ -39,7 +39,9 @@ class MaskFile:
             raise ValueError(f"{self.path}: a mask file has either a target or labels")
 
 
-@dataclass(frozen=True)
+# Slots: a build holds one Case (and its MaskFiles) per discovered image until its batch
+# is recorded, so every byte per object counts.
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class Case:
     """One image to convert, with everything known about it before reading pixels."""
 
@@ -56,7 +58,7 @@ class Case:
     absent_ok: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Problem:
     """A file discovery could not turn into a case; it is reported, never dropped."""
 
