@@ -139,25 +139,30 @@ def inline_runner(progress: bool, desc: str) -> StageRunner:
     return run
 
 
-def discover(config: BuildConfig) -> list[tuple[SourceRequest, Case | Problem]]:
-    """Every case and problem of every source, in a deterministic order."""
+def discover(config: BuildConfig) -> Iterator[tuple[SourceRequest, Case | Problem]]:
+    """Every case and problem of every source, in a deterministic order, as the sources find
+    them (the sources and their data roots are checked at once)."""
     if not config.sources:
         raise BuildError("no source given (use --source NAME_OR_SPEC=DATA_ROOT)")
     names = [r.source.name for r in config.sources]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise BuildError(f"source(s) given twice: {', '.join(duplicates)}")
-    found = []
     for request in config.sources:
         if not request.data_root.exists():
             raise BuildError(
                 f"data root {request.data_root} for {request.source.name} does not exist"
             )
+    return _found(config.sources)
+
+
+def _found(requests: Iterable[SourceRequest]) -> Iterator[tuple[SourceRequest, Case | Problem]]:
+    for request in requests:
         try:
-            found += [(request, item) for item in request.source.discover(request.data_root)]
+            for item in request.source.discover(request.data_root):
+                yield request, item
         except ValueError as exc:  # LayoutError, SpecError
             raise BuildError(f"{request.source.name}: {exc}") from exc
-    return found
 
 
 def parse_source_arg(
@@ -222,26 +227,23 @@ def plan_extract(
     batch_size: int,
     store: Path,
     reusable: bool = True,
-) -> list[ExtractJob]:
-    """Cases in batches of one source each, in discovery order (see ExtractJob.reusable)."""
-    jobs: list[ExtractJob] = []
+) -> Iterator[ExtractJob]:
+    """Cases in batches of one source each, in discovery order (see ExtractJob.reusable),
+    each batch as soon as it is complete."""
+    index = 0
     batch: list[Case] = []
     current: SourceRequest | None = None
-
-    def close() -> None:
-        if batch and current is not None:
-            meta = SourceMeta.of(current.source)
-            jobs.append(ExtractJob(len(jobs), meta, tuple(batch), store, reusable))
-
     for request, item in discovered:
         if not isinstance(item, Case):
             continue
-        if request is not current or len(batch) >= batch_size:
-            close()
-            batch, current = [], request
+        if batch and (request is not current or len(batch) >= batch_size):
+            yield ExtractJob(index, SourceMeta.of(current.source), tuple(batch), store, reusable)
+            index += 1
+            batch = []
+        current = request
         batch.append(item)
-    close()
-    return jobs
+    if batch:
+        yield ExtractJob(index, SourceMeta.of(current.source), tuple(batch), store, reusable)
 
 
 class _Records:
@@ -307,7 +309,9 @@ def run_build(
                 config, templates_dir=llm.templates(config.templates_dir, store, run_rewrite)
             )
             templates = load_templates(config.templates_dir)
-        jobs = plan_extract(discovered, config.batch_size, store, config.cache_dir is not None)
+        jobs = list(
+            plan_extract(discovered, config.batch_size, store, config.cache_dir is not None)
+        )
         extracted = run_extract(extract_batch, jobs)
         staging = config.out.parent / f".{config.out.name}.partial"
         if staging.exists():

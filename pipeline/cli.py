@@ -10,6 +10,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from functools import partial
+from itertools import islice
 from pathlib import Path
 
 from . import __version__
@@ -66,14 +67,20 @@ def _extract_ahead(args: argparse.Namespace, sources: list[str]) -> Path | None:
     requests = [parse_source_arg(v, slice_axis=args.slice_axis, slices=args.slices)
                 for v in sources]  # fmt: skip
     out = Path(args.out).expanduser()
-    discovered = discover(BuildConfig(tuple(requests), out))  # the flow discovers the same
     store = cache_store(not args.no_cache, args.cache_dir)
     scratch = None
     if store is None:
         out.parent.mkdir(parents=True, exist_ok=True)
         store = scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.ahead-", dir=out.parent))
-    jobs = plan_extract(discovered, args.batch_size, store, reusable=scratch is None)
-    ahead = jobs[: AHEAD_BATCHES * args.workers]
+    # Discovery stops once the first batches are planned: the flow discovers them all.
+    discovered = discover(BuildConfig(tuple(requests), out))
+    try:
+        jobs = plan_extract(discovered, args.batch_size, store, reusable=scratch is None)
+        ahead = list(islice(jobs, AHEAD_BATCHES * args.workers))
+    except BaseException:  # a data root of the wrong layout, found as discovery goes
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+        raise
     start_ahead(args.workers, extract_batch, ahead, ExtractJob.same_batch)
     return scratch
 

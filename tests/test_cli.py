@@ -95,6 +95,19 @@ def test_workers_extract_the_first_batches_while_prefect_starts(
     assert files == json.loads((single / "manifest.json").read_text())["files"]
 
 
+def test_a_wrong_layout_found_while_the_workers_start_leaves_nothing_behind(
+    tmp_path: Path, capsys
+) -> None:
+    """The first batches are planned for the workers as discovery goes: a data root of the
+    wrong layout is the usual one-line error, and the scratch store made for them is gone."""
+    (tmp_path / "data" / "unrelated").mkdir(parents=True)
+    out = tmp_path / "out"
+    args = ["build", "--source", f"busi={tmp_path / 'data'}", "--out", str(out), "-q"]
+    assert main([*args, "--workers", "2", "--no-cache"]) == 2
+    assert "busi: data root" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
 def test_the_command_starts_without_scipy_or_matplotlib() -> None:
     """Neither is needed before a build's workers start (they import scipy) or its card."""
     code = "import sys, pipeline.cli; print(sorted({'scipy', 'matplotlib'} & set(sys.modules)))"
