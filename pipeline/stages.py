@@ -123,7 +123,6 @@ class CaseOutcome:
     """How one case left the extract stage."""
 
     case_id: str
-    file: Path
     status: str  # "converted" | "skipped" | "failed"
     reason: str | None = None
     image_id: str | None = None
@@ -235,16 +234,16 @@ def extract_batch(job: ExtractJob) -> ExtractResult:
             try:
                 images = extract_case(case, job.source)
             except CaseError as exc:
-                outcomes.append(CaseOutcome(case.case_id, case.image, "skipped", str(exc)))
+                outcomes.append(CaseOutcome(case.case_id, "skipped", str(exc)))
             except PixelError as exc:
-                outcomes.append(CaseOutcome(case.case_id, case.image, "failed", str(exc)))
+                outcomes.append(CaseOutcome(case.case_id, "failed", str(exc)))
             except Exception as exc:  # noqa: BLE001 - any other error fails this case only
                 reason = f"{type(exc).__name__}: {exc}"
-                outcomes.append(CaseOutcome(case.case_id, case.image, "failed", reason))
+                outcomes.append(CaseOutcome(case.case_id, "failed", reason))
             else:
                 payload.add(images)
                 image_id = case_image_id(images)
-                outcomes.append(CaseOutcome(case.case_id, case.image, "converted", None, image_id))
+                outcomes.append(CaseOutcome(case.case_id, "converted", None, image_id))
                 continue
             payload.add(None)
     result = ExtractResult(key, payload.path, tuple(outcomes), job.reusable)
