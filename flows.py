@@ -25,6 +25,7 @@ from typing import Any
 from pipeline.orchestration import (
     apply_prefect_defaults,
     cache_store,
+    in_flight,
     make_task_runner,
     on_worker,
     worker_pool,
@@ -104,40 +105,57 @@ expand_task = task(
 LLM_TASKS = {rewrite_batch: rewrite_task, expand_family: expand_task}
 
 
-def _on(task_runner, prefect_task, desc: str, progress: bool, unit: str = "batch") -> StageRunner:
-    """A stage runner that submits each job to the task runner as soon as the jobs yield it
-    (all of them before it returns); results in job order."""
+def _on(
+    task_runner, prefect_task, desc: str, progress: bool, ahead: int, unit: str = "batch"
+) -> StageRunner:
+    """A stage runner that keeps `ahead` jobs submitted to the task runner beyond the one
+    whose result its caller waits for: the workers always have their next jobs, and the
+    jobs are taken from their iterator (for extract: discovery) only that far ahead.
+    Results in job order."""
 
     # A job holds every case of its batch: quoted, Prefect does not walk it for futures.
     # Threads only: Dask delivers the quote as a plain tuple.
     wrap = quote if isinstance(task_runner, ThreadPoolTaskRunner) else (lambda job: job)
 
     def run(stage: Callable[[Any], Any], jobs: Iterable[Any]) -> Iterator[Any]:
-        futures = deque(
+        submitted = (
             task_runner.submit(prefect_task, parameters={"job": wrap(job)}) for job in jobs
         )
-        bar = tqdm(total=len(futures), desc=desc, unit=unit, disable=not progress)
-        return _results(futures, bar)
+        bar = tqdm(desc=desc, unit=unit, disable=not progress)
+        return _results(submitted, ahead, bar)
 
     return run
 
 
-def _results(futures: deque, bar: tqdm) -> Iterator[Any]:
-    """Each future's result in order; a future is let go once its result is taken, so the
-    build holds only the results its caller keeps."""
+def _results(submitted: Iterator[Any], ahead: int, bar: tqdm) -> Iterator[Any]:
+    """Each future's result in order, submitting at most `ahead` futures beyond the one
+    waited for; a future is let go once its result is taken, so the build holds only the
+    results its caller keeps. The bar learns its total once every job is submitted."""
+    futures: deque = deque()
     with bar:
+        for future in submitted:
+            futures.append(future)
+            if len(futures) > ahead:
+                yield _taken(futures, bar)
+        bar.total = bar.n + len(futures)
+        bar.refresh()
         while futures:
-            result = futures.popleft().result()
-            bar.update()
-            yield result
+            yield _taken(futures, bar)
 
 
-def _on_llm(task_runner, progress: bool):
+def _taken(futures: deque, bar: tqdm) -> Any:
+    result = futures.popleft().result()
+    bar.update()
+    return result
+
+
+def _on_llm(task_runner, progress: bool, ahead: int):
     """The LLM stages' runner: each stage function to its own task."""
 
     def run(stage: Callable[[Any], Any], jobs: Iterable[Any]) -> Iterator[Any]:
         unit = "family" if stage is expand_family else "batch"
-        return _on(task_runner, LLM_TASKS[stage], stage.__name__, progress, unit)(stage, jobs)
+        task_run = _on(task_runner, LLM_TASKS[stage], stage.__name__, progress, ahead, unit)
+        return task_run(stage, jobs)
 
     return run
 
@@ -167,10 +185,11 @@ def validate_mmrs(
         worker_pool(runner, workers, dask_address),
         make_task_runner(runner, workers, dask_address) as task_runner,
     ):
+        ahead = in_flight(task_runner, workers)
         result = validate(
             Path(folder),
             store=store,
-            run=_on(task_runner, check_task, "validate", progress, "shard"),
+            run=_on(task_runner, check_task, "validate", progress, ahead, "shard"),
         )
     _report_validation(result, folder)
     return result.as_dict()
@@ -246,11 +265,12 @@ def build_mmrs(
         make_task_runner(runner, workers, dask_address) as task_runner,
         make_task_runner("threads", workers) as llm_threads,
     ):
+        ahead = in_flight(task_runner, workers)
         built = run_build(
             config,
-            _on(task_runner, extract_task, "extract", progress),
-            _on(task_runner, render_task, "render", progress),
-            _on_llm(llm_threads, progress),
+            _on(task_runner, extract_task, "extract", progress, ahead),
+            _on(task_runner, render_task, "render", progress, ahead),
+            _on_llm(llm_threads, progress, in_flight(llm_threads, workers)),
             api_key,
         )
         summary = built.as_dict()
@@ -261,7 +281,7 @@ def build_mmrs(
             result = validate(
                 config.out,
                 store=store,
-                run=_on(task_runner, check_task, "validate", progress, "shard"),
+                run=_on(task_runner, check_task, "validate", progress, ahead, "shard"),
                 checked=built.checks,
                 hash_threads=workers,
                 known_hashes=built.hashes,

@@ -1,5 +1,7 @@
 """`mmrs build`: sources -> cases -> batches -> extract -> render -> shards and records.
 
+The build streams: sources are discovered, planned into batches and extracted as the stage
+runner asks for more work, so it holds the cases of the batches in flight, not all of them.
 A batch is rendered as soon as it and every batch before it are extracted: outcomes are
 recorded in discovery order, and an image identical to one converted earlier is left out.
 The orchestration is written once, here; what runs each batch stage is passed in: a plain
@@ -19,8 +21,9 @@ import tempfile
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
+from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tqdm import tqdm
 
@@ -51,6 +54,7 @@ from .stages import (
 from .stats import Stats
 
 BATCH_SIZE = 256  # cases per extract/render task
+Item = TypeVar("Item")
 
 
 class BuildError(RuntimeError):
@@ -141,7 +145,8 @@ def inline_runner(progress: bool, desc: str) -> StageRunner:
 
 def discover(config: BuildConfig) -> Iterator[tuple[SourceRequest, Case | Problem]]:
     """Every case and problem of every source, in a deterministic order, as the sources find
-    them (the sources and their data roots are checked at once)."""
+    them. The sources and their data roots are checked at once: each source starts now, up
+    to its first item, so a data root of the wrong layout fails before any work."""
     if not config.sources:
         raise BuildError("no source given (use --source NAME_OR_SPEC=DATA_ROOT)")
     names = [r.source.name for r in config.sources]
@@ -153,16 +158,39 @@ def discover(config: BuildConfig) -> Iterator[tuple[SourceRequest, Case | Proble
             raise BuildError(
                 f"data root {request.data_root} for {request.source.name} does not exist"
             )
-    return _found(config.sources)
+    started = [(request, _started(request)) for request in config.sources]
+    return ((request, item) for request, items in started for item in items)
 
 
-def _found(requests: Iterable[SourceRequest]) -> Iterator[tuple[SourceRequest, Case | Problem]]:
-    for request in requests:
-        try:
-            for item in request.source.discover(request.data_root):
-                yield request, item
-        except ValueError as exc:  # LayoutError, SpecError
-            raise BuildError(f"{request.source.name}: {exc}") from exc
+def _started(request: SourceRequest) -> Iterator[Case | Problem]:
+    """The source's items, its discovery run now up to the first one."""
+    items = _found(request)
+    first = deque(islice(items, 1))  # emptied as it is taken: nothing keeps the item
+
+    def taken() -> Iterator[Case | Problem]:
+        while first:
+            yield first.popleft()
+        yield from items
+
+    return taken()
+
+
+def _found(request: SourceRequest) -> Iterator[Case | Problem]:
+    try:
+        yield from request.source.discover(request.data_root)
+    except ValueError as exc:  # LayoutError, SpecError
+        raise BuildError(f"{request.source.name}: {exc}") from exc
+
+
+def _noted(items: Iterable[Item], into: deque[Item]) -> Iterator[Item]:
+    """Each item, appended to `into` as it passes (for a later step that needs it again).
+    Nothing else keeps it: a job's cases go once the job is recorded."""
+
+    def note(item: Item) -> Item:
+        into.append(item)
+        return item
+
+    return map(note, items)
 
 
 def parse_source_arg(
@@ -237,13 +265,21 @@ def plan_extract(
         if not isinstance(item, Case):
             continue
         if batch and (request is not current or len(batch) >= batch_size):
-            yield ExtractJob(index, SourceMeta.of(current.source), tuple(batch), store, reusable)
+            # No local keeps the job while this waits: its cases go once it is recorded.
+            yield ExtractJob(index, SourceMeta.of(current.source), _emptied(batch), store,
+                             reusable)  # fmt: skip
             index += 1
-            batch = []
         current = request
         batch.append(item)
+    item = None  # the last case, in the last batch: the job alone keeps it
     if batch:
-        yield ExtractJob(index, SourceMeta.of(current.source), tuple(batch), store, reusable)
+        yield ExtractJob(index, SourceMeta.of(current.source), _emptied(batch), store, reusable)
+
+
+def _emptied(batch: list[Case]) -> tuple[Case, ...]:
+    cases = tuple(batch)
+    batch.clear()
+    return cases
 
 
 class _Records:
@@ -293,7 +329,7 @@ def run_build(
     run_render = run_render or inline_runner(config.progress, "render")
     run_rewrite = run_rewrite or inline_runner(config.progress, "rewrite")
     templates = load_templates(config.templates_dir)
-    discovered = deque(discover(config))  # consumed by _assemble as it counts them
+    discovered = discover(config)
     _check_out(config)
     config.out.parent.mkdir(parents=True, exist_ok=True)
     # Without a cache, the store sits beside --out so its parts can be hard-linked.
@@ -309,9 +345,17 @@ def run_build(
                 config, templates_dir=llm.templates(config.templates_dir, store, run_rewrite)
             )
             templates = load_templates(config.templates_dir)
-        jobs = list(
-            plan_extract(discovered, config.batch_size, store, config.cache_dir is not None)
-        )
+        # What is discovered and not yet counted, and what is planned and not yet recorded:
+        # as much as the stage runner keeps in flight.
+        uncounted: deque[tuple[SourceRequest, Case | Problem]] = deque()
+        planned: deque[ExtractJob] = deque()
+        jobs = _noted(
+            plan_extract(
+                _noted(discovered, uncounted), config.batch_size, store,
+                config.cache_dir is not None,
+            ),
+            planned,
+        )  # fmt: skip
         extracted = run_extract(extract_batch, jobs)
         staging = config.out.parent / f".{config.out.name}.partial"
         if staging.exists():
@@ -320,8 +364,9 @@ def run_build(
         try:
             rewrite = None if llm is None else _rewriter(llm, store, run_rewrite)
             summary = _assemble(
-                config, staging, templates, discovered, jobs, extracted, run_render, rewrite
-            )
+                config, staging, templates, uncounted, planned, jobs, extracted, run_render,
+                rewrite,
+            )  # fmt: skip
             previous = config.out.parent / f".{config.out.name}.previous"
             if config.out.exists():
                 config.out.replace(previous)
@@ -356,8 +401,9 @@ def _assemble(
     config: BuildConfig,
     staging: Path,
     templates: TemplateSet,
-    discovered: deque[tuple[SourceRequest, Case | Problem]],
-    jobs: list[ExtractJob],
+    uncounted: deque[tuple[SourceRequest, Case | Problem]],
+    planned: deque[ExtractJob],
+    jobs: Iterator[ExtractJob],
     extracted: Iterable[ExtractResult],
     run_render: StageRunner,
     rewrite: Callable[[list[RenderResult], BuildSummary], list[RenderResult]] | None = None,
@@ -371,9 +417,9 @@ def _assemble(
     def reach(case: Case | None) -> SourceRequest | None:
         """Count discovered items up to `case` (to the end for None), recording the
         problems met on the way; returns the case's request. Each item is let go once
-        counted (a build of many cases holds only those not yet counted)."""
-        while discovered:
-            request, item = discovered.popleft()
+        counted."""
+        while uncounted:
+            request, item = uncounted.popleft()
             summary.sources[request.source.name].discovered += 1
             if item is case:
                 return request
@@ -404,14 +450,18 @@ def _assemble(
             records.add(request, "converted", case.case_id, case.image, None)
         return frozenset(skip)
 
+    sources: list[SourceMeta] = []  # of each batch
+
     def render_jobs() -> Iterator[RenderJob]:
         """Each batch's render job, as soon as its extraction and every earlier one's is
-        recorded. What is left to do then needs neither the batch's cases (only its index,
-        source and store) nor their outcomes (render needs the key and payload): both are
-        let go."""
-        for index, result in zip(range(len(jobs)), extracted, strict=True):
-            skip = record(jobs[index], result)
-            jobs[index] = replace(jobs[index], cases=())
+        recorded. What is left to do then needs neither the batch's cases (only its source
+        and store) nor their outcomes (render needs the key and payload): both are let go."""
+        for result in extracted:
+            job = planned.popleft()  # results come in job order
+            skip = record(job, result)
+            sources.append(job.source)
+            store = job.store
+            del job
             yield RenderJob(
                 replace(result, outcomes=()),
                 skip,
@@ -419,9 +469,11 @@ def _assemble(
                 config.ratios,
                 config.templates_dir,
                 templates.digest,
-                jobs[index].store,
+                store,
                 config.check,
             )
+        if planned or next(jobs, None) is not None:
+            raise RuntimeError("the extract stage's runner did not return every batch's result")
         reach(None)
         records.handle.close()
         owner.clear()
@@ -429,14 +481,14 @@ def _assemble(
     rendered = list(run_render(render_batch, render_jobs()))
     if rewrite is not None:
         rendered = rewrite(rendered, summary)
-    for job, result in zip(jobs, rendered, strict=True):  # a batch holds one source
-        summary.sources[job.source.name].rows += result.stats.rows
+    for source, result in zip(sources, rendered, strict=True):  # a batch holds one source
+        summary.sources[source.name].rows += result.stats.rows
         summary.images += result.images
         summary.checks.update(((p.sha256, p.split), p.check) for p in result.parts if p.check)
         summary.hashes.update((p.identity, p.sha256) for p in result.parts)
     summary.stats = Stats.total(result.stats for result in rendered)
 
-    files, shards = _link_shards(staging / "data", jobs, rendered)
+    files, shards = _link_shards(staging / "data", sources, rendered)
     public = {r.source.name for r in config.sources if r.source.redistributable}
     shown = [staging / s["path"] for s in shards if s["source"] in public]
     from .plots import write_plots  # matplotlib: only a build that gets this far needs it
@@ -459,7 +511,7 @@ def _assemble(
 
 
 def _link_shards(
-    folder: Path, jobs: list[ExtractJob], rendered: list[RenderResult]
+    folder: Path, sources: list[SourceMeta], rendered: list[RenderResult]
 ) -> tuple[dict[str, str], list[dict[str, str]]]:
     """Each part becomes data/<split>-<i>-of-<n>.parquet (a hard link where possible).
 
@@ -470,8 +522,8 @@ def _link_shards(
     shards: list[dict[str, str]] = []
     for split in SPLITS:
         parts = [
-            (job.source, part)
-            for job, result in zip(jobs, rendered, strict=True)
+            (source, part)
+            for source, result in zip(sources, rendered, strict=True)
             for part in result.parts
             if part.split == split
         ]

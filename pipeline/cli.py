@@ -72,12 +72,11 @@ def _extract_ahead(args: argparse.Namespace, sources: list[str]) -> Path | None:
     if store is None:
         out.parent.mkdir(parents=True, exist_ok=True)
         store = scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.ahead-", dir=out.parent))
-    # Discovery stops once the first batches are planned: the flow discovers them all.
-    discovered = discover(BuildConfig(tuple(requests), out))
-    try:
+    try:  # discovery stops once the first batches are planned: the flow discovers them all
+        discovered = discover(BuildConfig(tuple(requests), out))
         jobs = plan_extract(discovered, args.batch_size, store, reusable=scratch is None)
         ahead = list(islice(jobs, AHEAD_BATCHES * args.workers))
-    except BaseException:  # a data root of the wrong layout, found as discovery goes
+    except BaseException:  # a data root of the wrong layout
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
         raise

@@ -80,6 +80,19 @@ def make_task_runner(runner: str, workers: int, dask_address: str | None = None)
     raise ValueError(f"unknown runner {runner!r} (expected one of {', '.join(RUNNERS)})")
 
 
+JOBS_AHEAD_PER_SLOT = 2
+
+
+def in_flight(task_runner: Any, workers: int) -> int:
+    """How many jobs a stage keeps submitted beyond the one whose result it waits for: two
+    for each task the runner runs at once (`workers`, or the threads of the Dask cluster it
+    is attached to, as the flow starts). Every worker then has its next job while the stage
+    waits, and a stage never holds the jobs of a whole build."""
+    client = getattr(task_runner, "client", None)  # a DaskTaskRunner's, once it is entered
+    threads = sum(client.nthreads().values()) if client is not None else 0
+    return JOBS_AHEAD_PER_SLOT * max(workers, threads)
+
+
 _POOL: ContextVar[Executor | None] = ContextVar("mmrs_worker_pool", default=None)
 Job = TypeVar("Job")
 Result = TypeVar("Result")

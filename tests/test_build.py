@@ -6,6 +6,7 @@ import gc
 import hashlib
 import json
 import weakref
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -175,3 +176,69 @@ def test_cases_are_let_go_once_their_batch_is_recorded(demo_root: Path, tmp_path
     summary = run_build(_config(demo_root, tmp_path / "out", batch_size=4), extract, render)
     assert len(alive) > 3 and len(cases) == sum(c.discovered for c in summary.sources.values())
     assert alive == [0] * len(alive)
+
+
+def _counted(source_name: str, found: list) -> object:
+    """The registered source, noting in `found` each item it discovers."""
+    source = REGISTRY[source_name]
+
+    def discover(root: Path):
+        for item in source.discover(root):
+            found.append(item)
+            yield item
+
+    return replace(source, discover=discover)
+
+
+def test_discovery_goes_only_as_far_as_the_batches_asked_for(
+    demo_root: Path, tmp_path: Path
+) -> None:
+    """Cases are discovered as the extract stage asks for batches, not all before it."""
+    found: list = []
+    source = _counted("kvasir_seg", found)
+    config = BuildConfig(
+        sources=(SourceRequest(source, demo_root / "Kvasir-SEG"),),
+        out=tmp_path / "out",
+        progress=False,
+        batch_size=4,
+    )
+    discovered_at_extract: list[int] = []
+
+    def extract(stage, jobs):
+        for job in jobs:
+            discovered_at_extract.append(len(found))
+            yield stage(job)
+
+    summary = run_build(config, extract)
+    # 12 cases: a batch is complete when the first case of the next one is found
+    assert discovered_at_extract == [5, 9, 12]
+    assert summary.sources["kvasir_seg"].converted == 12
+
+
+def test_a_later_source_of_the_wrong_layout_fails_before_any_extraction(
+    demo_root: Path, tmp_path: Path
+) -> None:
+    from pipeline.build import BuildError
+
+    wrong = tmp_path / "not_busi"
+    (wrong / "some folder").mkdir(parents=True)
+    config = BuildConfig(
+        sources=(
+            SourceRequest(REGISTRY["kvasir_seg"], demo_root / "Kvasir-SEG"),
+            SourceRequest(REGISTRY["busi"], wrong),
+        ),
+        out=tmp_path / "out",
+        progress=False,
+        batch_size=4,  # the first source's batches are complete before the second starts
+    )
+    extracted: list = []
+
+    def extract(stage, jobs):
+        for job in jobs:
+            extracted.append(job)
+            yield stage(job)
+
+    with pytest.raises(BuildError, match=f"busi: data root {wrong}"):
+        run_build(config, extract)
+    assert extracted == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["not_busi"]

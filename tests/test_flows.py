@@ -182,3 +182,36 @@ def test_a_killed_build_resumes_to_identical_output(prefect_api, tmp_path) -> No
     subprocess.run(command(tmp_path / "resumed", cache), env=env, check=True)
     subprocess.run(command(tmp_path / "straight", tmp_path / "cache2"), env=env, check=True)
     assert _files(tmp_path / "resumed") == _files(tmp_path / "straight")
+
+
+def test_a_stage_keeps_only_its_window_of_jobs_submitted() -> None:
+    """A stage takes a job from its iterator only while fewer than `ahead` jobs beyond the
+    one waited for are submitted; results come in job order."""
+    from flows import _on
+
+    pulled: list[int] = []
+    taken: list[int] = []
+
+    class Done:  # a task run's future, its result noted when taken
+        def __init__(self, value: int) -> None:
+            self.value = value
+
+        def result(self) -> int:
+            taken.append(self.value)
+            return self.value
+
+    class Runner:
+        def submit(self, task, parameters) -> Done:
+            return Done(task(parameters["job"]))
+
+    def jobs():
+        for job in range(10):
+            pulled.append(job)
+            yield job
+
+    in_flight = [
+        len(pulled) - len(taken)
+        for _ in _on(Runner(), lambda job: job * 2, "test", False, 3)(None, jobs())
+    ]
+    assert taken == [job * 2 for job in range(10)]
+    assert in_flight == [3] * 7 + [2, 1, 0]
