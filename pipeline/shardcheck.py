@@ -13,6 +13,7 @@ import hashlib
 import io
 import math
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,30 @@ from .relations import relation
 
 # The code whose change makes a stored check stale.
 CHECK_CODE = (sys.modules[__name__], facts, factcheck, imageio, patient, relations, schema)
+# What crosses shards is kept as fixed-size keys: 128 bits, which no two of any build's
+# patients or images share by chance.
+KEY_BYTES = 16
+KEY = np.dtype(f"S{KEY_BYTES}")
+
+
+def patient_key(source: str, patient_id: str) -> bytes:
+    """A patient's key: a hash of its source (a name without "/") and its id."""
+    return hashlib.blake2b(f"{source}/{patient_id}".encode(), digest_size=KEY_BYTES).digest()
+
+
+def packed(keys: Iterable[bytes]) -> bytes:
+    """Distinct keys, sorted, in one run of KEY_BYTES each."""
+    return np.unique(np.array(list(keys), dtype=KEY)).tobytes()
+
+
+def merged(runs: Iterable[bytes]) -> bytes:
+    """The distinct keys of several runs, in one run."""
+    return np.unique(np.frombuffer(b"".join(runs), dtype=KEY)).tobytes()
+
+
+def unpacked(run: bytes) -> list[bytes]:
+    """The keys of a run, in its order."""
+    return [run[i : i + KEY_BYTES] for i in range(0, len(run), KEY_BYTES)]
 
 
 def _same(expected: Any, found: Any) -> bool:
@@ -62,10 +87,11 @@ class ShardResult:
     split: str
     rows: int = 0
     violations: list[str] = field(default_factory=list)
-    # Of the shard's rows, all in `split` (a row of another split is a violation): each key
-    # is kept once per shard, with its strings only, since a build holds every shard's.
-    patients: set[tuple[str, str]] = field(default_factory=set)  # (source, patient_id)
-    images: set[str] = field(default_factory=set)  # image_id
+    # Of the shard's rows, all in `split` (a row of another split is a violation), packed
+    # (a build holds every shard's): their patients' keys (patient_key) and their images'
+    # (the first KEY_BYTES of the SHA-256 of the image bytes).
+    patients: bytes = b""
+    images: bytes = b""
     sha256: str | None = None  # the content hash of the shard checked
 
 
@@ -92,7 +118,7 @@ def check_row_group(parquet: pq.ParquetFile, index: int, split: str) -> ShardRes
     image_ids, image_sizes = [], []
     for value in images:  # read in place: no copy of the row group's images at once
         data = value.as_buffer()
-        image_ids.append(hashlib.sha256(data).hexdigest())
+        image_ids.append(hashlib.sha256(data).digest())
         try:
             image_sizes.append(_size(data))
         except OSError as exc:
@@ -127,13 +153,13 @@ def check_row_group(parquet: pq.ParquetFile, index: int, split: str) -> ShardRes
             decoded.append(None)
             mask_sizes.append(None)
 
+    patients = set()
     for row, i, m in zip(rows, image_index, mask_index, strict=True):
         label = f"row {row.get('row_id')}"
         if row["split"] != split:
             part.violations.append(f"{label}: split {row['split']!r} in a {split} shard")
-        part.patients.add((sys.intern(row["source"]), row["patient_id"]))
-        part.images.add(row["image_id"])
-        if image_ids[i] != row["image_id"]:
+        patients.add((row["source"], row["patient_id"]))
+        if image_ids[i].hex() != row["image_id"]:
             part.violations.append(f"{label}: image_id is not the SHA-256 of the image bytes")
         facts = mask_facts[m]
         for problem in (image_sizes[i], facts):
@@ -180,6 +206,8 @@ def check_row_group(parquet: pq.ParquetFile, index: int, split: str) -> ShardRes
             else None,
         ):
             part.violations.append(f"{label} ({row['template_id']}): {problem}")
+    part.patients = packed(patient_key(source, patient_id) for source, patient_id in patients)
+    part.images = packed(image_ids[i][:KEY_BYTES] for i in set(image_index))
     return part
 
 
@@ -192,6 +220,7 @@ def check_shard(shard: Path, split: str, sha256: str) -> ShardResult:
     except (pa.ArrowException, OSError) as exc:
         whole.violations.append(f"not a readable Parquet file ({exc})")
         return whole
+    patients, images = [], []
     with parquet:
         for index in range(parquet.num_row_groups):
             try:
@@ -200,6 +229,7 @@ def check_shard(shard: Path, split: str, sha256: str) -> ShardResult:
                 part = ShardResult(split, violations=[f"row group {index}: {exc}"])
             whole.rows += part.rows
             whole.violations += part.violations
-            whole.patients |= part.patients
-            whole.images |= part.images
+            patients.append(part.patients)
+            images.append(part.images)
+    whole.patients, whole.images = merged(patients), merged(images)
     return whole

@@ -20,14 +20,22 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from .schema import SCHEMA
-from .shardcheck import CHECK_CODE, ShardResult, check_shard
+from .shardcheck import (
+    CHECK_CODE,
+    KEY,
+    ShardResult,
+    check_shard,
+    patient_key,
+    unpacked,
+)
 from .splits import SPLITS
 from .stages import (
     FileIdentity,
@@ -106,19 +114,38 @@ def check_job(job: ShardJob) -> ShardResult:
     return part
 
 
-Key = TypeVar("Key")
+def _in_several(runs: dict[str, list[bytes]]) -> list[tuple[bytes, list[str]]]:
+    """The keys found in more than one split (each split's shards' runs of keys), sorted,
+    each with its splits."""
+    per_split = {
+        split: np.unique(np.frombuffer(b"".join(run), dtype=KEY))
+        for split, run in sorted(runs.items())
+    }
+    every = [np.array([], dtype=KEY), *per_split.values()]
+    found, count = np.unique(np.concatenate(every), return_counts=True)
+    several = found[count > 1]
+    where = {split: np.isin(several, keys) for split, keys in per_split.items()}
+    return [
+        (key, [split for split in per_split if where[split][index]])
+        for index, key in enumerate(unpacked(several.tobytes()))
+    ]
 
 
-def _place(seen: dict[Key, str | set[str]], key: Key, split: str) -> None:
-    """Note that key is in split: the split's name while it is in one (most are), a set of
-    names once it is in several (a set per key would cost a folder of many images dearly)."""
-    known = seen.setdefault(key, split)
-    if known != split:
-        seen[key] = ({known} if isinstance(known, str) else known) | {split}
-
-
-def _in_several(seen: dict[Key, str | set[str]]) -> list[tuple[Key, set[str]]]:
-    return [(key, splits) for key, splits in seen.items() if isinstance(splits, set)]
+def _patients_named(
+    jobs: list[ShardJob], leaked: dict[bytes, list[str]]
+) -> list[tuple[str, list[str]]]:
+    """The patients (source/patient_id) behind leaked keys, each with the splits of the
+    shards that hold it, read back from the shards' own columns."""
+    splits: dict[str, set[str]] = defaultdict(set)
+    for job in jobs:
+        try:
+            table = pq.read_table(job.shard, columns=["source", "patient_id"])
+        except (pa.ArrowException, OSError):  # already reported as unreadable
+            continue
+        for source, patient_id in set(zip(*table.to_pydict().values(), strict=True)):
+            if patient_key(source, patient_id) in leaked:
+                splits[f"{source}/{patient_id}"].add(job.split)
+    return sorted((name, sorted(found)) for name, found in splits.items() if len(found) > 1)
 
 
 def validate(
@@ -183,8 +210,8 @@ def validate(
     else:
         done = run(check_job, unknown)
     done = iter(done)
-    patient_splits: dict[tuple[str, str], str | set[str]] = {}
-    image_splits: dict[str, str | set[str]] = {}
+    patients: dict[str, list[bytes]] = defaultdict(list)  # split -> its shards' key runs
+    images: dict[str, list[bytes]] = defaultdict(list)
     for index, job in enumerate(jobs):
         part = known[index] if index in known else next(done)
         result.rows += part.rows
@@ -193,14 +220,13 @@ def validate(
             result.add(f"{job.shard.name}: content differs from the manifest's hash")
         for message in part.violations:
             result.add(f"{job.shard.name} {message}")
-        for patient in part.patients:
-            _place(patient_splits, patient, part.split)
-        for image_id in part.images:
-            _place(image_splits, image_id, part.split)
-    for (source, patient_id), splits in sorted(_in_several(patient_splits)):
-        result.add(f"patient leakage: {source}/{patient_id} is in {sorted(splits)}")
-    for image_id, splits in sorted(_in_several(image_splits)):
-        result.add(f"identical image {image_id[:16]} is in {sorted(splits)}")
+        patients[part.split].append(part.patients)
+        images[part.split].append(part.images)
+    leaked = dict(_in_several(patients))
+    for name, splits in _patients_named(jobs, leaked) if leaked else []:
+        result.add(f"patient leakage: {name} is in {splits}")
+    for key, splits in _in_several(images):
+        result.add(f"identical image {key.hex()[:16]} is in {splits}")
     expected = manifest.get("rows_per_split", {})
     if expected != result.rows_per_split:
         result.add(f"manifest rows_per_split {expected} != rows found {result.rows_per_split}")

@@ -140,6 +140,28 @@ def test_an_image_swapped_for_another_fails_its_hash_and_size(tmp_path: Path) ->
     assert f"{label}: mask (90, 90) and image (60, 40) differ" in result.violations
 
 
+def test_keys_in_several_splits_are_found_exactly_whatever_their_bytes() -> None:
+    """Cross-split keys are fixed-size bytes: one that ends in zero bytes, or is all zero,
+    is kept and compared whole."""
+    from pipeline.shardcheck import merged, packed, unpacked
+    from pipeline.validate import _in_several
+
+    zero, tail, other = bytes(16), b"\x07" * 15 + b"\x00", b"\x07" * 16
+    assert unpacked(packed([other, tail, zero, tail])) == [zero, tail, other]
+    assert merged([packed([tail]), packed([zero, tail])]) == packed([zero, tail])
+    runs = {
+        "train": [packed([tail, other]), packed([zero])],
+        "validation": [packed([other])],
+        "test": [packed([zero]), packed([tail])],
+    }
+    assert _in_several(runs) == [
+        (zero, ["test", "train"]),
+        (tail, ["test", "train"]),
+        (other, ["train", "validation"]),
+    ]
+    assert _in_several({"train": [packed([zero, tail])], "test": [b""]}) == []
+
+
 def test_a_patient_or_image_in_two_splits_fails_validation(tmp_path: Path) -> None:
     import pyarrow.parquet as pq
 
