@@ -38,6 +38,42 @@ def _config(folder: Path, out: Path, strict: bool = False) -> BuildConfig:
     )
 
 
+def test_discovery_pairs_by_stem_in_name_order_and_reports_every_unpaired_file(
+    tmp_path: Path,
+) -> None:
+    from pipeline.sources.base import Case, MaskFile, Problem, files, image_files, pair_by_stem
+
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    for folder, names in ((images, ["b.png", "a.jpg", "a.png", "c.JPG", "notes.txt"]),
+                          (masks, ["a.png", "b.png", "zz.png", "y_mask.png"])):  # fmt: skip
+        folder.mkdir()
+        for name in names:
+            (folder / name).write_bytes(b"")
+    (images / "folder.png").mkdir()  # not a file
+
+    listed = image_files(images)
+    assert list(listed) == [images / n for n in ("a.jpg", "a.png", "b.png", "c.JPG")]
+    assert listed[1:3] == [images / "a.png", images / "b.png"] and len(listed) == 4
+    assert list(files(masks, "*_mask.png")) == [masks / "y_mask.png"]
+
+    def case(image: Path, mask: Path) -> Case:
+        return Case("s", image.name, image.name, image, (MaskFile(mask, "t"),))
+
+    found = [
+        (item.image.name, item.masks[0].path.name) if isinstance(item, Case)
+        else (item.file.name, item.reason) if isinstance(item, Problem) else item
+        for item in pair_by_stem("s", listed, image_files(masks), case)
+    ]  # fmt: skip
+    assert found == [
+        ("a.jpg", "a.png"),  # two images of one stem share its mask, as each pairs by stem
+        ("a.png", "a.png"),
+        ("b.png", "b.png"),
+        ("c.JPG", "image has no mask"),
+        ("y_mask.png", "mask has no image"),
+        ("zz.png", "mask has no image"),
+    ]
+
+
 def test_bad_cases_are_reported_and_counted(broken: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     summary = build(_config(broken, out))

@@ -8,8 +8,10 @@ no pixels: that is the converter's job.
 
 from __future__ import annotations
 
+import fnmatch
+import os
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -110,9 +112,41 @@ def stem(path: Path | str) -> str:
     return name.split(".", 1)[0] if not name.startswith(".") else name
 
 
-def image_files(folder: Path) -> list[Path]:
+class Files(Sequence[Path]):
+    """Files of one folder, sorted by name; each path is made when it is asked for.
+
+    A source's discovery holds its listing until its last case: as names, it costs a
+    fraction of what a list of paths would (a path keeps its parsed parts).
+    """
+
+    def __init__(self, folder: Path, names: Iterable[str]) -> None:
+        self.folder = folder
+        self.names = sorted(names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, index):  # an int gives a Path, a slice a list of them
+        if isinstance(index, slice):
+            return [self.folder / name for name in self.names[index]]
+        return self.folder / self.names[index]
+
+
+def _listed(folder: Path, keep: Callable[[str], bool]) -> Files:
+    with os.scandir(folder) as entries:
+        return Files(
+            folder, [entry.name for entry in entries if keep(entry.name) and entry.is_file()]
+        )
+
+
+def files(folder: Path, pattern: str = "*") -> Files:
+    """The files directly in a folder whose names match a glob pattern, sorted by name."""
+    return _listed(folder, lambda name: fnmatch.fnmatchcase(name, pattern))
+
+
+def image_files(folder: Path) -> Files:
     """Image files directly in a folder, sorted by name."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return _listed(folder, lambda name: os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES)
 
 
 def find_root(data_root: Path, holds: Callable[[Path], bool], expected: str) -> Path:
@@ -136,24 +170,24 @@ def find_root(data_root: Path, holds: Callable[[Path], bool], expected: str) -> 
 def pair_by_stem(
     source: str,
     images: Iterable[Path],
-    masks: Iterable[Path],
+    masks: Sequence[Path],
     make_case: Callable[[Path, Path], Case],
     image_key: Callable[[Path], str] = stem,
     mask_key: Callable[[Path], str] = stem,
 ) -> Iterator[Discovered]:
     """Pair images and masks by key; unpaired files of either side become Problems."""
-    by_key: dict[str, Path] = {}
-    for mask in masks:
-        by_key.setdefault(mask_key(mask), mask)
-    used: set[str] = set()
+    by_key: dict[str, int] = {}  # key -> the first mask's index (indices: no path is kept)
+    for index, mask in enumerate(masks):
+        by_key.setdefault(mask_key(mask), index)
+    used = bytearray(len(masks))
     for image in images:
         key = image_key(image)
-        mask = by_key.get(key)
-        if mask is None:
+        index = by_key.get(key)
+        if index is None:
             yield Problem(source, image, "image has no mask", key)
             continue
-        used.add(key)
-        yield make_case(image, mask)
-    for key, mask in sorted(by_key.items()):
-        if key not in used:
-            yield Problem(source, mask, "mask has no image", key)
+        used[index] = True
+        yield make_case(image, masks[index])
+    for key, index in sorted(by_key.items()):
+        if not used[index]:
+            yield Problem(source, masks[index], "mask has no image", key)

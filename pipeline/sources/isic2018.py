@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from .base import Case, Discovered, MaskFile, SourceInfo, find_root, pair_by_stem, stem
+from .base import Case, Discovered, MaskFile, SourceInfo, files, find_root, pair_by_stem, stem
 
 NAME = "isic2018"
 TARGET = "skin lesion"
@@ -27,7 +27,7 @@ def discover(data_root: Path) -> Iterator[Discovered]:
     for input_dir in _inputs(root):
         official = _INPUT.fullmatch(input_dir.name).group(1)
         truth = root / f"ISIC2018_Task1_{official}_GroundTruth"
-        masks = sorted(truth.glob("ISIC_*_segmentation.png")) if truth.is_dir() else []
+        masks = files(truth, "ISIC_*_segmentation.png") if truth.is_dir() else []
         split = SPLITS[official]
 
         def make_case(image: Path, mask: Path, split: str = split) -> Case:
@@ -43,7 +43,7 @@ def discover(data_root: Path) -> Iterator[Discovered]:
 
         yield from pair_by_stem(
             NAME,
-            sorted(input_dir.glob("ISIC_*.jpg")),
+            files(input_dir, "ISIC_*.jpg"),
             masks,
             make_case,
             mask_key=lambda mask: stem(mask).removesuffix("_segmentation"),
