@@ -42,7 +42,6 @@ from tqdm import tqdm  # noqa: E402
 
 from pipeline.build import BuildConfig, BuildError, parse_source_arg, run_build  # noqa: E402
 from pipeline.expand import expand_family  # noqa: E402
-from pipeline.malloc import keep_freed_buffers  # noqa: E402
 from pipeline.publish import publish  # noqa: E402
 from pipeline.rewrite import rewrite_batch, rewrite_config  # noqa: E402
 from pipeline.shardcheck import ShardResult  # noqa: E402
@@ -179,7 +178,6 @@ def validate_mmrs(
     progress: bool = False,
 ) -> dict:
     """Check a built folder against the row contract (see pipeline/validate.py)."""
-    keep_freed_buffers()
     store = cache_store(cache, cache_dir)
     with (
         worker_pool(runner, workers, dask_address),
@@ -234,7 +232,6 @@ def build_mmrs(
     rewrite: none | paraphrase | expand-templates (see pipeline/rewrite.py). The LLM key
     comes from OPENAI_API_KEY, or from the Prefect Secret block named llm_api_key_secret.
     """
-    keep_freed_buffers()
     store = cache_store(cache, cache_dir)
     rewriting = rewrite_config(
         rewrite, llm_model, llm_base_url, llm_concurrency, llm_rate_limit, llm_timeout,

@@ -206,7 +206,8 @@ def on_worker(stage: Callable[[Job], Result], job: Job) -> Result:
     started ahead, if it was), else in this thread.
 
     Either way the process that runs it keeps its freed buffers (pipeline/malloc.py),
-    whichever runner started it.
+    whichever runner started it; a flow's process whose tasks go to the pool does not
+    (it converts no images, and would only hold on to what it frees).
     """
     pool = _POOL.get()
     if pool is None:
