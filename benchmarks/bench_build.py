@@ -32,10 +32,11 @@ every build, back to back) is printed with them.
 
 Memory: /proc of the subprocess and all its descendants is polled (default every 50 ms):
 peak of the summed VmRSS, peak of the summed Pss (shared copy-on-write pages counted once;
-read at every 20th sample only, as reading it takes the measured processes' time) and the
-largest single-process VmHWM. os.wait4's ru_maxrss of the child (itself and its
-reaped workers, max not sum) is recorded in the JSON only: Linux also counts in it the
-pre-exec copy of the benchmark process that forked the child.
+read at every 20th sample, and at a new high of the summed VmRSS at most every 4th, as
+reading it takes the measured processes' time) and the largest single-process VmHWM.
+os.wait4's ru_maxrss of the child (itself and its reaped workers, max not sum) is recorded
+in the JSON only: Linux also counts in it the pre-exec copy of the benchmark process that
+forked the child.
 
 Only the standard library, NumPy, Pillow and the project itself (with its own pyarrow, to
 read the output back) are used. Every temporary folder is removed and every process it
@@ -192,11 +193,9 @@ def _children_by_scan(pid: int) -> list[int]:
     return found
 
 
-def _process_memory(pid: int, with_pss: bool) -> tuple[int, int, int] | None:
-    """(VmRSS, VmHWM, Pss) of one process in kB (Pss None unless asked); None when it is
-    gone."""
+def _process_memory(pid: int) -> tuple[int, int] | None:
+    """(VmRSS, VmHWM) of one process in kB; None when it is gone."""
     rss = hwm = 0
-    pss = None
     try:
         with open(f"/proc/{pid}/status") as handle:
             for line in handle:
@@ -204,20 +203,21 @@ def _process_memory(pid: int, with_pss: bool) -> tuple[int, int, int] | None:
                     rss = int(line.split()[1])
                 elif line.startswith("VmHWM:"):
                     hwm = int(line.split()[1])
-        if with_pss:
-            try:
-                with open(f"/proc/{pid}/smaps_rollup") as handle:
-                    for line in handle:
-                        if line.startswith("Pss:"):
-                            pss = int(line.split()[1])
-                            break
-            except (FileNotFoundError, PermissionError):
-                pss = rss
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
+    except OSError:  # gone
         return None
+    return rss, hwm
+
+
+def _process_pss(pid: int) -> int | None:
+    """Pss of one process in kB; None when it cannot be read (gone, or not ours)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as handle:
+            for line in handle:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
     except OSError:
         return None
-    return rss, hwm, pss
+    return None
 
 
 class MemoryPoller(threading.Thread):
@@ -225,8 +225,11 @@ class MemoryPoller(threading.Thread):
 
     # Reading Pss (smaps_rollup walks every mapping of a process, under its memory lock)
     # costs milliseconds per process: done at every sample it would take a good part of a
-    # core from the measured build. Pss is read every PSS_EVERY-th sample only.
+    # core from the measured build. Pss is read every PSS_EVERY-th sample, and at a new
+    # high of the summed VmRSS (where Pss peaks too) at most every PSS_AT_HIGH_EVERY-th:
+    # once a second alone missed the peaks of short runs by tens of MB.
     PSS_EVERY = 20
+    PSS_AT_HIGH_EVERY = 4
 
     def __init__(self, pid: int, interval: float, timeout: float) -> None:
         super().__init__(daemon=True)
@@ -239,6 +242,7 @@ class MemoryPoller(threading.Thread):
         self.peak_single_kb = 0
         self.max_processes = 0
         self.samples = 0
+        self.last_pss_sample = -self.PSS_AT_HIGH_EVERY
         self.timed_out = False
 
     def sample(self) -> None:
@@ -246,23 +250,27 @@ class MemoryPoller(threading.Thread):
         while index < len(pids):
             pids += _children(pids[index])
             index += 1
-        with_pss = self.samples % self.PSS_EVERY == 0
-        rss_sum = pss_sum = alive = 0
+        alive: dict[int, int] = {}  # pid -> VmRSS
         for pid in pids:
-            memory = _process_memory(pid, with_pss)
+            memory = _process_memory(pid)
             if memory is None:
                 continue
-            rss, hwm, pss = memory
-            alive += 1
-            rss_sum += rss
-            pss_sum += pss or 0
+            rss, hwm = memory
+            alive[pid] = rss
             self.peak_single_kb = max(self.peak_single_kb, hwm, rss)
-        if alive:
-            self.samples += 1
-            self.peak_rss_sum_kb = max(self.peak_rss_sum_kb, rss_sum)
-            if with_pss:
-                self.peak_pss_sum_kb = max(self.peak_pss_sum_kb, pss_sum)
-            self.max_processes = max(self.max_processes, alive)
+        if not alive:
+            return
+        rss_sum = sum(alive.values())
+        high = rss_sum > self.peak_rss_sum_kb
+        if self.samples % self.PSS_EVERY == 0 or (
+            high and self.samples - self.last_pss_sample >= self.PSS_AT_HIGH_EVERY
+        ):
+            self.last_pss_sample = self.samples
+            pss_sum = sum(_process_pss(pid) or rss for pid, rss in alive.items())
+            self.peak_pss_sum_kb = max(self.peak_pss_sum_kb, pss_sum)
+        self.samples += 1
+        self.peak_rss_sum_kb = max(self.peak_rss_sum_kb, rss_sum)
+        self.max_processes = max(self.max_processes, len(alive))
 
     def run(self) -> None:
         while not self.stopped.is_set():
@@ -795,8 +803,8 @@ def main(argv: list[str] | None = None) -> int:
         "wall s = whole subprocess (interpreter start and imports included) for floor and "
         "build alike; the build includes its final validation.\n"
         f"RSS/PSS sum = peak over {args.interval * 1000:.0f} ms samples of the process tree's "
-        f"summed VmRSS / Pss (Pss every {MemoryPoller.PSS_EVERY}th sample); max proc = largest "
-        "single-process VmHWM."
+        f"summed VmRSS / Pss (Pss every {MemoryPoller.PSS_EVERY}th sample, and at new highs of "
+        "the RSS sum); max proc = largest single-process VmHWM."
     )
     for result in results:
         print_size(result, args.repeats)
