@@ -23,8 +23,11 @@ cost (interpreter, imports, Prefect's flow run, the card's figures), which a lar
 amortises.
 
 Before the first size, one build per worker count runs uncounted (Prefect registers the
-flow once). Timing: wall clock of the WHOLE subprocess (fork/exec, interpreter start and
-imports included) for both floor and build, so `ratio = build wall (workers=1) / floor wall`. The
+flow once). Before every timed run, floors included, the inputs are read once, untimed: each
+run starts with them in the page cache, whatever the run before it left there.
+
+Timing: wall clock of the WHOLE subprocess (fork/exec, interpreter start and imports
+included) for both floor and build, so `ratio = build wall (workers=1) / floor wall`. The
 floor's own work loop, timed inside its process with time.perf_counter, is reported as
 well, with `build wall / floor loop` as a stricter second ratio. Ratios and speed-up are
 taken between medians; their range over the repeats (each repeat runs the floors and then
@@ -428,6 +431,17 @@ def build_command(
     ]  # fmt: skip
 
 
+def read_inputs(root: Path) -> None:
+    """Read every input file once (untimed), so that each timed run starts with its inputs
+    in the page cache whatever the runs before it left there: a kernel may page out files
+    not touched for a while, and a run that follows a long one would read from disk."""
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            with path.open("rb") as handle:
+                while handle.read(1 << 20):
+                    pass
+
+
 def bench_size(
     count: int, args: argparse.Namespace, env: dict[str, str], warm_up: bool = False
 ) -> dict[str, Any]:
@@ -453,11 +467,13 @@ def bench_size(
         for repeat in range(args.repeats):
             for mode, series in (("encode", floor), ("decode", decode_floor)):
                 command = [python, "-c", FLOOR_CODE, str(root), mode]
+                read_inputs(root)
                 measured = run_measured(command, PROJECT, args.interval, args.timeout, env)
                 _check(measured, f"floor ({mode}) N={count}")
                 series.add(measured, **json.loads(measured.stdout.strip().splitlines()[-1]))
             for workers in args.workers:
                 command = build_command(python, root, out, workers, args)
+                read_inputs(root)
                 measured = run_measured(command, PROJECT, args.interval, args.timeout, env)
                 _check(measured, f"build N={count} workers={workers}")
                 manifest = json.loads((out / "manifest.json").read_text())
