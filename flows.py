@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sized
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +120,8 @@ def _on(
         submitted = (
             task_runner.submit(prefect_task, parameters={"job": wrap(job)}) for job in jobs
         )
-        bar = tqdm(desc=desc, unit=unit, disable=not progress)
+        total = len(jobs) if isinstance(jobs, Sized) else None  # else known at the end
+        bar = tqdm(total=total, desc=desc, unit=unit, disable=not progress)
         return _results(submitted, ahead, bar)
 
     return run
