@@ -28,14 +28,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from .schema import SCHEMA
-from .shardcheck import (
-    CHECK_CODE,
-    KEY,
-    ShardResult,
-    check_shard,
-    patient_key,
-    unpacked,
-)
+from .shardcheck import CHECK_CODE, KEY, ShardResult, check_shard, merged, patient_key, unpacked
 from .splits import SPLITS
 from .stages import (
     FileIdentity,
@@ -118,8 +111,7 @@ def _in_several(runs: dict[str, list[bytes]]) -> list[tuple[bytes, list[str]]]:
     """The keys found in more than one split (each split's shards' runs of keys), sorted,
     each with its splits."""
     per_split = {
-        split: np.unique(np.frombuffer(b"".join(run), dtype=KEY))
-        for split, run in sorted(runs.items())
+        split: np.frombuffer(merged(run), dtype=KEY) for split, run in sorted(runs.items())
     }
     every = [np.array([], dtype=KEY), *per_split.values()]
     found, count = np.unique(np.concatenate(every), return_counts=True)
