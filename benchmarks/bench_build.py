@@ -33,13 +33,16 @@ well, with `build wall / floor loop` as a stricter second ratio. Ratios and spee
 taken between medians; their range over the repeats (each repeat runs the floors and then
 every build, back to back) is printed with them.
 
-Memory: /proc of the subprocess and all its descendants is polled (default every 50 ms):
-peak of the summed VmRSS, peak of the summed Pss (shared copy-on-write pages counted once;
-read at every 20th sample, and at a new high of the summed VmRSS at most every 4th, as
-reading it takes the measured processes' time) and the largest single-process VmHWM.
-os.wait4's ru_maxrss of the child (itself and its reaped workers, max not sum) is recorded
-in the JSON only: Linux also counts in it the pre-exec copy of the benchmark process that
-forked the child.
+Memory: each repeat runs every build a second time, untimed, while /proc of the subprocess
+and all its descendants is polled (default every 50 ms): peak of the summed VmRSS, peak of
+the summed Pss (shared copy-on-write pages counted once; read at every 5th sample and at
+every new high of the summed VmRSS) and the largest single-process VmHWM. Polling takes
+CPU from the measured processes (one Pss read of a build process takes milliseconds), and
+with two workers on two cores there is none to spare: polled, a two-worker build ran about
+7% longer. So no timed run is polled. The floor, a single process, reports its own VmHWM.
+os.wait4's ru_maxrss of a polled build (itself and its reaped workers, max not sum) is
+recorded in the JSON only: Linux also counts in it the pre-exec copy of the benchmark
+process that forked the child.
 
 Only the standard library, NumPy, Pillow and the project itself (with its own pyarrow, to
 read the output back) are used. Every temporary folder is removed and every process it
@@ -116,8 +119,10 @@ for path in images:
         encoded += len(buffer.getvalue())
         masks += 1
 loop = time.perf_counter() - start
+hwm = [line for line in open("/proc/self/status") if line.startswith("VmHWM:")]
 print(json.dumps({"loop_s": loop, "images": len(images), "masks_encoded": masks,
-                  "image_bytes": kept, "mask_bytes": encoded}))
+                  "image_bytes": kept, "mask_bytes": encoded,
+                  "vm_hwm_mb": int(hwm[0].split()[1]) / 1024}))
 """.replace("INPUT_DIR", repr(INPUT_DIR)).replace("TRUTH_DIR", repr(TRUTH_DIR))
 
 
@@ -224,20 +229,20 @@ def _process_pss(pid: int) -> int | None:
 
 
 class MemoryPoller(threading.Thread):
-    """Polls the memory of a process tree until stopped; kills the tree past a deadline."""
+    """Polls the memory of a process tree until stopped (unless told not to measure); kills
+    the tree past a deadline."""
 
     # Reading Pss (smaps_rollup walks every mapping of a process, under its memory lock)
-    # costs milliseconds per process: done at every sample it would take a good part of a
-    # core from the measured build. Pss is read every PSS_EVERY-th sample, and at a new
-    # high of the summed VmRSS (where Pss peaks too) at most every PSS_AT_HIGH_EVERY-th:
-    # once a second alone missed the peaks of short runs by tens of MB.
-    PSS_EVERY = 20
-    PSS_AT_HIGH_EVERY = 4
+    # costs milliseconds per process, so it is read every PSS_EVERY-th sample and at each
+    # new high of the summed VmRSS (where Pss peaks too): once a second alone missed the
+    # peaks of short runs by tens of MB.
+    PSS_EVERY = 5
 
-    def __init__(self, pid: int, interval: float, timeout: float) -> None:
+    def __init__(self, pid: int, interval: float, timeout: float, measure: bool) -> None:
         super().__init__(daemon=True)
         self.pid = pid
         self.interval = interval
+        self.measure = measure
         self.deadline = time.monotonic() + timeout
         self.stopped = threading.Event()
         self.peak_rss_sum_kb = 0
@@ -245,7 +250,6 @@ class MemoryPoller(threading.Thread):
         self.peak_single_kb = 0
         self.max_processes = 0
         self.samples = 0
-        self.last_pss_sample = -self.PSS_AT_HIGH_EVERY
         self.timed_out = False
 
     def sample(self) -> None:
@@ -264,11 +268,7 @@ class MemoryPoller(threading.Thread):
         if not alive:
             return
         rss_sum = sum(alive.values())
-        high = rss_sum > self.peak_rss_sum_kb
-        if self.samples % self.PSS_EVERY == 0 or (
-            high and self.samples - self.last_pss_sample >= self.PSS_AT_HIGH_EVERY
-        ):
-            self.last_pss_sample = self.samples
+        if self.samples % self.PSS_EVERY == 0 or rss_sum > self.peak_rss_sum_kb:
             pss_sum = sum(_process_pss(pid) or rss for pid, rss in alive.items())
             self.peak_pss_sum_kb = max(self.peak_pss_sum_kb, pss_sum)
         self.samples += 1
@@ -277,11 +277,12 @@ class MemoryPoller(threading.Thread):
 
     def run(self) -> None:
         while not self.stopped.is_set():
-            self.sample()
+            if self.measure:
+                self.sample()
             if time.monotonic() > self.deadline and not self.timed_out:
                 self.timed_out = True
                 _signal_group(self.pid, signal.SIGKILL)
-            self.stopped.wait(self.interval)
+            self.stopped.wait(self.interval if self.measure else 1.0)
 
     def stop(self) -> None:
         self.stopped.set()
@@ -313,15 +314,21 @@ def _stop_group(proc: subprocess.Popen, reaped: bool) -> None:
 
 
 def run_measured(
-    command: list[str], cwd: Path, interval: float, timeout: float, env: dict[str, str]
+    command: list[str],
+    cwd: Path,
+    interval: float,
+    timeout: float,
+    env: dict[str, str],
+    measure_memory: bool,
 ) -> Measured:
-    """Run one command in its own process group; time it whole and poll its memory."""
+    """Run one command in its own process group; time it whole, and poll its memory when
+    measure_memory (which takes CPU from it: such a run's time is not a figure)."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.perf_counter()
         proc = subprocess.Popen(
             command, cwd=cwd, stdout=out, stderr=err, env=env, start_new_session=True
         )
-        poller = MemoryPoller(proc.pid, interval, timeout)
+        poller = MemoryPoller(proc.pid, interval, timeout, measure_memory)
         poller.start()
         reaped = False
         try:
@@ -457,34 +464,41 @@ def bench_size(
             file=sys.stderr,
         )
         floor, decode_floor = Series(), Series()
-        builds = {workers: Series() for workers in args.workers}
-        hashes: dict[int, dict[str, str]] = {}
+        builds = {workers: Series() for workers in args.workers}  # timed
+        memory = {workers: Series() for workers in args.workers}  # polled
+        hashes: dict[int, set[str]] = {workers: set() for workers in args.workers}
         manifest: dict[str, Any] = {}
+
+        def build(workers: int, series: Series, polled: bool) -> None:
+            nonlocal manifest
+            command = build_command(python, root, out, workers, args)
+            read_inputs(root)
+            measured = run_measured(command, PROJECT, args.interval, args.timeout, env, polled)
+            _check(measured, f"build N={count} workers={workers}")
+            manifest = json.loads((out / "manifest.json").read_text())
+            rows = sum(manifest["rows_per_split"].values())
+            series.add(measured, rows=rows, images=manifest["images"])
+            hashes[workers].add(json.dumps(shard_hashes(out), sort_keys=True))
+
         if warm_up:  # not counted: the first build pays Prefect's one-time flow registration
             for workers in args.workers:
-                command = build_command(python, root, out, workers, args)
-                _check(run_measured(command, PROJECT, args.interval, args.timeout, env), "warm-up")
+                build(workers, Series(), polled=False)
         for repeat in range(args.repeats):
             for mode, series in (("encode", floor), ("decode", decode_floor)):
                 command = [python, "-c", FLOOR_CODE, str(root), mode]
                 read_inputs(root)
-                measured = run_measured(command, PROJECT, args.interval, args.timeout, env)
+                measured = run_measured(command, PROJECT, args.interval, args.timeout, env, False)
                 _check(measured, f"floor ({mode}) N={count}")
                 series.add(measured, **json.loads(measured.stdout.strip().splitlines()[-1]))
             for workers in args.workers:
-                command = build_command(python, root, out, workers, args)
-                read_inputs(root)
-                measured = run_measured(command, PROJECT, args.interval, args.timeout, env)
-                _check(measured, f"build N={count} workers={workers}")
-                manifest = json.loads((out / "manifest.json").read_text())
-                rows = sum(manifest["rows_per_split"].values())
-                builds[workers].add(measured, rows=rows, images=manifest["images"])
-                hashes[workers] = shard_hashes(out)
+                build(workers, builds[workers], polled=False)
+            for workers in args.workers:
+                build(workers, memory[workers], polled=True)
             print(f"N={count}: repeat {repeat + 1}/{args.repeats} done", file=sys.stderr)
         total_bytes, parquet_bytes = folder_bytes(out)
         image_bytes, mask_bytes, n_images, n_masks = unique_payload_bytes(out)
         return summarise(
-            count, floor, decode_floor, builds, manifest, hashes,
+            count, floor, decode_floor, builds, memory, manifest, hashes,
             (total_bytes, parquet_bytes, image_bytes, mask_bytes, n_images, n_masks),
             input_bytes,
         )  # fmt: skip
@@ -495,12 +509,14 @@ def summarise(
     floor: Series,
     decode_floor: Series,
     builds: dict[int, Series],
+    memory: dict[int, Series],
     manifest: dict[str, Any],
-    hashes: dict[int, dict[str, str]],
+    hashes: dict[int, set[str]],
     sizes: tuple[int, int, int, int, int, int],
     input_bytes: int,
 ) -> dict[str, Any]:
-    """The medians and ratios of one N as a JSON-able dict."""
+    """The medians and ratios of one N as a JSON-able dict: times from the timed runs,
+    memory from the polled ones."""
     total_bytes, parquet_bytes, image_bytes, mask_bytes, n_images, n_masks = sizes
     rows = sum(manifest["rows_per_split"].values())
     result: dict[str, Any] = {
@@ -511,9 +527,7 @@ def summarise(
         "floor": {
             "wall_s": floor.median("wall_s"),
             "loop_s": floor.median("loop_s"),
-            "peak_rss_sum_mb": floor.median("peak_rss_sum_mb"),
-            "peak_pss_sum_mb": floor.median("peak_pss_sum_mb"),
-            "peak_single_mb": floor.median("peak_single_mb"),
+            "vm_hwm_mb": floor.median("vm_hwm_mb"),
             "masks_encoded": floor.runs[0]["masks_encoded"],
             "runs": floor.runs,
         },
@@ -533,20 +547,22 @@ def summarise(
             "bytes_ratio": total_bytes / max(image_bytes + mask_bytes, 1),
             "parquet_bytes_ratio": parquet_bytes / max(image_bytes + mask_bytes, 1),
         },
-        "identical_shards_across_workers": len({json.dumps(h) for h in hashes.values()}) == 1,
+        # over every build of this N, timed and polled
+        "identical_shards_across_workers": len(set().union(*hashes.values())) == 1,
     }
     for workers, series in builds.items():
-        wall = series.median("wall_s")
+        wall, polled = series.median("wall_s"), memory[workers]
         result["build"][str(workers)] = {
             "wall_s": wall,
             "images_per_s": count / wall,
             "rows_per_s": rows / wall,
-            "peak_rss_sum_mb": series.median("peak_rss_sum_mb"),
-            "peak_pss_sum_mb": series.median("peak_pss_sum_mb"),
-            "peak_single_mb": series.median("peak_single_mb"),
-            "wait4_maxrss_mb": series.median("wait4_maxrss_mb"),
-            "max_processes": max(run["max_processes"] for run in series.runs),
+            "peak_rss_sum_mb": polled.median("peak_rss_sum_mb"),
+            "peak_pss_sum_mb": polled.median("peak_pss_sum_mb"),
+            "peak_single_mb": polled.median("peak_single_mb"),
+            "wait4_maxrss_mb": polled.median("wait4_maxrss_mb"),
+            "max_processes": max(run["max_processes"] for run in polled.runs),
             "runs": series.runs,
+            "memory_runs": polled.runs,
         }
     one = result["build"].get("1")
     if one:
@@ -596,9 +612,8 @@ def print_size(result: dict[str, Any], repeats: int) -> None:
     print(header)
     print(
         f"  {'floor (Pillow only)':<20}{floor['wall_s']:>9.2f}"
-        f"{result['n'] / floor['wall_s']:>10.1f}{'':>10}"
-        f"{floor['peak_rss_sum_mb']:>12.0f}{floor['peak_pss_sum_mb']:>12.0f}"
-        f"{floor['peak_single_mb']:>13.0f}"
+        f"{result['n'] / floor['wall_s']:>10.1f}{'':>10}{'':>12}{'':>12}"
+        f"{floor['vm_hwm_mb']:>13.0f}"
     )
     for workers, build in result["build"].items():
         print(
@@ -818,9 +833,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{os.cpu_count()} CPU(s), source isic2018, seed {args.seed}\n"
         "wall s = whole subprocess (interpreter start and imports included) for floor and "
         "build alike; the build includes its final validation.\n"
-        f"RSS/PSS sum = peak over {args.interval * 1000:.0f} ms samples of the process tree's "
-        f"summed VmRSS / Pss (Pss every {MemoryPoller.PSS_EVERY}th sample, and at new highs of "
-        "the RSS sum); max proc = largest single-process VmHWM."
+        "Memory comes from a second, untimed run of each build: RSS/PSS sum = peak over "
+        f"{args.interval * 1000:.0f} ms samples of the process tree's summed VmRSS / Pss (Pss "
+        f"every {MemoryPoller.PSS_EVERY}th sample and at new highs of the RSS sum); max proc = "
+        "largest single-process VmHWM (the floor's: its own)."
     )
     for result in results:
         print_size(result, args.repeats)
