@@ -30,8 +30,8 @@ Timing: wall clock of the WHOLE subprocess (fork/exec, interpreter start and imp
 included) for both floor and build, so `ratio = build wall (workers=1) / floor wall`. The
 floor's own work loop, timed inside its process with time.perf_counter, is reported as
 well, with `build wall / floor loop` as a stricter second ratio. Ratios and speed-up are
-taken between medians; their range over the repeats (each repeat runs the floors and then
-every build, back to back) is printed with them.
+taken between medians; their range over the repeats (each repeat runs the floors, then
+every build, back to back, then every build again for its memory) is printed with them.
 
 Memory: each repeat runs every build a second time, untimed, while /proc of the subprocess
 and all its descendants is polled (default every 50 ms): peak of the summed VmRSS, peak of
