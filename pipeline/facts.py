@@ -207,12 +207,38 @@ def prsmed_label(mask: np.ndarray) -> tuple[str | None, bool | None]:
     return (None, None) if box is None else _prsmed(box, mask.shape)
 
 
+def _one_run_per_row(crop: np.ndarray) -> bool:
+    """Whether a mask cropped to its bbox is one 8-connected component by the simplest
+    proof: every row holds exactly one run of pixels, and each row's run touches the next
+    row's (sideways or diagonally). False means only that the proof does not apply.
+
+    Most targets (lesions, polyps, organs) pass; this costs about a fifth of labelling.
+    """
+    height, width = crop.shape
+    # Row by row, the columns where a run starts and where it ends (exclusive), in order.
+    edges = np.empty((height, width + 1), dtype=bool)
+    edges[:, 0] = crop[:, 0]
+    edges[:, -1] = crop[:, -1]
+    np.not_equal(crop[:, 1:], crop[:, :-1], out=edges[:, 1:-1])
+    flips = np.flatnonzero(edges)
+    if flips.size != 2 * height:
+        return False
+    rows, cols = np.divmod(flips, width + 1)
+    every_row = np.arange(height)
+    if not (np.array_equal(rows[::2], every_row) and np.array_equal(rows[1::2], every_row)):
+        return False
+    starts, ends = cols[::2], cols[1::2]
+    return bool(np.all((starts[1:] <= ends[:-1]) & (starts[:-1] <= ends[1:])))
+
+
 def _instances(crop: np.ndarray, top: int, left: int, shape: tuple[int, int]) -> list[Instance]:
     """The instances of a cropped mask, in a deterministic order.
 
     8-connectivity; components below MIN_COMPONENT_FRACTION are not instances (see above).
     Order: largest area first; equal areas by their first pixel in row-major order.
     """
+    if _one_run_per_row(crop):
+        return [Instance(top, left, crop, shape)]
     from scipy import ndimage  # on first use: a process that labels no mask skips 0.25 s
 
     labelled, count = ndimage.label(crop, structure=_EIGHT_CONNECTED)

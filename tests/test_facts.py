@@ -69,6 +69,58 @@ def test_components_are_eight_connected_and_ordered_by_area() -> None:
     assert [int(i.full().sum()) for i in instances] == [64, 5]
 
 
+def test_rows_of_one_run_that_do_not_touch_are_two_components() -> None:
+    mask = np.zeros((6, 8), dtype=bool)
+    mask[1, 0:2] = True  # columns 0-1
+    mask[2, 3:5] = True  # columns 3-4: one column apart, not even diagonal neighbours
+    assert not facts._one_run_per_row(mask[1:3, 0:5])
+    assert compute_facts(mask).n_components == 2
+
+
+def test_rows_of_one_run_touching_diagonally_are_one_component() -> None:
+    mask = np.zeros((6, 8), dtype=bool)
+    for row in range(5):
+        mask[row, row : row + 1] = True  # a diagonal staircase
+    assert facts._one_run_per_row(mask[0:5, 0:5])
+    assert compute_facts(mask).n_components == 1
+
+
+def _random_mask(rng: np.random.Generator) -> np.ndarray:
+    """Ellipses, rings and specks: convex targets, holes, concave and separate parts."""
+    height, width = rng.integers(4, 40, size=2)
+    rows, cols = np.mgrid[:height, :width]
+    mask = np.zeros((height, width), dtype=bool)
+    for _ in range(rng.integers(1, 4)):
+        cy, cx = rng.uniform(0, height), rng.uniform(0, width)
+        ry, rx = rng.uniform(0.5, height / 2), rng.uniform(0.5, width / 2)
+        inside = ((rows - cy) / ry) ** 2 + ((cols - cx) / rx) ** 2
+        mask |= (inside <= 1) & (inside >= rng.choice([0.0, 0.4]))
+    mask |= rng.random((height, width)) < rng.choice([0.0, 0.01])
+    return mask
+
+
+def test_instances_match_labelling_on_random_masks(monkeypatch) -> None:
+    rng = np.random.default_rng(7)
+    masks = [_random_mask(rng) for _ in range(400)]
+    proofs = []
+    one_run_per_row = facts._one_run_per_row
+
+    def recorded(crop: np.ndarray) -> bool:
+        proofs.append(one_run_per_row(crop))
+        return proofs[-1]
+
+    monkeypatch.setattr(facts, "_one_run_per_row", recorded)
+    quick = [analyse(mask) for mask in masks]
+    assert 0 < sum(proofs) < len(proofs)  # both ways were taken
+    monkeypatch.setattr(facts, "_one_run_per_row", lambda crop: False)  # always label
+    for mask, (found, instances) in zip(masks, quick, strict=True):
+        labelled, labelled_instances = analyse(mask)
+        assert found == labelled
+        assert len(instances) == len(labelled_instances)
+        for one, other in zip(instances, labelled_instances, strict=True):
+            assert np.array_equal(one.full(), other.full())
+
+
 def test_specks_below_minimum_are_not_instances(monkeypatch) -> None:
     monkeypatch.setattr(facts, "MIN_COMPONENT_FRACTION", 0.01)  # 4 px of 400
     mask = np.zeros((20, 20), dtype=bool)
