@@ -197,7 +197,9 @@ def validate(
         known = {i: checked[j.sha256, j.split] for i, j in enumerate(jobs)
                  if (j.sha256, j.split) in checked}  # fmt: skip
     unknown = [job for i, job in enumerate(jobs) if i not in known]
-    if run is None:
+    if not unknown:  # the render workers checked every shard: nothing to run, no empty bar
+        done = iter(())
+    elif run is None:
         done = map(check_job, tqdm(unknown, desc="validate", unit="shard", disable=not progress))
     else:
         done = run(check_job, unknown)
@@ -214,6 +216,8 @@ def validate(
             result.add(f"{job.shard.name} {message}")
         patients[part.split].append(part.patients)
         images[part.split].append(part.images)
+    if next(done, None) is not None:  # run to its end: that also completes the progress bar
+        raise RuntimeError("the shard checks returned more results than there were shards")
     leaked = dict(_in_several(patients))
     for name, splits in _patients_named(jobs, leaked) if leaked else []:
         result.add(f"patient leakage: {name} is in {splits}")

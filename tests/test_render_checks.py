@@ -68,6 +68,18 @@ def test_every_shard_is_checked_once_by_its_render_worker(root: Path, tmp_path: 
         assert check == check_job(ShardJob(shard, split))
 
 
+def test_the_progress_bar_shows_only_shards_left_to_check(
+    root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    summary = build(_config(root, out))
+    capsys.readouterr()
+    assert validate(out, progress=True, checked=summary.checks).ok
+    assert "validate" not in capsys.readouterr().err  # no empty "0shard" bar
+    assert validate(out, progress=True).ok
+    assert f"{len(_manifest_hashes(out))}/{len(_manifest_hashes(out))}" in capsys.readouterr().err
+
+
 def test_a_shard_changed_after_render_is_checked_again(root: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     summary = build(_config(root, out))
