@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator, Sized
 from pathlib import Path
 from typing import Any
 
-from pipeline.orchestration import (
+from pipeline.build.workers import (
     apply_prefect_defaults,
     cache_store,
     in_flight,
@@ -40,22 +40,16 @@ from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 from prefect.utilities.annotations import quote  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from pipeline.build import BuildConfig, BuildError, parse_source_arg, run_build  # noqa: E402
-from pipeline.expand import expand_family  # noqa: E402
-from pipeline.publish import publish  # noqa: E402
-from pipeline.rewrite import rewrite_batch, rewrite_config  # noqa: E402
-from pipeline.shardcheck import ShardResult  # noqa: E402
+from pipeline.build.run import BuildConfig, BuildError, parse_source_arg, run_build  # noqa: E402
+from pipeline.build.stages import ExtractJob, ExtractResult, RenderJob, extract_batch, render_batch  # noqa: E402
+from pipeline.checks.folder import ShardJob, ValidationResult, check_job, validate  # noqa: E402
+from pipeline.checks.shard import ShardResult  # noqa: E402
+from pipeline.llm.expand import expand_family  # noqa: E402
+from pipeline.llm.paraphrase import rewrite_batch, rewrite_config  # noqa: E402
+from pipeline.release.publish import publish  # noqa: E402
+from pipeline.shards.parts import RenderResult  # noqa: E402
 from pipeline.splits import SplitRatios  # noqa: E402
-from pipeline.stages import (  # noqa: E402
-    ExtractJob,
-    ExtractResult,
-    RenderJob,
-    RenderResult,
-    StageRunner,
-    extract_batch,
-    render_batch,
-)
-from pipeline.validate import ShardJob, ValidationResult, check_job, validate  # noqa: E402
+from pipeline.store import StageRunner  # noqa: E402
 
 
 class StoredJob(CachePolicy):
@@ -178,7 +172,7 @@ def validate_mmrs(
     cache_dir: str | None = None,
     progress: bool = False,
 ) -> dict:
-    """Check a built folder against the row contract (see pipeline/validate.py)."""
+    """Check a built folder against the row contract (see pipeline/checks/folder.py)."""
     store = cache_store(cache, cache_dir)
     with (
         worker_pool(runner, workers, dask_address),
@@ -230,7 +224,7 @@ def build_mmrs(
     """Build MMRS from sources given as "NAME_OR_SPEC=DATA_ROOT"; validate it (check).
 
     slice_axis and slices (all, largest[:K], stride[:N]) override volume sources' own.
-    rewrite: none | paraphrase | expand-templates (see pipeline/rewrite.py). The LLM key
+    rewrite: none | paraphrase | expand-templates (see pipeline/llm/paraphrase.py). The LLM key
     comes from OPENAI_API_KEY, or from the Prefect Secret block named llm_api_key_secret.
     """
     store = cache_store(cache, cache_dir)
@@ -333,7 +327,7 @@ def publish_mmrs(
     dry_run: bool = False,
     i_hold_redistribution_rights: bool = False,
 ) -> list[dict]:
-    """Upload a built folder to the Hub as one commit (see pipeline/publish.py).
+    """Upload a built folder to the Hub as one commit (see pipeline/release/publish.py).
 
     The Hub token comes from HF_TOKEN or the login cache on the machine that runs this
     flow; it is never a parameter.

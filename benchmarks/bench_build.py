@@ -77,7 +77,7 @@ PROJECT = Path(__file__).resolve().parent.parent
 if str(PROJECT) not in sys.path:
     sys.path.insert(0, str(PROJECT))
 
-from pipeline.build import BATCH_SIZE  # noqa: E402
+from pipeline.build.run import BATCH_SIZE  # noqa: E402
 from pipeline.demo import phantom, random_lesion  # noqa: E402
 
 WIDTH, HEIGHT = 600, 500  # a typical ISIC 2018 image is larger; 600x500 keeps runs short

@@ -21,12 +21,12 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
-from pipeline.build import BuildConfig, SourceRequest, build  # noqa: E402
-from pipeline.card import render_card  # noqa: E402
+from pipeline.build.run import BuildConfig, SourceRequest, build  # noqa: E402
 from pipeline.demo import write_kvasir  # noqa: E402
-from pipeline.plots import write_plots  # noqa: E402
+from pipeline.release.card import render_card  # noqa: E402
+from pipeline.release.plots import write_plots  # noqa: E402
+from pipeline.release.stats import collect_stats  # noqa: E402
 from pipeline.sources import REGISTRY  # noqa: E402
-from pipeline.stats import collect_stats  # noqa: E402
 
 
 def make_folder(root: Path, rows: int) -> Path:
@@ -60,7 +60,8 @@ def measure(folder: Path) -> dict:
     shown = [folder / s["path"] for s in shards]
     figures = write_plots(stats, folder / "plots-bench", shown)
     card = render_card(
-        summary, config, shards, 60, manifest["code_version"], stats,
+        summary, [r.source for r in config.sources], config.seed, config.ratios, shards, 60,
+        manifest["code_version"], stats,
         {name: path.name for name, path in figures.items()},
     )  # fmt: skip
     seconds = time.perf_counter() - start

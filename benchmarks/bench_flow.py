@@ -3,7 +3,7 @@
 On N synthetic ISIC 2018 cases (600x500 JPEG + PNG mask, the same data as bench_build.py),
 all in ONE process whose Prefect embedded API is started before any timing:
 
-- library: the plain library call (pipeline.build.build + pipeline.validate.validate), no
+- library: the plain library call (pipeline.build.run.build + pipeline.checks.folder.validate), no
   Prefect at all: the reference for the orchestration overhead;
 - cold: the build-mmrs flow (threads, 1 worker) on an empty task cache;
 - warm: the same flow again, unchanged (second run: the store is hit, Prefect's cache
@@ -34,9 +34,9 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 from bench_build import write_cases  # noqa: E402
 
 from flows import build_mmrs  # noqa: E402  (sets the project's Prefect defaults first)
-from pipeline.build import BuildConfig, SourceRequest, build  # noqa: E402
+from pipeline.build.run import BuildConfig, SourceRequest, build  # noqa: E402
+from pipeline.checks.folder import validate  # noqa: E402
 from pipeline.sources import REGISTRY  # noqa: E402
-from pipeline.validate import validate  # noqa: E402
 
 
 def timed(action) -> tuple[float, object]:

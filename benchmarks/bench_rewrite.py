@@ -28,11 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from fake_openai import FakeOpenAI, input_pair  # noqa: E402
 
-from pipeline.build import BuildConfig, build, inline_runner, parse_source_arg  # noqa: E402
+from pipeline.build.run import BuildConfig, build, inline_runner, parse_source_arg  # noqa: E402
 from pipeline.demo import write_kvasir  # noqa: E402
-from pipeline.rewrite import rewrite_config  # noqa: E402
-from pipeline.rewriting import open_rewriting  # noqa: E402
-from pipeline.stages import RenderResult  # noqa: E402
+from pipeline.llm.paraphrase import rewrite_config  # noqa: E402
+from pipeline.llm.stage import open_rewriting  # noqa: E402
+from pipeline.shards.parts import RenderResult  # noqa: E402
 
 TARGET_COLD, TARGET_CACHED = 30.0, 1000.0
 

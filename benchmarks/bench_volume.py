@@ -8,8 +8,8 @@ tumour in it) are written as .nii.gz with SimpleITK; writing is not measured.
 * FLOOR: `SimpleITK.ReadImage` of the image only, then for each slice the conversion writes
   (the axial slices where a label covers >= 10 pixels, taken from the conversion's output)
   a numpy clip/scale to uint8 with the same abdomen window and one PNG with Pillow's
-  defaults, as `pipeline.imageio.encode_png`. No label map, no mask PNGs.
-* CONVERSION: `pipeline.extract.extract_case` of the one case of a YAML spec (read image and
+  defaults, as `pipeline.io.images.encode_png`. No label map, no mask PNGs.
+* CONVERSION: `pipeline.build.extract.extract_case` of the one case of a YAML spec (read image and
   labels, reorient, choose slices, window, encode image and mask PNGs, facts), with
   `slices: {mode: all}` (the ratio's numerator) and with the default policy (largest, k=3).
 
@@ -43,11 +43,12 @@ from PIL import Image
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
-from pipeline.extract import SourceMeta, extract_case  # noqa: E402
-from pipeline.extract_volume import extract_volume  # noqa: E402, F401 (imported for baseline)
+from pipeline.build.cases import SourceMeta  # noqa: E402
+from pipeline.build.extract import extract_case  # noqa: E402
+from pipeline.build.extract_volume import extract_volume  # noqa: E402, F401 (imported for baseline)
+from pipeline.geometry.slicing import CT_WINDOWS  # noqa: E402
 from pipeline.sources.base import Case  # noqa: E402
 from pipeline.sources.spec import load_spec  # noqa: E402
-from pipeline.volume import CT_WINDOWS  # noqa: E402
 
 SIZE, SPACING, MB = 512, (0.7, 0.7, 1.0), 1024 * 1024
 TARGET_TIME, TARGET_MEMORY = 3.0, 3.0

@@ -14,16 +14,16 @@ from itertools import islice
 from pathlib import Path
 
 from . import __version__
-from .build import BATCH_SIZE, BuildConfig, BuildError, discover, parse_source_arg, plan_extract
-from .collector import long_lived, skip_collection_at_exit
-from .llm import API_KEY_ENV
-from .orchestration import RUNNERS, cache_store, default_cache_dir, start_ahead, start_workers
-from .qa import load_templates
-from .rewrite import MODES, rewrite_config
+from .build.collector import long_lived, skip_collection_at_exit
+from .build.run import BATCH_SIZE, BuildConfig, BuildError, discover, parse_source_arg, plan_extract
+from .build.stages import ExtractJob, extract_batch
+from .build.workers import RUNNERS, cache_store, default_cache_dir, start_ahead, start_workers
+from .geometry.slicing import SLICE_AXES
+from .llm.client import API_KEY_ENV
+from .llm.paraphrase import MODES, rewrite_config
+from .qa.templates import load_templates
 from .sources import REGISTRY
 from .splits import SplitRatios
-from .stages import ExtractJob, extract_batch
-from .volume import SLICE_AXES
 
 AHEAD_BATCHES = 2  # per worker: extracted while Prefect starts
 
@@ -171,7 +171,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         with long_lived():  # also matplotlib, for the card: imported while workers start
             from flows import build_mmrs
 
-            from . import plots  # noqa: F401
+            from .release import plots  # noqa: F401
 
         result = build_mmrs(
             sources=sources,

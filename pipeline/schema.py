@@ -55,9 +55,9 @@ SCHEMA = pa.schema(
         ("height", pa.int32()),
         ("row_id", pa.string()),
         # [col_step, row_step, offset, band, strict]: signed distance (patient's left > 0)
-        # of a pixel to the body midline (pipeline/patient.py); null where unknown
+        # of a pixel to the body midline (geometry/patient.py); null where unknown
         ("patient_frame", pa.list_(pa.float64())),
-        # relation rows: the other structure and "inside" | "outside" (pipeline/relations.py)
+        # relation rows: the other structure and "inside" | "outside" (geometry/relations.py)
         ("relation", pa.struct([("target", pa.string()), ("kind", pa.string())])),
     ]
 )

@@ -7,10 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline import orchestration
+from pipeline.build import workers as orchestration
+from pipeline.build.stages import extract_batch
 from pipeline.cli import main
 from pipeline.demo import write_busi
-from pipeline.stages import extract_batch
 
 
 def test_sources_lists_the_registry(capsys) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-import pipeline.extract
+import pipeline.build.extract
 from pipeline.demo import write_busi, write_kvasir
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -39,13 +39,13 @@ def _files(out: Path) -> dict[str, str]:
 def reads(monkeypatch) -> list[Path]:
     """Every source image the extract stage reads (threads run in this process)."""
     seen: list[Path] = []
-    original = pipeline.extract.read_image
+    original = pipeline.build.extract.read_image
 
     def spy(path: Path, **kwargs):
         seen.append(path)
         return original(path, **kwargs)
 
-    monkeypatch.setattr(pipeline.extract, "read_image", spy)
+    monkeypatch.setattr(pipeline.build.extract, "read_image", spy)
     return seen
 
 

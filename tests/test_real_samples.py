@@ -3,7 +3,7 @@
 The samples are third-party data (see each SOURCE.md): they are read in place, or arranged
 into a source's native layout inside pytest's tmp_path, never copied into the repository.
 Expected masks are read here with Pillow alone (grey > 127, palette indices), independently
-of pipeline.imageio, and every build is checked with pipeline.validate.
+of pipeline.io.images, and every build is checked with pipeline.checks.folder.
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ import yaml
 from PIL import Image
 from scipy import ndimage
 
-from pipeline.build import BuildConfig, BuildSummary, SourceRequest, build
-from pipeline.facts import Facts, compute_facts
-from pipeline.imageio import read_binary_mask
+from pipeline.build.run import BuildConfig, BuildSummary, SourceRequest, build
+from pipeline.checks.folder import validate
+from pipeline.geometry.facts import Facts, compute_facts
+from pipeline.io.images import read_binary_mask
 from pipeline.sources import REGISTRY, SourceInfo, load_spec
-from pipeline.validate import validate
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 SAMPLES = SHARED / "real_samples"

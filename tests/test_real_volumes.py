@@ -20,12 +20,13 @@ import yaml
 
 sitk = pytest.importorskip("SimpleITK")
 
-from pipeline.build import BuildConfig, build, parse_source_arg  # noqa: E402
-from pipeline.extract import ExtractedCase, SourceMeta, extract_case  # noqa: E402
-from pipeline.imageio import decode_mask  # noqa: E402
+from pipeline.build.cases import ExtractedCase, SourceMeta  # noqa: E402
+from pipeline.build.extract import extract_case  # noqa: E402
+from pipeline.build.run import BuildConfig, build, parse_source_arg  # noqa: E402
+from pipeline.checks.folder import validate  # noqa: E402
+from pipeline.io.images import decode_mask  # noqa: E402
+from pipeline.io.volumes import read_volume  # noqa: E402
 from pipeline.sources import Case  # noqa: E402
-from pipeline.validate import validate  # noqa: E402
-from pipeline.volumeio import read_volume  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "real_samples"
 pytestmark = pytest.mark.skipif(
@@ -239,7 +240,7 @@ def test_dcmqi_dicom_series_nrrd_labels_and_seg(tmp_path: Path) -> None:
 
 
 def test_dicom_seg_of_another_series_is_refused(tmp_path: Path) -> None:
-    from pipeline.imageio import PixelError
+    from pipeline.io.images import PixelError
 
     series = tmp_path / "other"
     shutil.copytree(DCMQI / "ct-3slice", series)

@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..display import NO_DISPLAY, Display
-from ..volume import VolumeSettings
+from ..geometry.slicing import VolumeSettings
+from ..io.display import NO_DISPLAY, Display
 
 MODALITIES = ("ct", "mri", "xray", "ultrasound", "endoscopy", "dermoscopy")
 SPLITS = ("train", "validation", "test")

@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..volume import VolumeSettings
+from ..geometry.slicing import VolumeSettings
 from .base import Case, Discovered, LayoutError, MaskFile, Problem, SourceInfo
 
 NAME = "brats"

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..display import Display
+from ..io.display import Display
 from .base import Case, Discovered, MaskFile, Problem, SourceInfo, find_root, image_files
 
 NAME = "covid_qu_ex"

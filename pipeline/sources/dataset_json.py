@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..volume import Window
+from ..geometry.slicing import Window
 from .base import LayoutError
 
 _MRI_WORDS = ("mr", "mri", "t1", "t2", "flair", "adc", "dwi", "pd", "bold", "cine", "dce")

@@ -10,7 +10,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..display import Display
+from ..io.display import Display
 from .base import Case, Discovered, MaskFile, Problem, SourceInfo, find_root, image_files, stem
 
 NAME = "montgomery"

@@ -12,15 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..volume import VolumeSettings
+from ..geometry.slicing import VolumeSettings
 from .base import Case, Discovered, LayoutError, MaskFile, Problem, SourceInfo, find_root, stem
-from .dataset_json import (
-    ct_window,
-    modality_of,
-    read_dataset_json,
-    source_name,
-    structure_name,
-)
+from .dataset_json import ct_window, modality_of, read_dataset_json, source_name, structure_name
 
 NAME = "msd"
 LAYOUT = "TaskXX_Name/dataset.json with imagesTr/<case>.nii.gz and labelsTr/<case>.nii.gz"

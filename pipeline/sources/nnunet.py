@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..volume import VolumeSettings
+from ..geometry.slicing import VolumeSettings
 from .base import Case, Discovered, LayoutError, MaskFile, Problem, SourceInfo, find_root
 from .dataset_json import ct_window, modality_of, read_dataset_json, source_name, structure_name
 

@@ -22,10 +22,10 @@ from typing import Any
 
 import yaml
 
-from ..dicomseg import is_seg, segment_labels
-from ..display import parse_display
-from ..volume import SlicePolicy, VolumeError, VolumeSettings, parse_window
-from ..volumeio import VOLUME_SUFFIXES
+from ..geometry.slicing import SlicePolicy, VolumeError, VolumeSettings, parse_window
+from ..io.dicomseg import is_seg, segment_labels
+from ..io.display import parse_display
+from ..io.volumes import VOLUME_SUFFIXES
 from .base import Case, Discovered, MaskFile, Problem, SourceInfo, stem
 
 KEYS = {

@@ -1,0 +1,587 @@
+"""`mmrs build`: sources -> cases -> batches -> extract -> render -> shards and records.
+
+The build streams: sources are discovered, planned into batches and extracted as the stage
+runner asks for more work, so it holds the cases of the batches in flight, not all of them.
+A batch is rendered as soon as it and every batch before it are extracted: outcomes are
+recorded in discovery order, and an image identical to one converted earlier is left out.
+The orchestration is written once, here; what runs each batch stage is passed in: a plain
+loop (`build`, for library use and tests) or Prefect tasks with caching on a task runner
+(flows.py, what `mmrs build` uses). The output is assembled in a staging folder beside
+--out and moved into place only when complete, manifest.json last. Every discovered case
+ends as converted, skipped or failed; every one not converted is in errors.jsonl with its
+file and reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from itertools import islice
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tqdm import tqdm
+
+from .. import __version__
+from ..release.card import render_card
+from .cases import SourceMeta
+from ..geometry.facts import MIN_COMPONENT_FRACTION
+from ..qa.templates import TemplateSet, load_templates
+from ..llm.paraphrase import RewriteConfig
+from ..llm.stage import Rewriting, open_rewriting
+from ..checks.shard import ShardResult
+from ..sources.base import Case, Problem, SourceInfo
+from ..splits import SPLITS, SplitRatios
+from .stages import EXTRACT_CODE, RENDER_CODE, ExtractJob, ExtractResult, RenderJob, extract_batch, render_batch
+from ..store import FileIdentity, StageRunner, code_digest, file_digest
+from ..shards.parts import RenderResult
+from ..release.stats import Stats
+
+BATCH_SIZE = 256  # cases per extract/render task
+Item = TypeVar("Item")
+
+
+class BuildError(RuntimeError):
+    """A build that cannot go on (bad arguments, or the first bad case under --strict)."""
+
+
+@dataclass(frozen=True)
+class SourceRequest:
+    source: SourceInfo
+    data_root: Path
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    sources: tuple[SourceRequest, ...]
+    out: Path
+    seed: int = 0
+    strict: bool = False
+    ratios: SplitRatios = SplitRatios()
+    templates_dir: Path | None = None
+    overwrite: bool = False
+    progress: bool = True
+    batch_size: int = BATCH_SIZE
+    cache_dir: Path | None = None  # None: a temporary store, removed after the build
+    rewrite: RewriteConfig | None = None  # LLM rewriting (pipeline/llm/paraphrase.py); None: none
+    check: bool = True  # render workers check the parts they write (for the final validation)
+
+
+@dataclass
+class SourceCounts:
+    discovered: int = 0
+    converted: int = 0
+    skipped: int = 0
+    failed: int = 0
+    rows: int = 0
+
+
+@dataclass
+class BuildSummary:
+    out: Path
+    sources: dict[str, SourceCounts] = field(default_factory=dict)
+    stats: Stats = field(default_factory=Stats)  # of every row written
+    images: int = 0
+    rewrite: dict[str, Any] | None = None  # settings and row statuses (same for same cache)
+    llm_usage: dict[str, Any] | None = None  # what this run asked and spent
+    # The render workers' checks of the parts written, by (content hash, split): what
+    # validate(checked=...) needs to check only shards that changed after render.
+    checks: dict[tuple[str, str], ShardResult] = field(default_factory=dict)
+    # The parts' content hashes by file identity: what validate(known_hashes=...) needs to
+    # hash only shards whose file changed after render.
+    hashes: dict[FileIdentity, str] = field(default_factory=dict)
+
+    def as_dict(self, usage: bool = True) -> dict[str, Any]:
+        """The summary; usage=False leaves out what differs between a run and its re-run."""
+        extra = {"rewrite": self.rewrite} if self.rewrite else {}
+        if usage and self.llm_usage is not None:
+            extra["llm_usage"] = self.llm_usage
+        per_modality_split = self.stats.rows_per_modality_split
+        per_split: Counter = Counter()
+        for (_, split), rows in per_modality_split.items():
+            per_split[split] += rows
+        zones: Counter = Counter()
+        for (_, zone), rows in self.stats.zones.items():
+            zones[zone] += rows
+        return {
+            "sources": {name: vars(counts) for name, counts in self.sources.items()},
+            "images": self.images,
+            "rows": self.stats.rows,
+            "rows_per_split": {s: per_split[s] for s in SPLITS if per_split[s]},
+            "rows_per_modality_split": {
+                f"{m}/{s}": n for (m, s), n in sorted(per_modality_split.items())
+            },
+            "question_types": dict(sorted(self.stats.question_types.items())),
+            "zones": dict(sorted(zones.items())),
+            **extra,
+        }
+
+
+def inline_runner(progress: bool, desc: str) -> StageRunner:
+    """Run a stage's jobs one after another in this process, each when its result is asked
+    for, with a progress bar."""
+
+    def run(stage: Callable[[Any], Any], jobs: Iterable[Any]) -> Iterator[Any]:
+        return map(stage, tqdm(jobs, desc=desc, unit="batch", disable=not progress))
+
+    return run
+
+
+def discover(config: BuildConfig) -> Iterator[tuple[SourceRequest, Case | Problem]]:
+    """Every case and problem of every source, in a deterministic order, as the sources find
+    them. The sources and their data roots are checked at once: each source starts now, up
+    to its first item, so a data root of the wrong layout fails before any work."""
+    if not config.sources:
+        raise BuildError("no source given (use --source NAME_OR_SPEC=DATA_ROOT)")
+    names = [r.source.name for r in config.sources]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise BuildError(f"source(s) given twice: {', '.join(duplicates)}")
+    for request in config.sources:
+        if not request.data_root.exists():
+            raise BuildError(
+                f"data root {request.data_root} for {request.source.name} does not exist"
+            )
+    started = [(request, _started(request)) for request in config.sources]
+    return ((request, item) for request, items in started for item in items)
+
+
+def _started(request: SourceRequest) -> Iterator[Case | Problem]:
+    """The source's items, its discovery run now up to the first one."""
+    items = _found(request)
+    first = deque(islice(items, 1))  # emptied as it is taken: nothing keeps the item
+
+    def taken() -> Iterator[Case | Problem]:
+        while first:
+            yield first.popleft()
+        yield from items
+
+    return taken()
+
+
+def _found(request: SourceRequest) -> Iterator[Case | Problem]:
+    try:
+        yield from request.source.discover(request.data_root)
+    except ValueError as exc:  # LayoutError, SpecError
+        raise BuildError(f"{request.source.name}: {exc}") from exc
+
+
+def _noted(items: Iterable[Item], into: deque[Item]) -> Iterator[Item]:
+    """Each item, appended to `into` as it passes (for a later step that needs it again).
+    Nothing else keeps it: a job's cases go once the job is recorded."""
+
+    def note(item: Item) -> Item:
+        into.append(item)
+        return item
+
+    return map(note, items)
+
+
+def parse_source_arg(
+    value: str,
+    data_root: str | None = None,
+    slice_axis: str | None = None,
+    slices: str | None = None,
+) -> SourceRequest:
+    """ "NAME_OR_SPEC=DATA_ROOT" (or NAME_OR_SPEC with data_root) -> a SourceRequest.
+
+    `slice_axis` and `slices` (all, largest[:K], stride[:N]) override a volume source's own.
+    """
+    from ..sources import resolve_source
+    from ..geometry.slicing import VolumeError, parse_slice_policy
+
+    name, sep, root = value.partition("=")
+    if not sep:
+        if data_root is None:
+            raise BuildError(
+                f"--source {value}: give its data root as --source {value}=DATA_ROOT "
+                f"(or --data-root DIR with a single --source)"
+            )
+        root = data_root
+    data_root = Path(root).expanduser()
+    try:
+        source = resolve_source(name).at(data_root)
+    except ValueError as exc:  # an unknown name, a bad spec or dataset.json
+        raise BuildError(str(exc)) from exc
+    if source.volume is not None and (slice_axis or slices):
+        try:
+            volume = replace(
+                source.volume,
+                slice_axis=slice_axis or source.volume.slice_axis,
+                slices=parse_slice_policy(slices) if slices else source.volume.slices,
+            )
+        except VolumeError as exc:
+            raise BuildError(str(exc)) from exc
+        source = replace(source, volume=volume)
+    return SourceRequest(source, data_root)
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def _check_out(config: BuildConfig) -> None:
+    out = config.out
+    if out.exists() and any(out.iterdir()):
+        if not config.overwrite:
+            raise BuildError(f"output folder {out} is not empty (pass --overwrite to replace it)")
+        if not (out / "manifest.json").is_file():
+            raise BuildError(
+                f"refusing to overwrite {out}: it is not an MMRS build (no manifest.json)"
+            )
+
+
+def plan_extract(
+    discovered: Iterable[tuple[SourceRequest, Case | Problem]],
+    batch_size: int,
+    store: Path,
+    reusable: bool = True,
+) -> Iterator[ExtractJob]:
+    """Cases in batches of one source each, in discovery order (see ExtractJob.reusable),
+    each batch as soon as it is complete."""
+    index = 0
+    batch: list[Case] = []
+    current: SourceRequest | None = None
+    for request, item in discovered:
+        if not isinstance(item, Case):
+            continue
+        if batch and (request is not current or len(batch) >= batch_size):
+            # No local keeps the job while this waits: its cases go once it is recorded.
+            yield ExtractJob(index, SourceMeta.of(current.source), _emptied(batch), store,
+                             reusable)  # fmt: skip
+            index += 1
+        current = request
+        batch.append(item)
+    item = None  # the last case, in the last batch: the job alone keeps it
+    if batch:
+        yield ExtractJob(index, SourceMeta.of(current.source), _emptied(batch), store, reusable)
+
+
+def _emptied(batch: list[Case]) -> tuple[Case, ...]:
+    cases = tuple(batch)
+    batch.clear()
+    return cases
+
+
+class _Records:
+    """errors.jsonl and the per-source counts, in discovery order."""
+
+    def __init__(self, config: BuildConfig, path: Path, summary: BuildSummary) -> None:
+        self.config, self.summary = config, summary
+        self.handle = path.open("w")
+
+    def add(
+        self,
+        request: SourceRequest,
+        status: str,
+        case_id: str | None,
+        file: Path,
+        reason: str | None,
+    ) -> None:
+        counts = self.summary.sources[request.source.name]
+        setattr(counts, status, getattr(counts, status) + 1)
+        if status == "converted":
+            return
+        entry = {
+            "source": request.source.name,
+            "case_id": case_id,
+            "file": _relative(file, request.data_root),
+            "status": status,
+            "reason": reason,
+        }
+        self.handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        if self.config.strict:
+            self.handle.close()
+            raise BuildError(f"{request.source.name}: {entry['file']}: {reason} (--strict)")
+
+
+def run_build(
+    config: BuildConfig,
+    run_extract: StageRunner | None = None,
+    run_render: StageRunner | None = None,
+    run_rewrite: StageRunner | None = None,
+    api_key: str | None = None,
+) -> BuildSummary:
+    """Discover, extract, render, rewrite (if asked) and assemble a build.
+
+    `api_key` is the LLM key when config.rewrite is set (default: $OPENAI_API_KEY).
+    """
+    run_extract = run_extract or inline_runner(config.progress, "extract")
+    run_render = run_render or inline_runner(config.progress, "render")
+    run_rewrite = run_rewrite or inline_runner(config.progress, "rewrite")
+    templates = load_templates(config.templates_dir)
+    discovered = discover(config)
+    _check_out(config)
+    config.out.parent.mkdir(parents=True, exist_ok=True)
+    # Without a cache, the store sits beside --out so its parts can be hard-linked.
+    with (
+        tempfile.TemporaryDirectory(
+            prefix=f".{config.out.name}.store-", dir=config.out.parent
+        ) as scratch,
+        open_rewriting(config.rewrite, api_key) as llm,
+    ):
+        store = config.cache_dir or Path(scratch)
+        if llm is not None:  # expand-templates renders with the generated variants too
+            config = replace(
+                config, templates_dir=llm.templates(config.templates_dir, store, run_rewrite)
+            )
+            templates = load_templates(config.templates_dir)
+        # What is discovered and not yet counted, and what is planned and not yet recorded:
+        # as much as the stage runner keeps in flight.
+        uncounted: deque[tuple[SourceRequest, Case | Problem]] = deque()
+        planned: deque[ExtractJob] = deque()
+        jobs = _noted(
+            plan_extract(
+                _noted(discovered, uncounted), config.batch_size, store,
+                config.cache_dir is not None,
+            ),
+            planned,
+        )  # fmt: skip
+        extracted = run_extract(extract_batch, jobs)
+        staging = config.out.parent / f".{config.out.name}.partial"
+        if staging.exists():
+            shutil.rmtree(staging)
+        (staging / "data").mkdir(parents=True)
+        try:
+            rewrite = None if llm is None else _rewriter(llm, store, run_rewrite)
+            summary = _assemble(
+                config, staging, templates, uncounted, planned, jobs, extracted, run_render,
+                rewrite,
+            )  # fmt: skip
+            previous = config.out.parent / f".{config.out.name}.previous"
+            if config.out.exists():
+                config.out.replace(previous)
+            staging.replace(config.out)
+            if previous.exists():
+                shutil.rmtree(previous)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging)
+    return summary
+
+
+def _rewriter(
+    llm: Rewriting, store: Path, run: StageRunner
+) -> Callable[[list[RenderResult], BuildSummary], list[RenderResult]]:
+    """The rewrite stage between render and assembly; it records its outcome in the summary."""
+
+    def rewrite(rendered: list[RenderResult], summary: BuildSummary) -> list[RenderResult]:
+        rendered = llm.paraphrase(rendered, store, run)
+        summary.rewrite, summary.llm_usage = llm.report(), llm.usage()
+        return rendered
+
+    return rewrite
+
+
+def build(config: BuildConfig) -> BuildSummary:
+    """A whole build in this process, stage by stage (no orchestrator, no cache reuse)."""
+    return run_build(config)
+
+
+def _assemble(
+    config: BuildConfig,
+    staging: Path,
+    templates: TemplateSet,
+    uncounted: deque[tuple[SourceRequest, Case | Problem]],
+    planned: deque[ExtractJob],
+    jobs: Iterator[ExtractJob],
+    extracted: Iterable[ExtractResult],
+    run_render: StageRunner,
+    rewrite: Callable[[list[RenderResult], BuildSummary], list[RenderResult]] | None = None,
+) -> BuildSummary:
+    summary = BuildSummary(config.out)
+    for request in config.sources:
+        summary.sources[request.source.name] = SourceCounts()
+    records = _Records(config, staging / "errors.jsonl", summary)
+    owner: dict[str, str] = {}  # image_id -> source/case that converted it first
+
+    def reach(case: Case | None) -> SourceRequest | None:
+        """Count discovered items up to `case` (to the end for None), recording the
+        problems met on the way; returns the case's request. Each item is let go once
+        counted."""
+        while uncounted:
+            request, item = uncounted.popleft()
+            summary.sources[request.source.name].discovered += 1
+            if item is case:
+                return request
+            records.add(request, "skipped", item.case_id, item.file, item.reason)
+        return None
+
+    def record(job: ExtractJob, result: ExtractResult) -> frozenset[str]:
+        """Record a batch's outcomes in discovery order (so --strict stops at the first bad
+        case); returns its cases to leave out: images identical to one converted before."""
+        skip: set[str] = set()
+        for case, outcome in zip(job.cases, result.outcomes, strict=True):
+            request = reach(case)  # batches hold the discovered cases, in order
+            if outcome.status != "converted":
+                records.add(request, outcome.status, case.case_id, case.image, outcome.reason)
+                continue
+            me = f"{request.source.name}/{case.case_id}"
+            first = owner.setdefault(outcome.image_id, me)
+            if first != me:
+                skip.add(case.case_id)
+                records.add(
+                    request,
+                    "skipped",
+                    case.case_id,
+                    case.image,
+                    f"identical image already converted as {first}",
+                )
+                continue
+            records.add(request, "converted", case.case_id, case.image, None)
+        return frozenset(skip)
+
+    sources: list[SourceMeta] = []  # of each batch
+
+    def render_jobs() -> Iterator[RenderJob]:
+        """Each batch's render job, as soon as its extraction and every earlier one's is
+        recorded. What is left to do then needs neither the batch's cases (only its source
+        and store) nor their outcomes (render needs the key and payload): both are let go."""
+        for result in extracted:
+            job = planned.popleft()  # results come in job order
+            skip = record(job, result)
+            sources.append(job.source)
+            store = job.store
+            del job
+            yield RenderJob(
+                replace(result, outcomes=()),
+                skip,
+                config.seed,
+                config.ratios,
+                config.templates_dir,
+                templates.digest,
+                store,
+                config.check,
+            )
+        if planned or next(jobs, None) is not None:
+            raise RuntimeError("the extract stage's runner did not return every batch's result")
+        reach(None)
+        records.handle.close()
+        owner.clear()
+
+    rendered = list(run_render(render_batch, render_jobs()))
+    if rewrite is not None:
+        rendered = rewrite(rendered, summary)
+    for source, result in zip(sources, rendered, strict=True):  # a batch holds one source
+        summary.sources[source.name].rows += result.stats.rows
+        summary.images += result.images
+        summary.checks.update(((p.sha256, p.split), p.check) for p in result.parts if p.check)
+        summary.hashes.update((p.identity, p.sha256) for p in result.parts)
+    summary.stats = Stats.total(result.stats for result in rendered)
+
+    files, shards = _link_shards(staging / "data", sources, rendered)
+    public = {r.source.name for r in config.sources if r.source.redistributable}
+    shown = [staging / s["path"] for s in shards if s["source"] in public]
+    from ..release.plots import write_plots  # matplotlib: only a build that gets this far needs it
+
+    figures = write_plots(summary.stats, staging / "plots", shown)
+    card = render_card(
+        summary.as_dict(usage=False), [r.source for r in config.sources], config.seed,
+        config.ratios, shards, templates.count(), _code_version(),
+        summary.stats,
+        {name: path.relative_to(staging).as_posix() for name, path in figures.items()},
+    )  # fmt: skip
+    (staging / "README.md").write_text(card)
+    report = summary.as_dict(usage=False)
+    (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    others = ["errors.jsonl", "README.md", "report.json", *(p.relative_to(staging).as_posix()
+              for p in figures.values())]  # fmt: skip
+    for name in others:
+        files[name] = file_digest(staging / name)
+    _write_manifest(staging, config, templates, summary, files, shards)
+    return summary
+
+
+def _link_shards(
+    folder: Path, sources: list[SourceMeta], rendered: list[RenderResult]
+) -> tuple[dict[str, str], list[dict[str, str]]]:
+    """Each part becomes data/<split>-<i>-of-<n>.parquet (a hard link where possible).
+
+    Returns the shards' content hashes and, per shard, its split, modality and source (a
+    batch holds one source, so each shard holds one source and one modality).
+    """
+    files: dict[str, str] = {}
+    shards: list[dict[str, str]] = []
+    for split in SPLITS:
+        parts = [
+            (source, part)
+            for source, result in zip(sources, rendered, strict=True)
+            for part in result.parts
+            if part.split == split
+        ]
+        for index, (source, part) in enumerate(parts):
+            target = folder / f"{split}-{index:05d}-of-{len(parts):05d}.parquet"
+            try:
+                os.link(part.path, target)
+            except OSError:
+                shutil.copyfile(part.path, target)
+            files[f"data/{target.name}"] = part.sha256
+            shards.append(
+                {
+                    "path": f"data/{target.name}",
+                    "split": split,
+                    "modality": source.modality,
+                    "source": source.name,
+                }
+            )
+    return dict(sorted(files.items())), shards
+
+
+def _code_version() -> str:
+    return f"{__version__}+{code_digest(EXTRACT_CODE + RENDER_CODE)[:12]}"
+
+
+def _write_manifest(
+    staging: Path,
+    config: BuildConfig,
+    templates: TemplateSet,
+    summary: BuildSummary,
+    files: dict[str, str],
+    shards: list[dict[str, str]],
+) -> None:
+    summary_dict = summary.as_dict()
+    manifest = {
+        "format": "mmrs/1",
+        "code_version": _code_version(),
+        "config": {
+            "sources": [
+                {
+                    "name": r.source.name,
+                    "modality": r.source.modality,
+                    "data_root": r.data_root.as_posix(),
+                    "display": r.source.display.describe(),
+                    "volume": r.source.volume.describe() if r.source.volume else None,
+                    "license": r.source.license,
+                    "redistributable": r.source.redistributable,
+                    "citation": r.source.citation,
+                    "homepage": r.source.homepage,
+                    "layout": r.source.layout,
+                }
+                for r in config.sources
+            ],
+            "seed": config.seed,
+            "split_ratios": vars(config.ratios),
+            "min_component_fraction": MIN_COMPONENT_FRACTION,
+            "templates_digest": templates.digest,
+            "templates": templates.count(),
+            "batch_size": config.batch_size,
+        },
+        "counts": summary_dict["sources"],
+        "images": summary_dict["images"],
+        "rows_per_split": summary_dict["rows_per_split"],
+        **{k: summary_dict[k] for k in ("rewrite", "llm_usage") if k in summary_dict},
+        "shards": shards,
+        "files": dict(sorted(files.items())),
+    }
+    path = staging / "manifest.json"
+    tmp = staging / ".manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    tmp.replace(path)

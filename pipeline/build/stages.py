@@ -1,0 +1,278 @@
+"""The build's two batch stages, as plain functions over picklable jobs.
+
+- extract_batch: cases -> pixels and facts (the only stage that reads source files),
+  written case by case into one payload file in the store, under a key made of the
+  content hashes of every input file, the source's settings and the extract code.
+- render_batch: a payload -> QA rows -> one Parquet part per split, written by the worker
+  that holds the data, under a key made of the extract key, templates, seed, split ratios,
+  the duplicates to leave out and the render code. Unless told not to, the same worker
+  then checks each part it wrote as `mmrs validate` checks a shard (checks/shard.py), so the
+  build's final validation needs to check only what changed after render.
+
+Both return small summaries; keys make them cacheable by any orchestrator (flows.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import shutil
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from ..io import dicomseg, display, images as imageio, volumes as volumeio
+from . import cases, extract, extract_volume, render
+from ..geometry import facts, patient, relations, slicing as volume
+from ..qa import templates as qa
+from .. import schema, splits
+from ..release import stats
+from ..shards import parts, writer
+from ..shards.parts import Part, RenderResult
+from ..store import FileIdentity, StageRunner, atomic_pickle, cache_key, code_digest, file_digest, file_identity, stored_result
+from .cases import CaseError, ExtractedCase, SourceMeta
+from .extract import extract_case
+from ..io.images import PixelError
+from ..qa.templates import QAPlanner, TemplateSet, load_templates
+from .render import render_case
+from ..checks.shard import CHECK_CODE, ShardResult, check_shard
+from ..sources.base import Case
+from ..splits import SplitRatios
+from ..release.stats import COLUMNS as STATS_COLUMNS
+from ..release.stats import Stats
+from ..shards.writer import SplitWriter
+
+STAGES = sys.modules[__name__]  # this module: the stage functions and their results
+EXTRACT_CODE = (
+    STAGES,
+    cases,
+    extract,
+    extract_volume,
+    facts,
+    imageio,
+    display,
+    patient,
+    volume,
+    volumeio,
+    dicomseg,
+    relations,
+)
+RENDER_CODE = (STAGES, render, qa, splits, schema, stats, writer, parts)
+
+
+@dataclass(frozen=True, slots=True)
+class CaseOutcome:
+    """How one case left the extract stage."""
+
+    case_id: str
+    status: str  # "converted" | "skipped" | "failed"
+    reason: str | None = None
+    image_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ExtractJob:
+    index: int
+    source: SourceMeta
+    cases: tuple[Case, ...]
+    store: Path
+    reusable: bool = True  # False: a store of this build only, so nothing to find again
+
+    @cached_property
+    def key(self) -> str:
+        """Content hashes of every input file + the source's settings + the extract code.
+
+        In a store of this build only, the batch's place in it is enough: no file is hashed.
+        """
+        if not self.reusable:
+            return cache_key("extract", self.index, self.source.name)
+        files = []
+        for case in self.cases:
+            paths = [case.image, *(m.path for m in case.masks)]
+            files.append((case, [file_digest(p) if p.is_file() else None for p in paths]))
+        settings = (self.source, facts.MIN_COMPONENT_FRACTION)
+        return cache_key("extract", code_digest(EXTRACT_CODE), settings, files)
+
+    def payload(self, key: str) -> Path:
+        return self.store / "extract" / f"{key}.pkl"
+
+    def same_batch(self, other: ExtractJob) -> bool:
+        """Whether other extracts the same cases the same way (into any store)."""
+        return replace(other, store=self.store) == self
+
+    def result(self, key: str) -> Path:
+        return self.store / "extract" / f"{key}.result.pkl"
+
+
+@dataclass(frozen=True)
+class ExtractResult:
+    key: str
+    payload: Path
+    outcomes: tuple[CaseOutcome, ...]
+    reusable: bool = True  # False: read once, by its render job, which then deletes it
+
+
+class PayloadWriter:
+    """A batch's payload, written one case at a time: one pickle per case (None for a case
+    not converted), so neither stage holds a whole batch's pixels. Readers see all of the
+    file or none of it: it is written under a temporary name, renamed when the block ends
+    without error and removed when it ends with one."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+    def __enter__(self) -> PayloadWriter:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = self.tmp.open("wb")
+        return self
+
+    def add(self, images: list[ExtractedCase] | None) -> None:
+        pickle.dump(images, self.handle, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        self.handle.close()
+        if kind is None:
+            self.tmp.replace(self.path)
+        else:
+            self.tmp.unlink(missing_ok=True)
+
+
+def read_payload(path: Path) -> Iterator[list[ExtractedCase] | None]:
+    """The cases of a payload (PayloadWriter), one at a time, in batch order."""
+    with path.open("rb") as handle:
+        while handle.peek(1):
+            yield pickle.load(handle)
+
+
+def case_image_id(images: list[ExtractedCase]) -> str:
+    """The content id of a case: its image's, or a hash of all its slices' ids."""
+    if len(images) == 1:
+        return images[0].image_id
+    return hashlib.sha256("|".join(i.image_id for i in images).encode()).hexdigest()
+
+
+def extract_batch(job: ExtractJob) -> ExtractResult:
+    """Extract every case of a batch; bad cases become outcomes, never exceptions.
+
+    A batch whose key is already in the store is not extracted again.
+    """
+    key = job.key
+    stored = stored_result(job.result(key))
+    if isinstance(stored, ExtractResult) and stored.payload.is_file():
+        return stored
+    outcomes = []
+    with PayloadWriter(job.payload(key)) as payload:
+        for case in job.cases:
+            try:
+                images = extract_case(case, job.source)
+            except CaseError as exc:
+                outcomes.append(CaseOutcome(case.case_id, "skipped", str(exc)))
+            except PixelError as exc:
+                outcomes.append(CaseOutcome(case.case_id, "failed", str(exc)))
+            except Exception as exc:  # noqa: BLE001 - any other error fails this case only
+                reason = f"{type(exc).__name__}: {exc}"
+                outcomes.append(CaseOutcome(case.case_id, "failed", reason))
+            else:
+                payload.add(images)
+                image_id = case_image_id(images)
+                outcomes.append(CaseOutcome(case.case_id, "converted", None, image_id))
+                continue
+            payload.add(None)
+    result = ExtractResult(key, payload.path, tuple(outcomes), job.reusable)
+    atomic_pickle(result, job.result(key))  # written last: marks the batch complete
+    return result
+
+
+@dataclass(frozen=True)
+class RenderJob:
+    extract: ExtractResult
+    skip: frozenset[str]  # case ids left out (identical images converted elsewhere)
+    seed: int
+    ratios: SplitRatios
+    templates_dir: Path | None
+    templates_digest: str
+    store: Path
+    check: bool = True  # check each part written (checks/shard.py)
+
+    @cached_property
+    def key(self) -> str:
+        """The extract key + templates, seed, ratios, left-out cases + the render code (and
+        the checking code, when parts are checked)."""
+        settings = (self.seed, self.ratios, self.templates_digest, sorted(self.skip))
+        code = code_digest(RENDER_CODE + (CHECK_CODE if self.check else ()))
+        return cache_key("render", code, self.check, self.extract.key, settings)
+
+    def parts(self, key: str) -> Path:
+        return self.store / "parts" / key
+
+    def result(self, key: str) -> Path:
+        return self.parts(key) / "result.pkl"
+
+
+def _templates(directory: Path | None, digest: str) -> TemplateSet:
+    """The build's templates, checked against its digest (compiled once per process)."""
+    loaded = load_templates(directory)
+    if loaded.digest != digest:
+        raise RuntimeError(f"templates in {directory} changed during the build")
+    return loaded
+
+
+def _write_rows(
+    job: RenderJob, key: str, staging: Path
+) -> tuple[RenderResult, list[tuple[str, Path]]]:
+    """Render a batch's rows into one Parquet part per split it has rows in, in staging;
+    returns the counts and each part with its split."""
+    planner = QAPlanner(_templates(job.templates_dir, job.templates_digest), job.seed)
+    writers: dict[str, SplitWriter] = {}
+    counted: dict[str, list] = {name: [] for name in STATS_COLUMNS}
+    rendered_images = 0
+    for images in read_payload(job.extract.payload):
+        if images is None or images[0].case.case_id in job.skip:
+            continue
+        rows = [row for item in images for row in render_case(item, planner, job.ratios)]
+        split = rows[0]["split"] if rows else None
+        rendered_images += len(images)
+        if split is None:
+            continue
+        if split not in writers:
+            writers[split] = SplitWriter(staging, split)
+        writers[split].add_image_rows(rows)
+        for name, values in counted.items():
+            values += [row[name] for row in rows]
+    stats = Stats()
+    stats.add(counted)
+    written = [(split, path) for split in splits.SPLITS if split in writers
+               for path in writers[split].close()]  # fmt: skip
+    return RenderResult(key, (), rendered_images, stats), written
+
+
+def render_batch(job: RenderJob) -> RenderResult:
+    """Render and write one batch's rows: one Parquet part per split it has rows in."""
+    key = job.key
+    stored = stored_result(job.result(key))
+    if isinstance(stored, RenderResult) and all(part.path.is_file() for part in stored.parts):
+        return stored
+    folder = job.parts(key)
+    staging = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    result, written = _write_rows(job, key, staging)
+    parts = []
+    for split, path in written:
+        rows, identity, sha256 = writer.row_count(path), file_identity(path), file_digest(path)
+        check = check_shard(path, split, sha256) if job.check else None
+        parts.append(Part(split, folder / path.name, sha256, rows, identity, check))
+    rendered = replace(result, parts=tuple(parts))
+    atomic_pickle(rendered, staging / "result.pkl")
+    if folder.exists():
+        shutil.rmtree(folder)
+    staging.replace(folder)  # the whole batch appears at once
+    if not job.extract.reusable:  # freed now by this worker, not at the build's end
+        job.extract.payload.unlink(missing_ok=True)
+    return rendered

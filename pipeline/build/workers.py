@@ -1,0 +1,217 @@
+"""What Prefect needs from the project: its defaults, task runners, worker pool and store.
+
+Kept apart from flows.py so the defaults are set before Prefect is first imported.
+
+The default `threads` runner runs tasks on threads of the flow's process; with several
+workers, each CPU-bound task hands its job to a pool of that many worker processes
+(`worker_pool`, `on_worker`). Threads alone would share one interpreter lock, and
+Prefect's own process runner starts the whole task engine (Prefect included) in every
+worker; the pool's processes hold only the stage code, forked from a server that
+imported it once.
+"""
+
+from __future__ import annotations
+
+import gc
+import multiprocessing
+import os
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from contextlib import contextmanager
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .malloc import keep_freed_buffers
+
+# A fresh Prefect database can take ~20 s to start the embedded (ephemeral) API; analytics
+# would try to reach the network. Users' own settings win (setdefault).
+PREFECT_DEFAULTS = {
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+}
+RUNNERS = ("threads", "processes", "dask")
+# Imported once by the pool's fork server, so every worker starts with them: the stages,
+# scipy.ndimage (imported on first use by geometry/facts.py), and pandas where installed (datasets
+# needs it): pyarrow imports it on a process's first pa.array call, about 0.3 s that each
+# worker would pay again. The fork server skips what is missing.
+WORKER_MODULES = ["pipeline.build.stages", "pipeline.checks.folder", "scipy.ndimage", "pandas"]
+
+
+def apply_prefect_defaults() -> None:
+    for key, value in PREFECT_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
+def default_cache_dir() -> Path:
+    """$MMRS_CACHE_DIR, else $XDG_CACHE_HOME/mmrs, else ~/.cache/mmrs."""
+    if os.environ.get("MMRS_CACHE_DIR"):
+        return Path(os.environ["MMRS_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "mmrs"
+
+
+def cache_store(cache: bool, cache_dir: str | None) -> Path | None:
+    """The store of a build's stage results: cache_dir or the default; None without cache."""
+    if not cache:
+        return None
+    return Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+
+
+def make_task_runner(runner: str, workers: int, dask_address: str | None = None):
+    """A Prefect task runner: threads (default), processes, or Dask (local or attached)."""
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if dask_address or runner == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if dask_address:
+            return DaskTaskRunner(address=dask_address)
+        cluster = {"n_workers": workers, "threads_per_worker": 1, "dashboard_address": None}
+        return DaskTaskRunner(cluster_kwargs=cluster)
+    from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
+
+    if runner == "processes":
+        return ProcessPoolTaskRunner(max_workers=workers)
+    if runner == "threads":
+        return ThreadPoolTaskRunner(max_workers=workers)
+    raise ValueError(f"unknown runner {runner!r} (expected one of {', '.join(RUNNERS)})")
+
+
+JOBS_AHEAD_PER_SLOT = 2
+
+
+def in_flight(task_runner: Any, workers: int) -> int:
+    """How many jobs a stage keeps submitted beyond the one whose result it waits for: two
+    for each task the runner runs at once (`workers`, or the threads of the Dask cluster it
+    is attached to, as the flow starts). Every worker then has its next job while the stage
+    waits, and a stage never holds the jobs of a whole build."""
+    client = getattr(task_runner, "client", None)  # a DaskTaskRunner's, once it is entered
+    threads = sum(client.nthreads().values()) if client is not None else 0
+    return JOBS_AHEAD_PER_SLOT * max(workers, threads)
+
+
+_POOL: ContextVar[Executor | None] = ContextVar("mmrs_worker_pool", default=None)
+Job = TypeVar("Job")
+Result = TypeVar("Result")
+
+
+def _forkserver() -> multiprocessing.context.BaseContext:
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(WORKER_MODULES)
+    return context
+
+
+# Pools started ahead, by worker count, each with the thread that hands it its first jobs.
+_STARTED: dict[int, tuple[ProcessPoolExecutor, ThreadPoolExecutor]] = {}
+# Jobs given to a pool started ahead before the orchestrator asks for them, by stage: the
+# test of sameness, and each job with its handing (a future of the pool's future).
+_AHEAD: dict[Callable, tuple[Callable[[Any, Any], bool], list[tuple[Any, Future]]]] = {}
+_AHEAD_LOCK = threading.Lock()
+
+
+def _new_pool(workers: int) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(workers, mp_context=_forkserver(), initializer=_start_worker)
+
+
+def _start_worker() -> None:
+    """Each worker keeps its freed buffers (malloc.py), and its collections skip the
+    modules the fork server imported (frozen: see collector.py)."""
+    keep_freed_buffers()
+    gc.freeze()
+
+
+def _nothing() -> None:
+    return None
+
+
+def start_workers(workers: int, warm_up: Callable[[], object] | None = None) -> None:
+    """Start the worker processes now (from their fork server), for the next worker_pool
+    of that size: their start, and one warm_up job per worker (normally each takes one),
+    overlap the caller's own work.
+
+    The jobs are handed to the pool on a thread of its own, because the first submit waits
+    until the fork server has imported the workers' modules (about 0.7 s): the caller
+    goes on meanwhile.
+    """
+    pool = _new_pool(workers)
+    hand = ThreadPoolExecutor(1, thread_name_prefix="mmrs-start-workers")
+    for _ in range(workers):  # one job per worker: the pool forks them all now
+        hand.submit(pool.submit, warm_up or _nothing)
+    _STARTED[workers] = (pool, hand)
+
+
+def start_ahead(
+    workers: int,
+    stage: Callable[[Job], Result],
+    jobs: Iterable[Job],
+    same: Callable[[Job, Job], bool],
+) -> None:
+    """Run stage on jobs now, on the workers start_workers(workers) started: on_worker then
+    takes, for a job same(started, job) as one of these, its result instead of running it
+    again. What the orchestrator never asks for is cancelled when the pool closes."""
+    pool, hand = _STARTED[workers]
+    _AHEAD[stage] = (same, [(job, hand.submit(pool.submit, stage, job)) for job in jobs])
+
+
+def _started_ahead(stage: Callable[[Job], Result], job: Job) -> Future | None:
+    with _AHEAD_LOCK:
+        same, started = _AHEAD.get(stage, (None, []))
+        for index, (other, future) in enumerate(started):
+            if same(other, job):
+                del started[index]
+                return future
+    return None
+
+
+def _cancel_ahead() -> None:
+    """Cancel the jobs started ahead that nobody asked for (all of them handed by now)."""
+    with _AHEAD_LOCK:
+        for _, started in _AHEAD.values():
+            for _, handed in started:
+                if handed.exception() is None:
+                    handed.result().cancel()
+        _AHEAD.clear()
+
+
+@contextmanager
+def worker_pool(
+    runner: str, workers: int, dask_address: str | None = None
+) -> Iterator[Executor | None]:
+    """The worker processes of a threads-runner build with several workers (else none).
+
+    While open, `on_worker` runs jobs there, from any thread that inherits this context
+    (Prefect's thread runner copies it into every task). Workers started ahead by
+    start_workers are used, else new ones are started.
+    """
+    if runner != "threads" or dask_address or workers < 2:
+        yield None
+        return
+    pool, hand = _STARTED.pop(workers, None) or (_new_pool(workers), None)
+    with pool:
+        token = _POOL.set(pool)
+        try:
+            yield pool
+        finally:
+            _POOL.reset(token)
+            if hand is not None:
+                hand.shutdown()
+            _cancel_ahead()
+
+
+def on_worker(stage: Callable[[Job], Result], job: Job) -> Result:
+    """stage(job) on the open worker pool when there is one (the result of the same job
+    started ahead, if it was), else in this thread.
+
+    Either way the process that runs it keeps its freed buffers (pipeline/build/malloc.py),
+    whichever runner started it; a flow's process whose tasks go to the pool does not
+    (it converts no images, and would only hold on to what it frees).
+    """
+    pool = _POOL.get()
+    if pool is None:
+        keep_freed_buffers()
+        return stage(job)
+    handed = _started_ahead(stage, job)
+    return (handed.result() if handed is not None else pool.submit(stage, job)).result()

@@ -1,0 +1,229 @@
+"""`mmrs validate`: the output contract, checked after every build.
+
+Re-derives every fact of every row from the row's own mask, reads the facts back out of
+each answer (shard.py, one shard at a time), and checks the schema, file names,
+content hashes against the manifest, patient leakage and identical images across splits.
+Independent of how the rows were made: it reads only the output folder. A build hands in
+the checks its render workers made of the parts it wrote, each used only for a shard whose
+content hash it matches, and the parts' content hashes by file identity (device, inode,
+size, modification time), so a shard whose file is still the one hashed is not read again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections import defaultdict
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from ..schema import SCHEMA
+from ..splits import SPLITS
+from ..store import (
+    FileIdentity,
+    StageRunner,
+    atomic_pickle,
+    code_digest,
+    file_digest,
+    file_identity,
+    stored_result,
+)
+from .shard import CHECK_CODE, KEY, ShardResult, check_shard, merged, patient_key, unpacked
+
+SHARD_NAME = re.compile(r"(?P<split>[a-z]+)-(?P<index>\d{5})-of-(?P<total>\d{5})\.parquet")
+MAX_REPORTED = 50  # violations listed in full; all are counted
+
+
+@dataclass
+class ValidationResult:
+    rows: int = 0
+    rows_per_split: dict[str, int] = field(default_factory=dict)
+    violations: list[str] = field(default_factory=list)
+    violation_count: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.violation_count == 0
+
+    def add(self, message: str) -> None:
+        self.violation_count += 1
+        if len(self.violations) < MAX_REPORTED:
+            self.violations.append(message)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "rows": self.rows,
+            "rows_per_split": self.rows_per_split,
+            "violation_count": self.violation_count,
+            "violations": self.violations,
+        }
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """One shard to check, keyed by its content hash and the checking code."""
+
+    shard: Path
+    split: str
+    store: Path | None = None  # where results are kept for the next run (None: nowhere)
+    known_sha256: str | None = None  # the hash of this very file, made when it was written
+
+    @cached_property
+    def sha256(self) -> str:
+        """The shard's content hash, computed by whoever needs it first (a cache key or the
+        worker that checks the shard) unless it is known."""
+        return self.known_sha256 or file_digest(self.shard)
+
+    @cached_property
+    def key(self) -> str:
+        code = code_digest(CHECK_CODE)
+        return hashlib.sha256(f"{code}|{self.sha256}|{self.split}".encode()).hexdigest()
+
+    def result(self, key: str) -> Path:
+        return (self.store or Path(".")) / "validate" / f"{key}.pkl"
+
+
+def check_job(job: ShardJob) -> ShardResult:
+    """Check a shard, reusing a stored result for the same content and code."""
+    if job.store is None:
+        return check_shard(job.shard, job.split, job.sha256)
+    key = job.key
+    stored = stored_result(job.result(key))
+    if isinstance(stored, ShardResult):
+        return stored
+    part = check_shard(job.shard, job.split, job.sha256)
+    atomic_pickle(part, job.result(key))
+    return part
+
+
+def _in_several(runs: dict[str, list[bytes]]) -> list[tuple[bytes, list[str]]]:
+    """The keys found in more than one split (each split's shards' runs of keys), sorted,
+    each with its splits."""
+    per_split = {
+        split: np.frombuffer(merged(run), dtype=KEY) for split, run in sorted(runs.items())
+    }
+    every = [np.array([], dtype=KEY), *per_split.values()]
+    found, count = np.unique(np.concatenate(every), return_counts=True)
+    several = found[count > 1]
+    where = {split: np.isin(several, keys) for split, keys in per_split.items()}
+    return [
+        (key, [split for split in per_split if where[split][index]])
+        for index, key in enumerate(unpacked(several.tobytes()))
+    ]
+
+
+def _patients_named(
+    jobs: list[ShardJob], leaked: dict[bytes, list[str]]
+) -> list[tuple[str, list[str]]]:
+    """The patients (source/patient_id) behind leaked keys, each with the splits of the
+    shards that hold it, read back from the shards' own columns."""
+    splits: dict[str, set[str]] = defaultdict(set)
+    for job in jobs:
+        try:
+            table = pq.read_table(job.shard, columns=["source", "patient_id"])
+        except (pa.ArrowException, OSError):  # already reported as unreadable
+            continue
+        for source, patient_id in set(zip(*table.to_pydict().values(), strict=True)):
+            if patient_key(source, patient_id) in leaked:
+                splits[f"{source}/{patient_id}"].add(job.split)
+    return sorted((name, sorted(found)) for name, found in splits.items() if len(found) > 1)
+
+
+def validate(
+    folder: Path,
+    progress: bool = False,
+    store: Path | None = None,
+    run: StageRunner | None = None,
+    checked: Mapping[tuple[str, str], ShardResult] | None = None,
+    hash_threads: int = 1,
+    known_hashes: Mapping[FileIdentity, str] | None = None,
+) -> ValidationResult:
+    """Check an output folder; the result lists every violation found (see module doc).
+
+    `run` runs the per-shard checks (default: one after another in this process).
+    `checked`: checks already made, by (content hash, split); a shard with the same content
+    and split is not checked again (shards are hashed for it on `hash_threads` threads).
+    `known_hashes`: content hashes by file identity; a shard whose file has one is not
+    hashed.
+    """
+    result = ValidationResult()
+    manifest_path = folder / "manifest.json"
+    if not manifest_path.is_file():
+        result.add(f"{folder}: no manifest.json (not an MMRS build, or an unfinished one)")
+        return result
+    manifest = json.loads(manifest_path.read_text())
+    shards = sorted((folder / "data").glob("*.parquet"))
+    if not shards:
+        result.add(f"{folder}/data: no Parquet shards")
+    jobs: list[ShardJob] = []
+    files = manifest.get("files", {})
+    totals: dict[str, set[int]] = defaultdict(set)
+    for shard in shards:
+        name = SHARD_NAME.fullmatch(shard.name)
+        if name is None or name["split"] not in SPLITS:
+            result.add(f"{shard.name}: not named <split>-<i>-of-<n>.parquet")
+            continue
+        totals[name["split"]].add(int(name["total"]))
+        try:
+            parquet = pq.ParquetFile(shard)
+        except (pa.ArrowException, OSError) as exc:
+            result.add(f"{shard.name}: not a readable Parquet file ({exc})")
+            continue
+        if not parquet.schema_arrow.remove_metadata().equals(SCHEMA):
+            result.add(f"{shard.name}: schema differs from the row contract")
+            continue
+        sha256 = (known_hashes or {}).get(file_identity(shard))
+        jobs.append(ShardJob(shard, name["split"], store, sha256))
+    for split, total in totals.items():
+        count = sum(1 for s in shards if s.name.startswith(f"{split}-"))
+        if total != {count}:
+            result.add(f"{split}: shard names say {sorted(total)} shards, found {count}")
+
+    known = {}
+    if checked:  # hashing here is what lets a check made elsewhere stand for this shard
+        with ThreadPoolExecutor(hash_threads) as pool:  # hashlib lets go of the GIL
+            list(pool.map(lambda job: job.sha256, jobs))  # each job keeps its hash
+        known = {i: checked[j.sha256, j.split] for i, j in enumerate(jobs)
+                 if (j.sha256, j.split) in checked}  # fmt: skip
+    unknown = [job for i, job in enumerate(jobs) if i not in known]
+    if not unknown:  # the render workers checked every shard: nothing to run, no empty bar
+        done = iter(())
+    elif run is None:
+        done = map(check_job, tqdm(unknown, desc="validate", unit="shard", disable=not progress))
+    else:
+        done = run(check_job, unknown)
+    done = iter(done)
+    patients: dict[str, list[bytes]] = defaultdict(list)  # split -> its shards' key runs
+    images: dict[str, list[bytes]] = defaultdict(list)
+    for index, job in enumerate(jobs):
+        part = known[index] if index in known else next(done)
+        result.rows += part.rows
+        result.rows_per_split[part.split] = result.rows_per_split.get(part.split, 0) + part.rows
+        if part.sha256 != files.get(f"data/{job.shard.name}"):
+            result.add(f"{job.shard.name}: content differs from the manifest's hash")
+        for message in part.violations:
+            result.add(f"{job.shard.name} {message}")
+        patients[part.split].append(part.patients)
+        images[part.split].append(part.images)
+    if next(done, None) is not None:  # run to its end: that also completes the progress bar
+        raise RuntimeError("the shard checks returned more results than there were shards")
+    leaked = dict(_in_several(patients))
+    for name, splits in _patients_named(jobs, leaked) if leaked else []:
+        result.add(f"patient leakage: {name} is in {splits}")
+    for key, splits in _in_several(images):
+        result.add(f"identical image {key.hex()[:16]} is in {splits}")
+    expected = manifest.get("rows_per_split", {})
+    if expected != result.rows_per_split:
+        result.add(f"manifest rows_per_split {expected} != rows found {result.rows_per_split}")
+    return result

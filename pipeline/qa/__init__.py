@@ -1,0 +1,2 @@
+"""Questions and answers: the templates and their planner, and the fact parser that reads
+text back. Imports geometry."""

@@ -1,0 +1,163 @@
+"""Read the facts back out of question/answer text and compare them with a mask's facts.
+
+A deterministic parser for the controlled vocabulary of DESIGN.md: zone words, quadrant
+words ("<vertical> <horizontal> quadrant"), PRS-Med words ("top left", ..., "center"), size
+words, counts, yes/no, option letters and the patient's side ("the patient's left", "on both
+sides of the patient", "in the midline"; always phrased in the patient's frame, so image-frame
+words such as "middle left" are never read as a side). `mmrs validate` uses it to check that every
+answer states only facts its mask supports.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ..geometry.facts import Facts
+from .templates import LETTERS, NUMBER_WORDS, location_zones
+
+_QUADRANT = re.compile(r"\b(upper|lower) (left|right) quadrant\b")
+_ZONE = re.compile(r"\b(?:(upper|middle|lower) (left|center|right)|center)\b")
+_PRSMED = re.compile(r"\b(?:(top|bottom) (left|right)|center)\b")
+_SIZE = re.compile(r"\b(tiny|small|medium|large)\b")
+_NUMBER = re.compile(r"\b(\d+|" + "|".join(NUMBER_WORDS) + r")\b")
+_YES_NO = re.compile(r"^\s*(yes|no)\b")
+_LETTER = re.compile(r"(?:^\s*\(?|\(|\b[Oo]ption\s+)([A-D])\b\)?")
+_NEGATION = re.compile(r"\b(no|not|none|absent)\b")
+_PATIENT_SIDE = re.compile(
+    r"\bpatient(?:'s|s'|’s)? (left|right)\b"
+    r"|\b(?:on )?the (left|right) side of the patient\b"
+    r"|\b(bilateral(?:ly)?|both sides)\b"
+    r"|\b(midline)\b"
+)
+
+
+def quadrants_in(text: str) -> list[str]:
+    return [" ".join(m) for m in _QUADRANT.findall(text.lower())]
+
+
+def zones_in(text: str) -> list[str]:
+    """Zone phrases, ignoring those that are part of a quadrant phrase."""
+    text = _QUADRANT.sub(" ", text.lower())
+    return [m.group(0) for m in _ZONE.finditer(text)]
+
+
+def prsmed_in(text: str) -> list[str]:
+    return [m.group(0) for m in _PRSMED.finditer(text.lower())]
+
+
+def sizes_in(text: str) -> list[str]:
+    return _SIZE.findall(text.lower())
+
+
+def numbers_in(text: str) -> list[int]:
+    return [int(n) if n.isdigit() else NUMBER_WORDS.index(n) for n in _NUMBER.findall(text.lower())]
+
+
+def sides_in(text: str) -> list[str]:
+    """Patient sides stated in the text: "left", "right", "bilateral" or "midline"."""
+    found = []
+    for left_right, side_of, both, _midline in _PATIENT_SIDE.findall(text.lower()):
+        found.append(left_right or side_of or ("bilateral" if both else "midline"))
+    return found
+
+
+def check_patient_side(text: str, patient_side: str | None) -> list[str]:
+    """Problems with the patient sides a text states (none may be stated when unknown)."""
+    stated = sides_in(text)
+    if stated and patient_side is None:
+        return [f"states the patient's side {stated} but it is unknown for this row"]
+    wrong = [side for side in stated if side != patient_side]
+    return [f"states the patient's side {wrong}; facts: {patient_side!r}"] if wrong else []
+
+
+def _without(text: str, target: str) -> str:
+    """The text with the target's name blanked: "rib right 9" or "small bowel" state no fact."""
+    if not target:
+        return text
+    return re.sub(re.escape(target), " <target> ", text, flags=re.IGNORECASE)
+
+
+def check_answer(
+    question_type: str,
+    question: str,
+    answer: str,
+    options: list[str] | None,
+    facts: Facts,
+    target: str = "",
+    patient_side: str | None = None,
+    relation: tuple[str, str] | None = None,
+) -> list[str]:
+    """Every way the question/answer pair disagrees with the facts (empty when true).
+
+    `patient_side` is the row's side of the patient (None where it cannot be known);
+    `relation` the (other structure, "inside" | "outside") a relation row asks about.
+    """
+    question, answer = _without(question, target), _without(answer, target)
+    problems: list[str] = check_patient_side(answer, patient_side)
+    if "{{" in answer or "{%" in answer or "{{" in question:
+        problems.append("unrendered placeholder")
+    if question_type == "negative":
+        if facts.present:
+            problems.append("negative row but the mask is not empty")
+        if not _NEGATION.search(answer.lower()):
+            problems.append("negative answer does not say the target is absent")
+        if zones_in(answer) or quadrants_in(answer):
+            problems.append("negative answer states a position")
+        return problems
+    if not facts.present:
+        return [*problems, f"{question_type} row but the mask is empty"]
+
+    where = location_zones(facts)
+    quadrants = {facts.quadrant} | {c.quadrant for c in facts.components}
+    wrong = [z for z in zones_in(answer) if z not in where]
+    if question_type == "prsmed":
+        wrong = []
+        stated = prsmed_in(answer)
+        if stated != [facts.prsmed_position]:
+            problems.append(f"PRS-Med position {stated} != {facts.prsmed_position!r}")
+    if wrong:
+        problems.append(f"answer states zone(s) {wrong}; the mask is in {sorted(where)}")
+    bad_quadrants = [q for q in quadrants_in(answer) if q not in quadrants]
+    if bad_quadrants:
+        problems.append(f"answer states quadrant(s) {bad_quadrants}; facts: {sorted(quadrants)}")
+    bad_sizes = [s for s in sizes_in(answer) if s != facts.size]
+    if bad_sizes:
+        problems.append(f"answer states size {bad_sizes}; facts: {facts.size!r}")
+
+    if question_type in ("position", "referring") and not zones_in(answer):
+        problems.append("answer states no position")
+    elif question_type == "laterality" and not sides_in(answer):
+        problems.append("answer states no side of the patient")
+    elif question_type == "relation":
+        said = _YES_NO.match(answer.lower())
+        if relation is None:
+            problems.append("relation row without its relation")
+        elif said is not None and (said.group(1) == "yes") != (relation[1] == "inside"):
+            problems.append(f"answered {said.group(1)!r}; the {relation[0]} is {relation[1]}")
+        elif said is None and not (
+            relation[1] == "inside" and relation[0].lower() in answer.lower()
+        ):  # "which structure holds it?": only for inside, and naming the container
+            problems.append(f"answer does not name the {relation[0]} it lies in")
+    elif question_type == "size" and not sizes_in(answer):
+        problems.append("answer states no size")
+    elif question_type == "count":
+        stated = numbers_in(answer)
+        if not stated or any(n != facts.n_components for n in stated):
+            problems.append(f"answer states count {stated}; facts: {facts.n_components}")
+    elif question_type == "verification":
+        asked = zones_in(question)
+        said = _YES_NO.match(answer.lower())
+        if len(asked) != 1 or said is None:
+            problems.append("verification row must ask one zone and answer yes or no")
+        elif (said.group(1) == "yes") != (asked[0] in where):
+            problems.append(f"answered {said.group(1)!r} for {asked[0]!r}; mask in {sorted(where)}")
+    elif question_type == "multiple_choice":
+        letter = _LETTER.search(answer)
+        if not options or len(options) != 4 or letter is None:
+            problems.append("multiple choice row needs 4 options and a letter in the answer")
+        elif options[LETTERS.index(letter.group(1))] != facts.zone:
+            problems.append(
+                f"option {letter.group(1)} is {options[LETTERS.index(letter.group(1))]!r}; "
+                f"facts: {facts.zone!r}"
+            )
+    return problems

@@ -1,0 +1,219 @@
+"""Bad input: every case is counted, reported with file and reason, never dropped."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.build.run import BuildConfig, BuildError, SourceRequest, build
+from pipeline.checks.folder import validate
+from pipeline.demo import write_kvasir
+from pipeline.sources import REGISTRY
+
+
+@pytest.fixture()
+def broken(tmp_path: Path) -> Path:
+    """A Kvasir-SEG folder with one of every kind of bad case beside good ones."""
+    folder = write_kvasir(tmp_path, 6, size=(80, 64))
+    images, masks = folder / "images", folder / "masks"
+    data = (images / "demo00000.jpg").read_bytes()
+    (images / "demo00000.jpg").write_bytes(data[: len(data) // 2])  # truncated
+    (images / "demo00001.jpg").write_bytes(b"not an image at all")  # corrupt
+    Image.new("L", (40, 30)).save(masks / "demo00002.jpg")  # size mismatch (and empty)
+    Image.new("L", (80, 64)).save(masks / "demo00003.jpg")  # empty mask
+    (masks / "orphan.jpg").write_bytes((masks / "demo00004.jpg").read_bytes())  # mask, no image
+    Image.fromarray(np.zeros((64, 80, 3), np.uint8)).save(images / "lonely.jpg")  # no mask
+    return folder
+
+
+def _config(folder: Path, out: Path, strict: bool = False) -> BuildConfig:
+    return BuildConfig(
+        (SourceRequest(REGISTRY["kvasir_seg"], folder),), out, strict=strict, progress=False
+    )
+
+
+def test_discovery_pairs_by_stem_in_name_order_and_reports_every_unpaired_file(
+    tmp_path: Path,
+) -> None:
+    from pipeline.sources.base import Case, MaskFile, Problem, files, image_files, pair_by_stem
+
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    for folder, names in ((images, ["b.png", "a.jpg", "a.png", "c.JPG", "notes.txt"]),
+                          (masks, ["a.png", "b.png", "zz.png", "y_mask.png"])):  # fmt: skip
+        folder.mkdir()
+        for name in names:
+            (folder / name).write_bytes(b"")
+    (images / "folder.png").mkdir()  # not a file
+
+    listed = image_files(images)
+    assert list(listed) == [images / n for n in ("a.jpg", "a.png", "b.png", "c.JPG")]
+    assert listed[1:3] == [images / "a.png", images / "b.png"] and len(listed) == 4
+    assert list(files(masks, "*_mask.png")) == [masks / "y_mask.png"]
+
+    def case(image: Path, mask: Path) -> Case:
+        return Case("s", image.name, image.name, image, (MaskFile(mask, "t"),))
+
+    found = [
+        (item.image.name, item.masks[0].path.name) if isinstance(item, Case)
+        else (item.file.name, item.reason) if isinstance(item, Problem) else item
+        for item in pair_by_stem("s", listed, image_files(masks), case)
+    ]  # fmt: skip
+    assert found == [
+        ("a.jpg", "a.png"),  # two images of one stem share its mask, as each pairs by stem
+        ("a.png", "a.png"),
+        ("b.png", "b.png"),
+        ("c.JPG", "image has no mask"),
+        ("y_mask.png", "mask has no image"),
+        ("zz.png", "mask has no image"),
+    ]
+
+
+def test_bad_cases_are_reported_and_counted(broken: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    summary = build(_config(broken, out))
+    counts = summary.sources["kvasir_seg"]
+    assert counts.discovered == 8
+    assert (counts.converted, counts.skipped, counts.failed) == (2, 4, 2)
+    errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
+    by_file = {e["file"]: e for e in errors}
+    assert len(errors) == counts.skipped + counts.failed
+    assert by_file["images/demo00000.jpg"]["status"] == "failed"
+    assert "cannot decode" in by_file["images/demo00000.jpg"]["reason"]
+    assert by_file["images/demo00001.jpg"]["status"] == "failed"
+    assert "size mismatch" in by_file["images/demo00002.jpg"]["reason"]
+    assert "empty mask" in by_file["images/demo00003.jpg"]["reason"]
+    assert by_file["masks/orphan.jpg"]["reason"] == "mask has no image"
+    assert by_file["images/lonely.jpg"]["reason"] == "image has no mask"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["kvasir_seg"]["failed"] == 2
+    assert validate(out).ok
+
+
+def test_strict_stops_at_the_first_bad_case(broken: Path, tmp_path: Path) -> None:
+    out = tmp_path / "strict"
+    with pytest.raises(BuildError, match="demo00000.jpg: .*cannot decode.*--strict"):
+        build(_config(broken, out, strict=True))
+    assert not out.exists()
+    assert not list(tmp_path.glob(".strict*"))  # no staging left behind
+
+
+def test_wrong_layout_and_missing_root_are_one_line_errors(tmp_path: Path) -> None:
+    with pytest.raises(BuildError, match="does not exist"):
+        build(_config(tmp_path / "nowhere", tmp_path / "out"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BuildError, match=r"expected layout: Kvasir-SEG/images/<id>\.jpg"):
+        build(_config(tmp_path / "empty", tmp_path / "out"))
+
+
+def _built(tmp_path: Path, cases: int = 3) -> Path:
+    """A built Kvasir-SEG folder of `cases` 90x90 demo cases."""
+    out = tmp_path / "out"
+    build(_config(write_kvasir(tmp_path, cases, size=(90, 90)), out))
+    return out
+
+
+def _shard(out: Path, split: str = "") -> Path:
+    return sorted((out / "data").glob(f"{split}*.parquet"))[0]
+
+
+def _edit_rows(shard: Path, edit: Callable[[list[dict]], None]) -> list[dict]:
+    """Rewrite a shard with its rows as `edit` changes them; returns the edited rows."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(shard)
+    rows = table.to_pylist()
+    edit(rows)
+    pq.write_table(type(table).from_pylist(rows, schema=table.schema), shard)
+    return rows
+
+
+def test_a_tampered_answer_fails_validation(tmp_path: Path) -> None:
+    out = _built(tmp_path)
+
+    def tamper(rows: list[dict]) -> None:
+        row = next(r for r in rows if r["question_type"] == "position")
+        wrong = "lower right" if row["zone"] != "lower right" else "upper left"
+        row["answer"] = row["answer"].replace(row["zone"], wrong)
+
+    _edit_rows(_shard(out), tamper)
+    result = validate(out)
+    assert not result.ok
+    assert any("states zone" in v for v in result.violations)
+
+
+def test_a_shard_rewritten_with_the_same_rows_fails_its_hash(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    out = _built(tmp_path)
+    shard = _shard(out)
+    pq.write_table(pq.read_table(shard), shard, compression="gzip")  # same rows, other bytes
+    result = validate(out)
+    assert result.violations == [f"{shard.name}: content differs from the manifest's hash"]
+
+
+def test_an_image_swapped_for_another_fails_its_hash_and_size(tmp_path: Path) -> None:
+    out = _built(tmp_path)
+    other = io.BytesIO()
+    Image.new("RGB", (60, 40), "white").save(other, format="JPEG")
+
+    def swap(rows: list[dict]) -> None:
+        swapped = rows[0]["image_id"]
+        for row in rows:
+            if row["image_id"] == swapped:
+                row["image"]["bytes"] = other.getvalue()
+
+    shard = _shard(out)
+    rows = _edit_rows(shard, swap)
+    result = validate(out)
+    label = f"{shard.name} row {rows[0]['row_id']}"
+    assert f"{label}: image_id is not the SHA-256 of the image bytes" in result.violations
+    assert f"{label}: mask (90, 90) and image (60, 40) differ" in result.violations
+
+
+def test_keys_in_several_splits_are_found_exactly_whatever_their_bytes() -> None:
+    """Cross-split keys are fixed-size bytes: one that ends in zero bytes, or is all zero,
+    is kept and compared whole."""
+    from pipeline.checks.folder import _in_several
+    from pipeline.checks.shard import merged, packed, unpacked
+
+    zero, tail, other = bytes(16), b"\x07" * 15 + b"\x00", b"\x07" * 16
+    assert unpacked(packed([other, tail, zero, tail])) == [zero, tail, other]
+    assert merged([packed([tail]), packed([zero, tail])]) == packed([zero, tail])
+    runs = {
+        "train": [packed([tail, other]), packed([zero])],
+        "validation": [packed([other])],
+        "test": [packed([zero]), packed([tail])],
+    }
+    assert _in_several(runs) == [
+        (zero, ["test", "train"]),
+        (tail, ["test", "train"]),
+        (other, ["train", "validation"]),
+    ]
+    assert _in_several({"train": [packed([zero, tail])], "test": [b""]}) == []
+
+
+def test_a_patient_or_image_in_two_splits_fails_validation(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    out = _built(tmp_path, cases=8)
+    train = pq.read_table(_shard(out, "train")).to_pylist()[0]
+
+    def move(rows: list[dict]) -> None:
+        moved = rows[0]["image_id"]
+        for row in rows:
+            if row["image_id"] == moved:  # this image's rows now show a train patient's image
+                row["patient_id"] = train["patient_id"]
+                row["image"], row["image_id"] = train["image"], train["image_id"]
+
+    _edit_rows(_shard(out, "validation"), move)
+    result = validate(out)
+    patient = f"kvasir_seg/{train['patient_id']}"
+    assert f"patient leakage: {patient} is in ['train', 'validation']" in result.violations
+    image = train["image_id"][:16]
+    assert f"identical image {image} is in ['train', 'validation']" in result.violations

@@ -1,0 +1,244 @@
+"""Whole builds on phantom data in native layouts: contract, determinism, size, loading."""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import weakref
+from dataclasses import replace
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.build.run import BuildConfig, SourceRequest, build, run_build
+from pipeline.checks.folder import SHARD_NAME, validate
+from pipeline.demo import write_busi, write_kvasir, write_montgomery
+from pipeline.sources import REGISTRY
+
+
+@pytest.fixture(scope="module")
+def demo_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("demo")
+    write_kvasir(root, 12)
+    write_busi(root, 9)
+    write_montgomery(root, 4)
+    return root
+
+
+def _config(root: Path, out: Path, **kwargs) -> BuildConfig:
+    sources = (
+        SourceRequest(REGISTRY["kvasir_seg"], root / "Kvasir-SEG"),
+        SourceRequest(REGISTRY["busi"], root / "Dataset_BUSI_with_GT"),
+        SourceRequest(REGISTRY["montgomery"], root / "MontgomerySet"),
+    )
+    return BuildConfig(sources=sources, out=out, progress=False, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def built(demo_root, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("out") / "mmrs"
+    build(_config(demo_root, out))
+    return out
+
+
+def _rows(folder: Path) -> list[dict]:
+    rows = []
+    for shard in sorted((folder / "data").glob("*.parquet")):
+        rows += pq.read_table(shard).to_pylist()
+    return rows
+
+
+def test_output_layout_and_validation(built: Path) -> None:
+    names = sorted(p.name for p in (built / "data").iterdir())
+    shards = [SHARD_NAME.fullmatch(n) for n in names]
+    assert names and all(shards)
+    for split in {m["split"] for m in shards}:
+        mine = [m for m in shards if m["split"] == split]
+        assert sorted(int(m["index"]) for m in mine) == list(range(len(mine)))
+        assert {int(m["total"]) for m in mine} == {len(mine)}
+    for name in ("README.md", "manifest.json", "errors.jsonl", "report.json"):
+        assert (built / name).is_file()
+    result = validate(built)
+    assert result.ok, result.violations
+    manifest = json.loads((built / "manifest.json").read_text())
+    assert sum(manifest["rows_per_split"].values()) == result.rows
+    for counts in manifest["counts"].values():
+        assert counts["discovered"] == counts["converted"] + counts["skipped"] + counts["failed"]
+    for relative, digest in manifest["files"].items():
+        assert hashlib.sha256((built / relative).read_bytes()).hexdigest() == digest
+
+
+def test_rows_follow_the_contract(built: Path, demo_root: Path) -> None:
+    rows = _rows(built)
+    kvasir = [r for r in rows if r["source"] == "kvasir_seg"]
+    source_bytes = (demo_root / "Kvasir-SEG" / "images" / kvasir[0]["source_file"]).read_bytes()
+    assert kvasir[0]["image"]["bytes"] == source_bytes  # a JPEG stays that JPEG
+    lungs = {r["target"] for r in rows if r["source"] == "montgomery"}
+    assert lungs == {"left lung", "right lung"}
+    left = [r for r in rows if r["target"] == "left lung" and r["question_type"] != "referring"]
+    assert all(r["centroid"][0] > 0.5 for r in left)  # radiological: patient's left on image right
+    negatives = [r for r in rows if r["question_type"] == "negative"]
+    assert negatives and all(r["case_id"].startswith("normal") for r in negatives)
+    # Kvasir and BUSI declare no display; the phantom chest's bright "lungs" are no body
+    # that holds both lungs, so no side is stated there either.
+    assert all(r["patient_side"] is None and r["patient_frame"] is None for r in rows)
+    assert {r["modality"] for r in rows} == {"endoscopy", "ultrasound", "xray"}
+
+
+def test_folder_is_within_125_percent_of_unique_images_and_masks(built: Path) -> None:
+    unique: dict[bytes, int] = {}
+    for row in _rows(built):
+        for column in ("image", "mask"):
+            data = row[column]["bytes"]
+            unique[hashlib.sha256(data).digest()] = len(data)
+    on_disk = sum(p.stat().st_size for p in (built / "data").iterdir())
+    assert on_disk <= 1.25 * sum(unique.values())
+
+
+def test_load_dataset_offline_with_image_features(built: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    loaded = datasets.load_dataset(str(built))
+    manifest = json.loads((built / "manifest.json").read_text())
+    assert {s: len(loaded[s]) for s in loaded} == manifest["rows_per_split"]
+    train = loaded["train"]
+    assert isinstance(train.features["image"], datasets.Image)
+    assert isinstance(train.features["mask"], datasets.Image)
+    row = train[0]
+    assert row["image"].size == (row["width"], row["height"]) == row["mask"].size
+    assert row["mask"].mode == "L"
+
+
+def test_same_inputs_same_bytes(demo_root: Path, built: Path, tmp_path: Path) -> None:
+    again = tmp_path / "again"
+    build(_config(demo_root, again))
+    first = json.loads((built / "manifest.json").read_text())["files"]
+    second = json.loads((again / "manifest.json").read_text())["files"]
+    assert first == second
+
+
+def test_seed_changes_wording_not_facts(demo_root: Path, built: Path, tmp_path: Path) -> None:
+    other = tmp_path / "seed1"
+    build(_config(demo_root, other, seed=1))
+    before, after = _rows(built), _rows(other)
+    assert [r["template_id"] for r in before] != [r["template_id"] for r in after]
+    assert {(r["case_id"], r["split"]) for r in before} == {
+        (r["case_id"], r["split"]) for r in after
+    }
+
+
+def test_splits_are_hash_stable_when_cases_are_added(tmp_path: Path) -> None:
+    def splits(count: int) -> dict[str, str]:
+        root = tmp_path / f"data{count}"
+        write_kvasir(root, count, size=(64, 48))
+        out = tmp_path / f"out{count}"
+        build(
+            BuildConfig(
+                (SourceRequest(REGISTRY["kvasir_seg"], root / "Kvasir-SEG"),), out, progress=False
+            )
+        )
+        return {r["case_id"]: r["split"] for r in _rows(out)}
+
+    small, large = splits(20), splits(60)
+    assert small.items() <= large.items()
+    assert set(large.values()) == {"train", "validation", "test"}
+
+
+def test_existing_output_is_kept_unless_overwrite(demo_root: Path, built: Path) -> None:
+    from pipeline.build.run import BuildError
+
+    with pytest.raises(BuildError, match="--overwrite"):
+        build(_config(demo_root, built))
+    with pytest.raises(BuildError, match="not an MMRS build"):
+        build(_config(demo_root, demo_root, overwrite=True))
+
+
+def test_cases_are_let_go_once_their_batch_is_recorded(demo_root: Path, tmp_path: Path) -> None:
+    """A build holds the cases of the batches not yet recorded only: memory stays flat as
+    the number of cases grows."""
+    cases: list[weakref.ref] = []
+    alive: list[int] = []
+
+    def extract(stage, jobs):
+        for job in jobs:
+            cases.extend(weakref.ref(case) for case in job.cases)
+            result = stage(job)
+            del job
+            yield result
+
+    def render(stage, jobs):
+        for job in jobs:
+            gc.collect()
+            alive.append(sum(ref() is not None for ref in cases))
+            yield stage(job)
+
+    summary = run_build(_config(demo_root, tmp_path / "out", batch_size=4), extract, render)
+    assert len(alive) > 3 and len(cases) == sum(c.discovered for c in summary.sources.values())
+    assert alive == [0] * len(alive)
+
+
+def _counted(source_name: str, found: list) -> object:
+    """The registered source, noting in `found` each item it discovers."""
+    source = REGISTRY[source_name]
+
+    def discover(root: Path):
+        for item in source.discover(root):
+            found.append(item)
+            yield item
+
+    return replace(source, discover=discover)
+
+
+def test_discovery_goes_only_as_far_as_the_batches_asked_for(
+    demo_root: Path, tmp_path: Path
+) -> None:
+    """Cases are discovered as the extract stage asks for batches, not all before it."""
+    found: list = []
+    source = _counted("kvasir_seg", found)
+    config = BuildConfig(
+        sources=(SourceRequest(source, demo_root / "Kvasir-SEG"),),
+        out=tmp_path / "out",
+        progress=False,
+        batch_size=4,
+    )
+    discovered_at_extract: list[int] = []
+
+    def extract(stage, jobs):
+        for job in jobs:
+            discovered_at_extract.append(len(found))
+            yield stage(job)
+
+    summary = run_build(config, extract)
+    # 12 cases: a batch is complete when the first case of the next one is found
+    assert discovered_at_extract == [5, 9, 12]
+    assert summary.sources["kvasir_seg"].converted == 12
+
+
+def test_a_later_source_of_the_wrong_layout_fails_before_any_extraction(
+    demo_root: Path, tmp_path: Path
+) -> None:
+    from pipeline.build.run import BuildError
+
+    wrong = tmp_path / "not_busi"
+    (wrong / "some folder").mkdir(parents=True)
+    config = BuildConfig(
+        sources=(
+            SourceRequest(REGISTRY["kvasir_seg"], demo_root / "Kvasir-SEG"),
+            SourceRequest(REGISTRY["busi"], wrong),
+        ),
+        out=tmp_path / "out",
+        progress=False,
+        batch_size=4,  # the first source's batches are complete before the second starts
+    )
+    extracted: list = []
+
+    def extract(stage, jobs):
+        for job in jobs:
+            extracted.append(job)
+            yield stage(job)
+
+    with pytest.raises(BuildError, match=f"busi: data root {wrong}"):
+        run_build(config, extract)
+    assert extracted == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["not_busi"]

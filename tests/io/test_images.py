@@ -1,0 +1,130 @@
+"""Mask reading that survives real data: JPEG greys, 1-bit, palette, RGB, 0/1, 16-bit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.io.images import (
+    PixelError,
+    decode_mask,
+    read_binary_mask,
+    read_image,
+    read_label_map,
+    read_mask,
+)
+
+
+def _square(value: int = 255, shape=(40, 40)) -> np.ndarray:
+    pixels = np.zeros(shape, dtype=np.uint8)
+    pixels[10:30, 5:20] = value
+    return pixels
+
+
+EXPECTED = _square(1).astype(bool)
+
+
+def test_lossy_jpeg_mask_is_thresholded(tmp_path: Path) -> None:
+    path = tmp_path / "m.jpg"
+    Image.fromarray(_square()).convert("RGB").save(path, quality=60)
+    values = np.asarray(Image.open(path).convert("L"))
+    assert len(np.unique(values)) > 2  # grey levels from compression
+    mask = read_binary_mask(path)
+    assert abs(int(mask.sum()) - int(EXPECTED.sum())) <= 4
+    assert mask[20, 12] and not mask[2, 2]
+
+
+@pytest.mark.parametrize(
+    "write",
+    [
+        lambda p: Image.fromarray(_square()).convert("1").save(p),  # 1-bit
+        lambda p: Image.fromarray(_square(1)).save(p),  # 0/1
+        lambda p: Image.fromarray(_square()).save(p),  # 0/255
+        lambda p: Image.fromarray(np.stack([_square()] * 3, -1)).save(p),  # RGB
+        lambda p: Image.fromarray(np.stack([_square()] * 4, -1)).save(p),  # RGBA
+        lambda p: Image.fromarray(_square(1).astype(np.uint16) * 65535).save(p),  # 16-bit
+    ],
+)
+def test_lossless_masks_read_exactly(tmp_path: Path, write) -> None:
+    path = tmp_path / "m.png"
+    write(path)
+    assert np.array_equal(read_binary_mask(path), EXPECTED)
+
+
+def test_a_mask_png_is_kept_as_it_is(tmp_path: Path) -> None:
+    path = tmp_path / "m.png"
+    Image.fromarray(_square()).save(path)  # single-channel 0/255: already the contract's
+    read = read_mask(path)
+    assert read.png == path.read_bytes()
+    assert np.array_equal(decode_mask(read.png), EXPECTED)
+
+
+@pytest.mark.parametrize(
+    "write",
+    [
+        lambda p: Image.fromarray(_square(1)).save(p, format="PNG"),  # 0/1
+        lambda p: Image.fromarray(_square(200)).save(p, format="PNG"),  # 0/200
+        lambda p: Image.fromarray(np.stack([_square()] * 3, -1)).save(p, format="PNG"),  # RGB
+        lambda p: Image.fromarray(_square()).convert("1").save(p, format="PNG"),  # 1-bit
+        lambda p: Image.fromarray(_square()).save(p, format="JPEG", quality=95),  # lossy
+    ],
+)
+def test_other_masks_are_encoded_again(tmp_path: Path, write) -> None:
+    path = tmp_path / "m.img"
+    write(path)
+    assert read_mask(path).png is None
+
+
+def test_palette_masks_use_indices(tmp_path: Path) -> None:
+    values = _square(1)
+    values[30:35, 30:35] = 2
+    image = Image.fromarray(values, mode="P")
+    image.putpalette([0, 0, 0, 10, 10, 10, 20, 20, 20] + [0] * 759)  # dark colours
+    path = tmp_path / "p.png"
+    image.save(path)
+    assert read_binary_mask(path).sum() == EXPECTED.sum() + 25
+    labels = read_label_map(path)
+    assert set(np.unique(labels)) == {0, 1, 2}
+
+
+def test_label_maps_must_be_lossless_single_channel(tmp_path: Path) -> None:
+    Image.fromarray(np.stack([_square()] * 3, -1)).save(tmp_path / "rgb.png")
+    with pytest.raises(PixelError, match="rgb.png: a label map must be single-channel"):
+        read_label_map(tmp_path / "rgb.png")
+    Image.fromarray(_square(2)).save(tmp_path / "l.jpg")
+    with pytest.raises(PixelError, match="lossy JPEG"):
+        read_label_map(tmp_path / "l.jpg")
+
+
+def test_unreadable_files_name_the_file(tmp_path: Path) -> None:
+    (tmp_path / "x.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    with pytest.raises(PixelError, match=r"x\.png: cannot decode"):
+        read_image(tmp_path / "x.png")
+    with pytest.raises(PixelError, match=r"missing\.png: cannot read"):
+        read_image(tmp_path / "missing.png")
+
+
+def test_a_jpeg_read_for_its_soundness_only(tmp_path: Path) -> None:
+    path = tmp_path / "photo.jpg"
+    noise = np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(path, quality=90)
+    sound = read_image(path, pixels=False)
+    assert (sound.width, sound.height) == (160, 120)  # the file's size, not the reduced one
+    assert sound.data == path.read_bytes()
+    assert sound.image.size == (20, 15)  # decoded at 1/8 scale
+    path.write_bytes(path.read_bytes()[:3000])  # truncated in its entropy-coded data
+    with pytest.raises(PixelError, match="truncated"):
+        read_image(path, pixels=False)
+
+
+@pytest.mark.parametrize("shape", [(50, 70), (4200, 4200)])  # one block; past 16 MiB: copied
+def test_mask_pixels_are_read_whatever_pillow_holds(tmp_path: Path, shape) -> None:
+    pixels = np.zeros(shape, np.uint8)
+    pixels[shape[0] // 3 :, : shape[1] // 2] = 255
+    path = tmp_path / "big.png"
+    Image.fromarray(pixels).save(path, compress_level=1)
+    assert np.array_equal(read_binary_mask(path), pixels == 255)
+    assert np.array_equal(decode_mask(path.read_bytes()), pixels == 255)
