@@ -10,19 +10,13 @@ and goes on.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-from ..geometry.facts import Facts, Instance, analyse
-from ..io.images import KEPT_FORMATS, encode_mask, encode_png, read_image, read_label_map, read_mask
-from ..geometry.patient import PatientFrame, frame_2d, inside_body, instances_side
-from ..geometry.relations import relations_of
+from ..geometry.patient import frame_2d
+from ..io.images import KEPT_FORMATS, encode_png, read_image, read_label_map, read_mask
 from ..sources.base import Case
 from .cases import CaseError, ExtractedCase, SourceMeta, analyse_targets, label_layers
-from ..geometry.slicing import VolumeSettings
 
 _EXIF_ORIENTATION = 0x0112
 CROSS_SECTIONS = ("ct", "mri")

@@ -16,12 +16,24 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .cases import CaseError, ExtractedCase, SourceMeta, analyse_targets, label_layers
-from ..io.images import encode_png
 from ..geometry.patient import body_mask
-from ..sources.base import Case, MaskFile
-from ..geometry.slicing import AXIS_OF, body_threshold, display_slice, midline, orient, patient_frame, pixel_spacing, resize, square_shape, to_grey, window_range
+from ..geometry.slicing import (
+    AXIS_OF,
+    body_threshold,
+    display_slice,
+    midline,
+    orient,
+    patient_frame,
+    pixel_spacing,
+    resize,
+    square_shape,
+    to_grey,
+    window_range,
+)
+from ..io.images import encode_png
 from ..io.volumes import GeometryError, in_scanner_coordinates, read_labels, read_volume, voxel_view
+from ..sources.base import Case, MaskFile
+from .cases import CaseError, ExtractedCase, SourceMeta, analyse_targets, label_layers
 
 MAX_HISTOGRAM_VALUES = 4096  # label ranges counted by per-slice histograms
 

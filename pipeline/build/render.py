@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from .cases import ExtractedCase
 from ..io.images import encode_mask
 from ..qa.templates import QAPlanner
 from ..splits import SplitRatios, assign_split
+from .cases import ExtractedCase
 
 
 def render_case(

@@ -28,19 +28,27 @@ from typing import Any, TypeVar
 from tqdm import tqdm
 
 from .. import __version__
-from ..release.card import render_card
-from .cases import SourceMeta
+from ..checks.shard import ShardResult
 from ..geometry.facts import MIN_COMPONENT_FRACTION
-from ..qa.templates import TemplateSet, load_templates
 from ..llm.paraphrase import RewriteConfig
 from ..llm.stage import Rewriting, open_rewriting
-from ..checks.shard import ShardResult
+from ..qa.templates import TemplateSet, load_templates
+from ..release.card import render_card
+from ..release.stats import Stats
+from ..shards.parts import RenderResult
 from ..sources.base import Case, Problem, SourceInfo
 from ..splits import SPLITS, SplitRatios
-from .stages import EXTRACT_CODE, RENDER_CODE, ExtractJob, ExtractResult, RenderJob, extract_batch, render_batch
 from ..store import FileIdentity, StageRunner, code_digest, file_digest
-from ..shards.parts import RenderResult
-from ..release.stats import Stats
+from .cases import SourceMeta
+from .stages import (
+    EXTRACT_CODE,
+    RENDER_CODE,
+    ExtractJob,
+    ExtractResult,
+    RenderJob,
+    extract_batch,
+    render_batch,
+)
 
 BATCH_SIZE = 256  # cases per extract/render task
 Item = TypeVar("Item")
@@ -192,8 +200,8 @@ def parse_source_arg(
 
     `slice_axis` and `slices` (all, largest[:K], stride[:N]) override a volume source's own.
     """
-    from ..sources import resolve_source
     from ..geometry.slicing import VolumeError, parse_slice_policy
+    from ..sources import resolve_source
 
     name, sep, root = value.partition("=")
     if not sep:

@@ -19,32 +19,41 @@ import os
 import pickle
 import shutil
 import sys
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any
 
-from ..io import dicomseg, display, images as imageio, volumes as volumeio
-from . import cases, extract, extract_volume, render
-from ..geometry import facts, patient, relations, slicing as volume
-from ..qa import templates as qa
 from .. import schema, splits
-from ..release import stats
-from ..shards import parts, writer
-from ..shards.parts import Part, RenderResult
-from ..store import FileIdentity, StageRunner, atomic_pickle, cache_key, code_digest, file_digest, file_identity, stored_result
-from .cases import CaseError, ExtractedCase, SourceMeta
-from .extract import extract_case
+from ..checks.shard import CHECK_CODE, check_shard
+from ..geometry import facts, patient, relations
+from ..geometry import slicing as volume
+from ..io import dicomseg, display
+from ..io import images as imageio
+from ..io import volumes as volumeio
 from ..io.images import PixelError
+from ..qa import templates as qa
 from ..qa.templates import QAPlanner, TemplateSet, load_templates
-from .render import render_case
-from ..checks.shard import CHECK_CODE, ShardResult, check_shard
-from ..sources.base import Case
-from ..splits import SplitRatios
+from ..release import stats
 from ..release.stats import COLUMNS as STATS_COLUMNS
 from ..release.stats import Stats
+from ..shards import parts, writer
+from ..shards.parts import Part, RenderResult
 from ..shards.writer import SplitWriter
+from ..sources.base import Case
+from ..splits import SplitRatios
+from ..store import (
+    atomic_pickle,
+    cache_key,
+    code_digest,
+    file_digest,
+    file_identity,
+    stored_result,
+)
+from . import cases, extract, extract_volume, render
+from .cases import CaseError, ExtractedCase, SourceMeta
+from .extract import extract_case
+from .render import render_case
 
 STAGES = sys.modules[__name__]  # this module: the stage functions and their results
 EXTRACT_CODE = (
