@@ -44,6 +44,7 @@ from pipeline.build.run import BuildConfig, BuildError, parse_source_arg, run_bu
 from pipeline.build.stages import ExtractJob, ExtractResult, RenderJob, extract_batch, render_batch  # noqa: E402
 from pipeline.checks.folder import ShardJob, ValidationResult, check_job, validate  # noqa: E402
 from pipeline.checks.shard import ShardResult  # noqa: E402
+from pipeline.io.images import PNG_LEVEL  # noqa: E402
 from pipeline.llm.expand import expand_family  # noqa: E402
 from pipeline.llm.paraphrase import rewrite_batch, rewrite_config  # noqa: E402
 from pipeline.release.publish import publish  # noqa: E402
@@ -201,6 +202,7 @@ def build_mmrs(
     templates: str | None = None,
     overwrite: bool = False,
     batch_size: int = 256,
+    png_level: int = PNG_LEVEL,
     cache: bool = True,
     cache_dir: str | None = None,
     check: bool = True,
@@ -247,6 +249,7 @@ def build_mmrs(
         overwrite=overwrite,
         progress=progress,
         batch_size=batch_size,
+        png_level=png_level,
         cache_dir=store,
         rewrite=rewriting,
         check=check,

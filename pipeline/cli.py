@@ -19,6 +19,7 @@ from .build.run import BATCH_SIZE, BuildConfig, BuildError, discover, parse_sour
 from .build.stages import ExtractJob, extract_batch
 from .build.workers import RUNNERS, cache_store, default_cache_dir, start_ahead, start_workers
 from .geometry.slicing import SLICE_AXES
+from .io.images import PNG_LEVEL
 from .llm.client import API_KEY_ENV
 from .llm.paraphrase import MODES, rewrite_config
 from .qa.templates import load_templates
@@ -74,7 +75,9 @@ def _extract_ahead(args: argparse.Namespace, sources: list[str]) -> Path | None:
         store = scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.ahead-", dir=out.parent))
     try:  # discovery stops once the first batches are planned: the flow discovers them all
         discovered = discover(BuildConfig(tuple(requests), out))
-        jobs = plan_extract(discovered, args.batch_size, store, reusable=scratch is None)
+        jobs = plan_extract(
+            discovered, args.batch_size, store, reusable=scratch is None, png_level=args.png_level
+        )
         ahead = list(islice(jobs, AHEAD_BATCHES * args.workers))
     except BaseException:  # a data root of the wrong layout
         if scratch is not None:
@@ -185,6 +188,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             templates=args.templates,
             overwrite=args.overwrite,
             batch_size=args.batch_size,
+            png_level=args.png_level,
             cache=not args.no_cache,
             cache_dir=args.cache_dir,
             progress=not args.quiet,
@@ -280,6 +284,17 @@ def cmd_sources(args: argparse.Namespace) -> int:
     return 0
 
 
+def _png_level(value: str) -> int:
+    """A zlib level, 0 (none) to 9 (smallest), for argparse."""
+    try:
+        level = int(value)
+    except ValueError:
+        level = -1
+    if not 0 <= level <= 9:
+        raise argparse.ArgumentTypeError(f"must be a zlib level from 0 to 9, got {value!r}")
+    return level
+
+
 def _runner_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--workers", type=int, default=1, help="parallel workers (default 1)")
     command.add_argument(
@@ -372,6 +387,13 @@ def parser() -> argparse.ArgumentParser:
     )
     b.add_argument(
         "--batch-size", type=int, default=BATCH_SIZE, help=f"cases per task (default {BATCH_SIZE})"
+    )
+    b.add_argument(
+        "--png-level",
+        type=_png_level,
+        default=PNG_LEVEL,
+        metavar="0-9",
+        help=f"zlib level of the images whose pixels are re-encoded (default {PNG_LEVEL})",
     )
     _rewrite_options(b)
     b.add_argument("-q", "--quiet", action="store_true", help="no progress bars")

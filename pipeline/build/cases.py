@@ -12,7 +12,7 @@ from ..geometry.facts import Facts, Instance, analyse
 from ..geometry.patient import PatientFrame, inside_body, instances_side
 from ..geometry.relations import relations_of
 from ..geometry.slicing import VolumeSettings
-from ..io.images import encode_mask
+from ..io.images import PNG_LEVEL, encode_mask
 from ..sources.base import Case, SourceInfo
 
 
@@ -29,10 +29,13 @@ class SourceMeta:
     license: str
     display: Any
     volume: VolumeSettings | None = None
+    png_level: int = PNG_LEVEL  # of the images whose pixels are re-encoded
 
     @classmethod
-    def of(cls, source: SourceInfo) -> SourceMeta:
-        return cls(source.name, source.modality, source.license, source.display, source.volume)
+    def of(cls, source: SourceInfo, png_level: int = PNG_LEVEL) -> SourceMeta:
+        return cls(
+            source.name, source.modality, source.license, source.display, source.volume, png_level
+        )
 
 
 @dataclass(frozen=True)

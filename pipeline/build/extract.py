@@ -84,13 +84,13 @@ def extract_image(case: Case, source: SourceMeta) -> ExtractedCase:
 
     found = frame_2d(display.apply(np.asarray(decoded.image.convert("L")))) if outline else None
     if display.changes_pixels:
-        image_bytes = encode_png(display.apply(np.asarray(decoded.image)))
+        image_bytes = encode_png(display.apply(np.asarray(decoded.image)), source.png_level)
         masks = {t: display.apply(m) for t, m in masks.items()}
         kept = {}
     elif decoded.format in KEPT_FORMATS:
         image_bytes = decoded.data  # no pixel changes: the source's own bytes
     else:
-        image_bytes = encode_png(decoded.image)  # lossless, for formats viewers lack
+        image_bytes = encode_png(decoded.image, source.png_level)  # lossless, for viewers
     height, width = next(iter(masks.values())).shape if masks else shape
     image_id = hashlib.sha256(image_bytes).hexdigest()
     return ExtractedCase(

@@ -1,7 +1,7 @@
 """One volume case -> its display-ready slices, each with masks, facts and patient frame.
 
 Reads the image volume and every label file onto the image's grid (volumeio), turns them
-to LPS (volume.orient, views only), chooses slices by the source's policy from each
+to LPS (slicing.orient, views only), chooses slices by the source's policy from each
 target's area per slice, and per chosen slice: windows the image to 8-bit grey, resamples
 to square pixels, and analyses every target's mask. A target absent from a chosen slice
 gives negative rows there: a label map annotates all its structures, so its absence is a
@@ -142,7 +142,7 @@ def extract_volume(case: Case, source: SourceMeta) -> list[ExtractedCase]:
             by_window[settings.window_for(target)].append(target)
         for window, targets in by_window.items():
             grey = resize(to_grey(pixels, *windows[window]), shape, nearest=False)
-            image_bytes = encode_png(grey)
+            image_bytes = encode_png(grey, source.png_level)
             image_id = hashlib.sha256(image_bytes).hexdigest()
             asked = {t: masks[t] for t in targets}
             slices.append(

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from .. import __version__
 from ..checks.shard import ShardResult
 from ..geometry.facts import MIN_COMPONENT_FRACTION
+from ..io.images import PNG_LEVEL
 from ..llm.paraphrase import RewriteConfig
 from ..llm.stage import Rewriting, open_rewriting
 from ..qa.templates import TemplateSet, load_templates
@@ -75,6 +76,7 @@ class BuildConfig:
     overwrite: bool = False
     progress: bool = True
     batch_size: int = BATCH_SIZE
+    png_level: int = PNG_LEVEL  # zlib level of re-encoded images
     cache_dir: Path | None = None  # None: a temporary store, removed after the build
     rewrite: RewriteConfig | None = None  # LLM rewriting (pipeline/llm/paraphrase.py); None: none
     check: bool = True  # render workers check the parts they write (for the final validation)
@@ -252,6 +254,7 @@ def plan_extract(
     batch_size: int,
     store: Path,
     reusable: bool = True,
+    png_level: int = PNG_LEVEL,
 ) -> Iterator[ExtractJob]:
     """Cases in batches of one source each, in discovery order (see ExtractJob.reusable),
     each batch as soon as it is complete."""
@@ -263,14 +266,15 @@ def plan_extract(
             continue
         if batch and (request is not current or len(batch) >= batch_size):
             # No local keeps the job while this waits: its cases go once it is recorded.
-            yield ExtractJob(index, SourceMeta.of(current.source), _emptied(batch), store,
-                             reusable)  # fmt: skip
+            yield ExtractJob(index, SourceMeta.of(current.source, png_level), _emptied(batch),
+                             store, reusable)  # fmt: skip
             index += 1
         current = request
         batch.append(item)
     item = None  # the last case, in the last batch: the job alone keeps it
     if batch:
-        yield ExtractJob(index, SourceMeta.of(current.source), _emptied(batch), store, reusable)
+        meta = SourceMeta.of(current.source, png_level)
+        yield ExtractJob(index, meta, _emptied(batch), store, reusable)
 
 
 def _emptied(batch: list[Case]) -> tuple[Case, ...]:
@@ -349,7 +353,7 @@ def run_build(
         jobs = _noted(
             plan_extract(
                 _noted(discovered, uncounted), config.batch_size, store,
-                config.cache_dir is not None,
+                config.cache_dir is not None, config.png_level,
             ),
             planned,
         )  # fmt: skip
