@@ -59,6 +59,7 @@ def server(tmp_path: Path):
         "PREFECT_HOME": str(tmp_path / "prefect-home"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
+        "PYTHONIOENCODING": "utf-8",
     }
     env.pop("PREFECT_API_URL", None)
     log = (tmp_path / "server.log").open("w")
@@ -84,7 +85,14 @@ def server(tmp_path: Path):
 def test_deploy_and_run_build_through_a_worker(server: dict, tmp_path: Path) -> None:
     def prefect(*args: str) -> str:
         done = subprocess.run(
-            [PREFECT, *args], env=server, cwd=PROJECT, capture_output=True, text=True, timeout=300
+            [PREFECT, *args],
+            env=server,
+            cwd=PROJECT,
+            capture_output=True,
+            # Prefect prints box-drawing characters; CI's locale may be ASCII
+            encoding="utf-8",
+            errors="replace",
+            timeout=300,
         )
         assert done.returncode == 0, done.stdout + done.stderr
         return done.stdout
