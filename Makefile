@@ -2,6 +2,8 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# torch before the baseline's extra, so that pip keeps it: set TORCH to your own build's spec
+TORCH ?= torch==2.13.0
 DEMO_DATA := out/demo-data
 DEMO_OUT := out/demo-mmrs
 
@@ -10,7 +12,8 @@ DEMO_OUT := out/demo-mmrs
 $(BIN)/mmrs: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet '$(TORCH)'
+	$(BIN)/pip install --quiet -e '.[test,baseline]'
 	touch $@
 
 install: $(BIN)/mmrs
@@ -27,8 +30,8 @@ demo: install
 	@echo "MMRS demo build: $(DEMO_OUT)"
 
 lint: install
-	$(BIN)/ruff check pipeline tests benchmarks flows.py
-	$(BIN)/ruff format --check pipeline tests benchmarks flows.py
+	$(BIN)/ruff check pipeline baselines tests benchmarks flows.py
+	$(BIN)/ruff format --check pipeline baselines tests benchmarks flows.py
 
 test: install lint
 	$(BIN)/python -m pytest -q
