@@ -1,4 +1,4 @@
-"""The `mmrs` command: build, validate, sources."""
+"""The `mmrs` command: build, validate, publish, sources, and commands packages add."""
 
 from __future__ import annotations
 
@@ -425,7 +425,17 @@ def parser() -> argparse.ArgumentParser:
     s = commands.add_parser("sources", help="list the built-in sources")
     s.add_argument("--json", action="store_true", help="print the registry as JSON")
     s.set_defaults(func=cmd_sources)
+    _add_installed_commands(commands)
     return root
+
+
+def _add_installed_commands(commands: argparse._SubParsersAction) -> None:
+    """Commands that installed packages register under the `mmrs.commands` entry points
+    (the baseline's train, predict and evaluate): the pipeline never imports them."""
+    from importlib.metadata import entry_points
+
+    for entry in sorted(entry_points(group="mmrs.commands"), key=lambda e: e.name):
+        entry.load()(commands)
 
 
 def main(argv: list[str] | None = None) -> int:
