@@ -179,7 +179,9 @@ class EpochSampler(Sampler[int]):
             counts = Counter(modalities)
             self.weights = torch.tensor([1.0 / counts[m] for m in modalities], dtype=torch.float64)
 
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
+    def seek(self, epoch: int, start: int = 0) -> None:
+        """Position the sampler (not named set_epoch: accelerate calls that with the
+        iteration count of its own loader, which would reset `start`)."""
         self.epoch, self.start = epoch, start
 
     def order(self) -> list[int]:

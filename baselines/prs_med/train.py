@@ -281,7 +281,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
     while step < total_steps:
         epoch, position = divmod(step, steps_per_epoch)
-        sampler.set_epoch(epoch, start=position * preset.batch_size * world)
+        sampler.seek(epoch, start=position * preset.batch_size * world)
         fetched = time.perf_counter()
         for batch in train_loader:
             started = time.perf_counter()
