@@ -110,7 +110,7 @@ def prsmed_scores(prob: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
 def is_false_positive(pred: np.ndarray) -> bool:
     """Whether a prediction covers more than FALSE_POSITIVE_FRACTION (0.1 %) of the image."""
     pred = np.asarray(pred, dtype=bool)
-    return np.count_nonzero(pred) > FALSE_POSITIVE_FRACTION * pred.size
+    return bool(np.count_nonzero(pred) > FALSE_POSITIVE_FRACTION * pred.size)
 
 
 def resize_prob(prob: np.ndarray, width: int, height: int) -> np.ndarray:

@@ -170,7 +170,7 @@ def without_target(text: str, target: str) -> str:
 
 
 def yes_no_in(text: str) -> str | None:
-    """"yes" or "no" where the text opens with one, else None."""
+    """ "yes" or "no" where the text opens with one, else None."""
     said = _YES_NO.match(text.lower())
     return said.group(1) if said else None
 

@@ -7,9 +7,9 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from scoring_rows import hand_row
 
 from baselines.scoring.answers import AnswerFacts, consistent, render_answer, score_answer
-from pipeline.geometry.facts import compute_facts
 from pipeline.qa.templates import load_templates
 
 TEMPLATES = load_templates()
@@ -27,22 +27,8 @@ LOWER_RIGHT = (slice(70, 80), slice(70, 80))
 
 
 def _row(kind: str, question: str, *blocks, **columns) -> dict:
-    """A row with the facts of a 90 x 90 mask of these blocks (its columns as the build
-    writes them)."""
-    row = {
-        **compute_facts(_mask(*blocks)).as_row(),
-        "question_type": kind,
-        "question": question,
-        "target": "polyp",
-        "modality": "endoscopy",
-        "source": "kvasir_seg",
-        "patient_side": None,
-        "options": None,
-        "relation": None,
-        "row_id": f"{kind}-0",
-        "template_id": None,
-    }
-    return {**row, **columns}
+    """A row about the 90 x 90 mask of these blocks."""
+    return hand_row(kind, _mask(*blocks), question, **columns)
 
 
 def _scores(row: dict, answers: dict[str, bool]) -> None:

@@ -105,9 +105,9 @@ def test_mean_of_row_means_is_the_papers_mean_of_threshold_means() -> None:
 def test_false_positive_is_above_a_thousandth_of_the_image() -> None:
     pred = np.zeros((100, 100), dtype=bool)
     pred.flat[:10] = True  # exactly 0.1 %
-    assert not is_false_positive(pred)
+    assert is_false_positive(pred) is False
     pred.flat[10] = True
-    assert is_false_positive(pred)
+    assert is_false_positive(pred) is True
     assert not is_false_positive(np.zeros((5, 5), dtype=bool))
 
 
