@@ -40,7 +40,14 @@ def as_mask(value: Any) -> np.ndarray:
     """A boolean mask from a row's `mask`: a PIL image (grey > 127), a boolean array, a
     grey array (> 127) or the Parquet struct {"bytes": PNG}."""
     if isinstance(value, Mapping):
-        return decode_mask(value["bytes"])
+        value = value.get("bytes")
+        if value is not None:
+            return decode_mask(value)
+    if value is None:
+        raise ValueError(
+            "no mask pixels: the row was published without them (its licence forbids it); "
+            "rebuild the source with `mmrs build` (see the dataset's REBUILD.md)"
+        )
     if isinstance(value, Image.Image):
         value = np.asarray(value.convert("L"))
     array = np.asarray(value)
@@ -51,6 +58,14 @@ def as_mask(value: Any) -> np.ndarray:
 
 def _label(row: Row) -> str:
     return f"row {row.get('row_id')!r}"
+
+
+def row_mask(row: Row) -> np.ndarray:
+    """The row's own mask (as_mask of its `mask`); errors name the row."""
+    try:
+        return as_mask(row["mask"])
+    except (ValueError, OSError) as exc:
+        raise ValueError(f"{_label(row)}: {exc}") from exc
 
 
 @dataclass(frozen=True)

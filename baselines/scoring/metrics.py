@@ -86,7 +86,9 @@ def prsmed_scores(prob: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     constant map is empty at every threshold above 0). The row's value is the mean over
     thresholds of its Dice (IoU). The paper reports, per data set, the mean over thresholds
     of the mean over rows; both means are over the same rows x thresholds table, so the
-    mean over rows of this per-row value is the same number.
+    mean over rows of this per-row value is the same number. Threshold 0 keeps the whole
+    image, so a perfect 0/1 map scores (255 + Dice of the whole image) / 256, just under 1,
+    in the paper's script as here.
 
     One deviation: where both masks are empty, Dice and IoU are 1.0 here (as `dice`);
     the paper's script scores any threshold without overlap as 0. Only rows with a target

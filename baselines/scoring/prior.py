@@ -30,7 +30,7 @@ from PIL import Image
 
 from pipeline.qa.templates import LETTERS, TemplateSet, load_templates
 
-from .answers import AnswerFacts, Row, as_mask, render_answer
+from .answers import AnswerFacts, Row, render_answer, row_mask
 from .metrics import THRESHOLD
 
 GRID = 128  # the prior mask's side, in cells over the image's width and height
@@ -249,7 +249,7 @@ def fit_prior(train_rows: Iterable[Row]) -> Prior:
         if kind == "referring" or (row["image_id"], row["target"]) in seen:
             continue  # one whole-target mask per image and target
         seen.add((row["image_id"], row["target"]))
-        mask = as_mask(row["mask"])
+        mask = row_mask(row)
         tallies[key].add_image(row, mask)
         pooled.add_image(row, mask)
     pooled_kinds = Counter()

@@ -25,7 +25,7 @@ from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
 from pipeline.qa.templates import FAMILIES  # noqa: E402
 
-from .answers import Row, as_mask, consistent, score_answer  # noqa: E402
+from .answers import Row, as_mask, consistent, row_mask, score_answer  # noqa: E402
 from .metrics import (  # noqa: E402
     binarise,
     bootstrap_ci,
@@ -79,7 +79,7 @@ def score_row(row: Row, prob_map: np.ndarray, answer: str) -> RowScore:
     thresholded at 0.5 for Dice, IoU, the false-positive test and consistency; the PRS-Med
     sweep reads the resized map itself.
     """
-    truth = as_mask(row["mask"])
+    truth = row_mask(row)
     width, height = row["width"], row["height"]
     if truth.shape != (height, width):
         raise ValueError(

@@ -80,6 +80,8 @@ def test_only_train_rows_are_read() -> None:
         fit_prior(rows)
     with pytest.raises(ValueError, match="test"):
         fit_prior([{**rows[0], "split": "test"}])
+    with pytest.raises(ValueError, match=f"{rows[0]['row_id']}.*rebuild"):
+        fit_prior([{**rows[0], "mask": None}])
 
 
 def test_ties_break_the_same_whatever_the_row_order() -> None:

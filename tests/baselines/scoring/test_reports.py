@@ -76,6 +76,8 @@ def test_score_row_resizes_and_scores_what_applies() -> None:
     assert score.referring_dice == 1.0 and score.answer_correct is None
     with pytest.raises(ValueError, match="image's"):
         score_row({**row, "width": 50}, half, "x")
+    with pytest.raises(ValueError, match="position-.*rebuild"):  # published without pixels
+        score_row({**row, "mask": {"bytes": None, "path": None}}, half, "x")
 
 
 def _score(
