@@ -221,21 +221,20 @@ class Prior:
 def fit_prior(train_rows: Iterable[Row]) -> Prior:
     """Fit the prior on training rows; a row of any other split is a ValueError naming it.
 
-    Every row is checked before anything is counted, so a wrong split fails fast.
+    Rows are read once, as they come (a `datasets` split streams: pass it without its
+    `image` column, which the prior never reads, to spare decoding the images).
     """
-    rows = list(train_rows)
-    for row in rows:
-        if row.get("split") != "train":
-            raise ValueError(
-                f"row {row.get('row_id')!r} is in split {row.get('split')!r}: "
-                "the prior is fitted on the train split only"
-            )
     tallies: dict[tuple[str, str], _Tally] = defaultdict(_Tally)
     pooled = _Tally()
     seen: set[Hashable] = set()
     kinds: dict[tuple[str, str, str], Counter] = defaultdict(Counter)
     kinds_seen: set[Hashable] = set()
-    for row in rows:
+    for row in train_rows:
+        if row.get("split") != "train":
+            raise ValueError(
+                f"row {row.get('row_id')!r} is in split {row.get('split')!r}: "
+                "the prior is fitted on the train split only"
+            )
         key = (row["source"], row["target"])
         kind = row["question_type"]
         if kind == "multiple_choice" and row["options"] and row["zone"] in row["options"]:

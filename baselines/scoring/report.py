@@ -194,14 +194,13 @@ def metrics_document(
     """metrics.json's document: every system's summaries on the same rows.
 
     `systems` maps a name to (its checkpoint or None, its row scores); every system must
-    have scored exactly the same rows (a ValueError names the first that did not). Keys
-    are in a fixed order and values plain JSON, so `json.dumps(doc, sort_keys=True)` is
-    byte-identical for the same inputs and seed.
+    have scored exactly the same rows (a ValueError names the first that did not). Systems
+    keep the order given (metrics.md's columns); every other key is in a fixed order and
+    every value plain JSON, so the document is identical for the same inputs and seed.
     """
     expected: list[str] | None = None
     documents: dict[str, Any] = {}
-    for name in sorted(systems):
-        checkpoint, scores = systems[name]
+    for name, (checkpoint, scores) in systems.items():
         ids = sorted(s.row_id for s in scores)
         if expected is None:
             expected = ids
