@@ -161,3 +161,25 @@ def check_answer(
                 f"facts: {facts.zone!r}"
             )
     return problems
+
+
+# Public readers of what the checks above read privately (baselines/scoring scores answers).
+def without_target(text: str, target: str) -> str:
+    """The text with a structure's name blanked, so its words state no fact."""
+    return _without(text, target)
+
+
+def yes_no_in(text: str) -> str | None:
+    """ "yes" or "no" where the text opens with one, else None."""
+    said = _YES_NO.match(text.lower())
+    return said.group(1) if said else None
+
+
+def letters_in(text: str) -> list[str]:
+    """Option letters the text names ("(B)", "Option B", a leading "B")."""
+    return [m.group(1) for m in _LETTER.finditer(text)]
+
+
+def says_absent(text: str) -> bool:
+    """Whether the text holds a negation ("no", "not", "none", "absent")."""
+    return _NEGATION.search(text.lower()) is not None
