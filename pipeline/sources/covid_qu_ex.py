@@ -82,5 +82,5 @@ SOURCE = SourceInfo(
     layout=LAYOUT,
     discover=discover,
     redistributable=True,
-    display=Display("radiological", plane="coronal"),
+    display=Display("radiological", plane="coronal", projection="pa"),
 )
