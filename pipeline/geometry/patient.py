@@ -213,7 +213,8 @@ def radiograph_midline(pixels: np.ndarray) -> float | None:
     the two dark lung fields. The midline is that peak within the central half, and only
     where a lung field lies on each side of it: the profile falls by LUNG_CONTRAST of the
     image's grey range on both sides, its two lowest points no more than LUNG_BALANCE times
-    farther from the peak one than the other, and nothing between them brighter than it.
+    farther from the peak one than the other, nothing between them brighter than the peak,
+    and beyond each of them (the chest wall) the profile rises again by LUNG_CONTRAST.
     """
     from scipy import ndimage  # on first use (see facts._instances)
 
@@ -242,6 +243,11 @@ def radiograph_midline(pixels: np.ndarray) -> float | None:
         return None
     if profile[peak - to_left : peak + to_right + 1].max() > profile[peak]:
         return None
+    # each lung field has a chest wall beyond it: the profile rises again toward the edge
+    for wall, low in ((profile[: peak - to_left], profile[peak - to_left]),
+                      (profile[peak + to_right + 1 :], profile[peak + to_right])):  # fmt: skip
+        if wall.size == 0 or wall.max() - low < contrast:
+            return None
     return peak + 0.5
 
 
