@@ -195,13 +195,32 @@ def frame_2d(pixels: np.ndarray) -> tuple[PatientFrame, np.ndarray] | None:
 
 
 # A frontal chest film's rows and columns searched for the mediastinum (fractions of the
-# image): rows of the upper and middle thorax; its column in the central half; each lung
-# field between 4 % and 45 % of the width from it.
+# image): rows of the upper and middle thorax; its column in the central half; the lowest
+# point of each lung field between 4 % and 45 % of the width from it.
 CHEST_ROWS = (0.2, 0.6)
 MEDIASTINUM_COLUMNS = (0.25, 0.75)
 LUNG_REACH = (0.04, 0.45)
-LUNG_CONTRAST = 0.15  # of the image's grey range (1st to 99th percentile): lungs darker
+LUNG_CONTRAST = 0.15  # of the image's grey range (1st to 99th percentile)
 LUNG_BALANCE = 2.5  # one lung field at most this much farther from the midline than the other
+
+
+def _lung_field(profile: np.ndarray, peak: int, step: int, contrast: float) -> int | None:
+    """Distance from the peak to the lowest point of the lung field on one side (step -1:
+    toward column 0), None without one: walking outward, the profile must fall by
+    `contrast` below the peak, never rising above it first, then rise by `contrast` again
+    (the chest wall) before the image's edge."""
+    lowest, at = profile[peak], None
+    index = peak + step
+    while 0 <= index < profile.size:
+        value = profile[index]
+        if at is None and value > profile[peak]:
+            return None  # something brighter than the mediastinum before any lung field
+        if value < lowest:
+            lowest, at = value, index
+        elif profile[peak] - lowest >= contrast and value - lowest >= contrast:
+            return abs(at - peak)
+        index += step
+    return None
 
 
 def radiograph_midline(pixels: np.ndarray) -> float | None:
@@ -211,10 +230,9 @@ def radiograph_midline(pixels: np.ndarray) -> float | None:
     The column profile (median over the rows of the upper and middle thorax, smoothed over
     2 % of the width) peaks at the spine and mediastinum, the brightest structures between
     the two dark lung fields. The midline is that peak within the central half, and only
-    where a lung field lies on each side of it: the profile falls by LUNG_CONTRAST of the
-    image's grey range on both sides, its two lowest points no more than LUNG_BALANCE times
-    farther from the peak one than the other, nothing between them brighter than the peak,
-    and beyond each of them (the chest wall) the profile rises again by LUNG_CONTRAST.
+    where a lung field lies on each side of it, with a chest wall beyond (_lung_field):
+    their lowest points between LUNG_REACH of the width from the peak, neither more than
+    LUNG_BALANCE times farther from it than the other.
     """
     from scipy import ndimage  # on first use (see facts._instances)
 
@@ -228,26 +246,16 @@ def radiograph_midline(pixels: np.ndarray) -> float | None:
     )
     start, stop = (round(f * width) for f in MEDIASTINUM_COLUMNS)
     peak = start + int(np.argmax(profile[start:stop]))
-    near, far = (max(1, round(f * width)) for f in LUNG_REACH)
-    left = profile[max(0, peak - far) : max(0, peak - near + 1)]
-    right = profile[peak + near : peak + far + 1]
-    if left.size == 0 or right.size == 0:
-        return None
     low, high = np.percentile(grey, (1, 99))
     contrast = LUNG_CONTRAST * float(high - low)
-    if contrast <= 0 or min(profile[peak] - left.min(), profile[peak] - right.min()) < contrast:
+    if contrast <= 0:
         return None
-    to_left = peak - (max(0, peak - far) + int(np.argmin(left)))
-    to_right = near + int(np.argmin(right))
-    if max(to_left, to_right) > LUNG_BALANCE * min(to_left, to_right):
+    fields = [_lung_field(profile, peak, step, contrast) for step in (-1, 1)]
+    near, far = (f * width for f in LUNG_REACH)
+    if any(f is None or not near <= f <= far for f in fields):
         return None
-    if profile[peak - to_left : peak + to_right + 1].max() > profile[peak]:
+    if max(fields) > LUNG_BALANCE * min(fields):
         return None
-    # each lung field has a chest wall beyond it: the profile rises again toward the edge
-    for wall, low in ((profile[: peak - to_left], profile[peak - to_left]),
-                      (profile[peak + to_right + 1 :], profile[peak + to_right])):  # fmt: skip
-        if wall.size == 0 or wall.max() - low < contrast:
-            return None
     return peak + 0.5
 
 
