@@ -348,10 +348,11 @@ class VolumeBody:
     edges of the coil: the first and last slices, or one slice in the middle). An axial
     slice's body is therefore its own outline (patient.body_outline) joined with the fullest
     outline (largest area) among the slices within BODY_REACH_MM along the axis, sampled
-    about every OUTLINE_STEP_MM, that are seen whole. It is not seen (None) where the own
-    outline touches a lateral edge of the field of view, or where the joined one covers less
-    than MIN_BODY_FRACTION of the slice. A coronal slice's body is the coronal section of
-    the axial slices' bodies. Outlines are found once each, as slices ask for them.
+    about every OUTLINE_STEP_MM, that are seen whole (those found on every other row and
+    column: they only widen the body). It is not seen (None) where the own outline touches
+    a lateral edge of the field of view, or where the joined one covers less than
+    MIN_BODY_FRACTION of the slice. A coronal slice's body is the coronal section of the
+    axial slices' bodies. Outlines are found once each, as slices ask for them.
     """
 
     def __init__(self, oriented: Oriented, threshold: float) -> None:
@@ -360,24 +361,30 @@ class VolumeBody:
         spacing = max(oriented.spacing[0], 1e-6)
         self.reach = max(1, round(BODY_REACH_MM / spacing))
         self.step = max(1, round(OUTLINE_STEP_MM / spacing))
-        self._outlines: dict[int, np.ndarray] = {}
+        self._coarse: dict[int, tuple[int, np.ndarray | None]] = {}
 
-    def _outline(self, index: int) -> np.ndarray:
-        if index not in self._outlines:
-            pixels = self.view[index].astype(np.float32)
-            self._outlines[index] = body_outline(pixels, self.threshold)
-        return self._outlines[index]
+    def _whole(self, index: int) -> tuple[int, np.ndarray | None]:
+        """(area, outline) of a slice's outline on every other row and column; None where
+        it is not seen whole."""
+        if index not in self._coarse:
+            pixels = self.view[index, ::2, ::2].astype(np.float32)
+            outline = body_outline(pixels, self.threshold)
+            whole = seen_whole(outline)
+            self._coarse[index] = (int(outline.sum()) if whole else 0, outline if whole else None)
+        return self._coarse[index]
 
     def axial(self, index: int) -> np.ndarray | None:
-        own = self._outline(index)
+        own = body_outline(self.view[index].astype(np.float32), self.threshold)
         if own[:, 0].any() or own[:, -1].any():
             return None
         n = self.view.shape[0]
         near = range(max(0, index - self.reach), min(n, index + self.reach + 1))
         candidates = [i for i in near if (i - index) % self.step == 0 or i == near[-1]]
-        whole = [self._outline(i) for i in candidates if seen_whole(self._outline(i))]
-        body = own | max(whole, key=lambda b: int(b.sum())) if whole else own
-        return body if body.sum() >= MIN_BODY_FRACTION * body.size else None
+        _, fullest = max((self._whole(i) for i in candidates), key=lambda found: found[0])
+        if fullest is not None:
+            rows, cols = own.shape
+            own = own | fullest.repeat(2, axis=0).repeat(2, axis=1)[:rows, :cols]
+        return own if own.sum() >= MIN_BODY_FRACTION * own.size else None
 
     def slice(self, axis: str, index: int) -> np.ndarray | None:
         """The body on a display slice (axial or coronal), None where it is not seen."""
