@@ -246,7 +246,7 @@ def radiograph_midline(pixels: np.ndarray) -> float | None:
     )
     start, stop = (round(f * width) for f in MEDIASTINUM_COLUMNS)
     peak = start + int(np.argmax(profile[start:stop]))
-    low, high = np.percentile(grey, (1, 99))
+    low, high = np.percentile(grey[::4, ::4], (1, 99))  # a sample is enough
     contrast = LUNG_CONTRAST * float(high - low)
     if contrast <= 0:
         return None
