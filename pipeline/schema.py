@@ -57,8 +57,15 @@ SCHEMA = pa.schema(
         # [col_step, row_step, offset, band, strict]: signed distance (patient's left > 0)
         # of a pixel to the body midline (geometry/patient.py); null where unknown
         ("patient_frame", pa.list_(pa.float64())),
-        # relation rows: the other structure and "inside" | "outside" (geometry/relations.py)
-        ("relation", pa.struct([("target", pa.string()), ("kind", pa.string())])),
+        # relation rows: the other structure, "inside" | "outside" (geometry/relations.py)
+        # and the other's name in the text
+        (
+            "relation",
+            pa.struct([("target", pa.string()), ("kind", pa.string()), ("name", pa.string())]),
+        ),
+        # the target's name in the question and answer (qa/names.py); `target` keeps the
+        # source's own
+        ("target_name", pa.string()),
     ]
 )
 IMAGE_COLUMNS = ("image", "mask")

@@ -24,11 +24,13 @@ import yaml
 from PIL import Image
 from scipy import ndimage
 
+from pipeline.build.cases import SourceMeta
+from pipeline.build.extract import extract_case
 from pipeline.build.run import BuildConfig, BuildSummary, SourceRequest, build
 from pipeline.checks.folder import validate
 from pipeline.geometry.facts import Facts, compute_facts
 from pipeline.io.images import read_binary_mask
-from pipeline.sources import REGISTRY, SourceInfo, load_spec
+from pipeline.sources import REGISTRY, Case, SourceInfo, load_spec
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 SAMPLES = SHARED / "real_samples"
@@ -748,3 +750,68 @@ def test_identical_images_across_sources_are_reported(tmp_path: Path) -> None:
     assert sorted(e["case_id"] for e in duplicates) == shared
     for entry in duplicates:
         assert entry["reason"].startswith("identical image already converted as isic2018/")
+
+
+def _arrange_montgomery(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The imlab samples in Montgomery's layout; (left, right) lung masks by case id."""
+    expected = {}
+    for number in range(1, 5):
+        name = f"MCUCXR_{number:04d}_0.png"
+        save_as(MONTGOMERY / "Data" / f"{number}.jpg", root / "CXR_png" / name)
+        left, right = split_lungs(grey_mask(MONTGOMERY / "Data" / f"{number}-mask.png"))
+        save_as(left, root / "ManualMask" / "leftMask" / name)
+        save_as(right, root / "ManualMask" / "rightMask" / name)
+        expected[name.removesuffix(".png")] = (left, right)
+    return expected
+
+
+def test_montgomery_lungs_get_the_patients_sides(tmp_path: Path) -> None:
+    """The adapter declares PA films in radiological display: every left lung is the
+    patient's left, every right lung the patient's right (found from the mediastinum:
+    these films are cropped to the thorax, so no body outline is seen whole)."""
+    root = tmp_path / "MontgomerySet"
+    expected = _arrange_montgomery(root)
+    source = REGISTRY["montgomery"]
+    cases = [c for c in source.discover(root) if isinstance(c, Case)]
+    assert len(cases) == len(expected)
+    for case in cases:
+        (image,) = extract_case(case, SourceMeta.of(source))
+        sides = {t.target: t.patient_side for t in image.targets}
+        assert sides == {"left lung": "left", "right lung": "right"}, case.case_id
+
+
+def test_merged_lung_field_is_bilateral_and_each_lung_on_its_side(tmp_path: Path) -> None:
+    """Both lungs in one mask (two components): with the display declared the lung field
+    is bilateral, and a referring row's single lung is on its own side; undeclared, or
+    declared lateral, no side at all."""
+    spec = {
+        "name": "cxr_lungs",
+        "modality": "xray",
+        "target": "lung field",
+        "images": "Data/*.jpg",
+        "masks": "Data/{stem}-mask.png",
+        "display": "radiological",
+        "projection": "pa",
+    }
+    built = run_build(tmp_path, (write_spec(tmp_path, spec), MONTGOMERY))
+    assert built.counts("cxr_lungs") == (4, 4, 0, 0)
+    referring = 0
+    for row in built.rows:
+        if row["question_type"] == "negative":
+            continue
+        if row["question_type"] != "referring" or row["n_components"] == 2:
+            assert row["patient_side"] == "bilateral", row["row_id"]
+            continue
+        referring += 1
+        # one lung: the patient's left lies on the image's right
+        assert row["patient_side"] == ("left" if row["centroid"][0] > 0.5 else "right")
+    assert referring == 4
+    laterality = [r for r in built.rows if r["question_type"] == "laterality"]
+    assert laterality and all("both sides" in r["answer"] for r in laterality)
+    for declared in ({"projection": "lateral"}, {"display": "none", "projection": None}):
+        other_spec = {k: v for k, v in {**spec, **declared}.items() if v is not None}
+        other = write_spec(tmp_path, {**other_spec, "name": "cxr_other"})
+        for case in other.discover(MONTGOMERY):
+            assert isinstance(case, Case)
+            (image,) = extract_case(case, SourceMeta.of(other))
+            assert [t.patient_side for t in image.targets] == [None]

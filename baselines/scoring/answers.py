@@ -180,14 +180,14 @@ class _Reading:
 def _blank(text: str, names: list[str]) -> str:
     """The text with each name blanked, longest first (so "lung nodule" goes before "lung")."""
     for name in sorted(filter(None, names), key=len, reverse=True):
-        text = factcheck.without_target(text, name)
+        text = factcheck.without_names(text, name)
     return text
 
 
 def _names(text: str, name: str, target: str) -> bool:
     """Whether the text names `name` other than as part of the target's own name."""
     if target and target.lower() not in name.lower():
-        text = factcheck.without_target(text, target)
+        text = factcheck.without_names(text, target)
     return name.lower() in text.lower()
 
 
@@ -205,7 +205,7 @@ def _true_extras(row: Row, truth: AnswerFacts, read: _Reading, skip_zones: set[s
 
 def _asked_zone(row: Row) -> str:
     """The one zone a verification (or referring) question names."""
-    asked = factcheck.zones_in(factcheck.without_target(row["question"], row["target"]))
+    asked = factcheck.zones_in(factcheck.without_names(row["question"], row["target"]))
     if len(asked) != 1:
         raise ValueError(f"{_label(row)}: the question names zones {asked}, not exactly one")
     return asked[0]
@@ -421,6 +421,6 @@ def consistent(answer: str, pred_mask: np.ndarray, target: str = "") -> bool:
     An empty prediction is consistent only with an answer that states no zone. `target`
     is blanked from the answer first (its name may hold zone words).
     """
-    stated = set(factcheck.zones_in(factcheck.without_target(answer, target)))
+    stated = set(factcheck.zones_in(factcheck.without_names(answer, target)))
     facts = analyse(as_mask(pred_mask))[0]
     return stated == (location_zones(facts) if facts.present else set())

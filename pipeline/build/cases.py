@@ -13,6 +13,7 @@ from ..geometry.patient import PatientFrame, inside_body, instances_side
 from ..geometry.relations import relations_of
 from ..geometry.slicing import VolumeSettings
 from ..io.images import PNG_LEVEL, encode_mask
+from ..qa.names import side_for, text_name
 from ..sources.base import Case, SourceInfo
 
 
@@ -30,11 +31,18 @@ class SourceMeta:
     display: Any
     volume: VolumeSettings | None = None
     png_level: int = PNG_LEVEL  # of the images whose pixels are re-encoded
+    display_names: tuple[tuple[str, str], ...] = ()  # see SourceInfo
 
     @classmethod
     def of(cls, source: SourceInfo, png_level: int = PNG_LEVEL) -> SourceMeta:
         return cls(
-            source.name, source.modality, source.license, source.display, source.volume, png_level
+            source.name,
+            source.modality,
+            source.license,
+            source.display,
+            source.volume,
+            png_level,
+            source.display_names,
         )
 
 
@@ -82,13 +90,16 @@ def analyse_targets(
     body: np.ndarray | None,
     image_id: str,
     kept: Mapping[str, bytes] | None = None,
+    display_names: tuple[tuple[str, str], ...] = (),
 ) -> list[ExtractedTarget]:
     """Facts, instances, the patient's side and relations of every target of one image.
 
     A target has the image's patient frame when the frame is strict (world coordinates) or
-    the target lies in the body the midline was found from. `kept` gives the mask PNG of a
-    target whose source file already is one.
+    the target lies in the body the midline was found from; its side is not stated where
+    it contradicts the side its name carries (qa/names.side_for). `kept` gives the mask PNG
+    of a target whose source file already is one.
     """
+    names = dict(display_names)
     related = relations_of(masks, image_id)
     kept = kept or {}
     targets = []
@@ -101,7 +112,7 @@ def analyse_targets(
                 kept.get(target) or encode_mask(mask),
                 facts,
                 instances if len(instances) > 1 else [],
-                instances_side(instances, own),
+                side_for(text_name(target, names), instances_side(instances, own)),
                 own,
                 tuple(related.get(target, ())),
             )

@@ -13,7 +13,7 @@ import hashlib
 
 import numpy as np
 
-from ..geometry.patient import frame_2d
+from ..geometry.patient import frame_2d, radiograph_frame
 from ..io.images import KEPT_FORMATS, encode_png, read_image, read_label_map, read_mask
 from ..sources.base import Case
 from .cases import CaseError, ExtractedCase, SourceMeta, analyse_targets, label_layers
@@ -63,12 +63,16 @@ def extract_case(case: Case, source: SourceMeta) -> list[ExtractedCase]:
 def extract_image(case: Case, source: SourceMeta) -> ExtractedCase:
     """Pixels and facts of one 2D case (see the module docstring for its errors)."""
     display = source.display
-    # A CT/MRI cross-section in a known display shows the body's outline; its columns run
-    # from the patient's right to left (axial or coronal). A projection (X-ray) does not.
-    outline = (
-        display.knows_patient and display.plane != "sagittal" and source.modality in CROSS_SECTIONS
-    )
-    decoded = read_image(case.image, pixels=outline or display.changes_pixels)
+    # A CT/MRI cross-section in a known display shows the body's outline, a frontal chest
+    # film its mediastinum; the columns of either run from the patient's right to left
+    # (axial or coronal). Any other image (a lateral film, an undeclared one) does not.
+    frame_of = None
+    if display.knows_patient and display.plane != "sagittal":
+        if source.modality in CROSS_SECTIONS:
+            frame_of = frame_2d
+        elif source.modality == "xray" and display.frontal:
+            frame_of = radiograph_frame
+    decoded = read_image(case.image, pixels=frame_of is not None or display.changes_pixels)
     orientation = decoded.image.getexif().get(_EXIF_ORIENTATION, 1)
     if orientation not in (0, 1):
         raise CaseError(
@@ -82,7 +86,8 @@ def extract_image(case: Case, source: SourceMeta) -> ExtractedCase:
         files = ", ".join(f.path.name for f in case.masks)
         raise CaseError(f"empty mask for {', '.join(empty)} ({files})")
 
-    found = frame_2d(display.apply(np.asarray(decoded.image.convert("L")))) if outline else None
+    grey = display.apply(np.asarray(decoded.image.convert("L"))) if frame_of else None
+    found = frame_of(grey) if frame_of else None
     if display.changes_pixels:
         image_bytes = encode_png(display.apply(np.asarray(decoded.image)), source.png_level)
         masks = {t: display.apply(m) for t, m in masks.items()}
@@ -100,5 +105,7 @@ def extract_image(case: Case, source: SourceMeta) -> ExtractedCase:
         image_id=image_id,
         width=width,
         height=height,
-        targets=analyse_targets(masks, *(found or (None, None)), image_id, kept),
+        targets=analyse_targets(
+            masks, *(found or (None, None)), image_id, kept, source.display_names
+        ),
     )

@@ -16,9 +16,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ..geometry.patient import body_mask
 from ..geometry.slicing import (
     AXIS_OF,
+    VolumeBody,
     body_threshold,
     display_slice,
     midline,
@@ -113,6 +113,7 @@ def extract_volume(case: Case, source: SourceMeta) -> list[ExtractedCase]:
     chosen = settings.slices.choose(areas, oriented.view.shape[axis])
     threshold = body_threshold(oriented.view, source.modality)
     body = midline(oriented, threshold)
+    outlines = VolumeBody(oriented, threshold)
     scanner = in_scanner_coordinates(case.image, image)
     row_mm, col_mm, slice_mm = pixel_spacing(oriented, axis_name)
     windows = {}
@@ -133,7 +134,7 @@ def extract_volume(case: Case, source: SourceMeta) -> list[ExtractedCase]:
         frame = patient_frame(oriented, axis_name, index, shape, body, scanner)
         seen = None  # the body on this slice, to check that targets lie in it
         if frame is not None and not frame.strict and axis_name != "sagittal":
-            found = body_mask(pixels.astype(np.float32), threshold)
+            found = outlines.slice(axis_name, index)
             seen = None if found is None else resize(found, shape, nearest=True)
         elif frame is not None:
             seen = np.ones(shape, dtype=bool)  # a sagittal slice: x is the same everywhere
@@ -153,7 +154,9 @@ def extract_volume(case: Case, source: SourceMeta) -> list[ExtractedCase]:
                     image_id=image_id,
                     width=shape[1],
                     height=shape[0],
-                    targets=analyse_targets(asked, frame, seen, image_id),
+                    targets=analyse_targets(
+                        asked, frame, seen, image_id, display_names=source.display_names
+                    ),
                     slice_axis=axis_name,
                     slice_index=oriented.source_index(axis, index),
                     spacing_mm=(finest, finest, slice_mm),

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..io.images import encode_mask
+from ..qa.names import text_name
 from ..qa.templates import QAPlanner
 from ..splits import SplitRatios, assign_split
 from .cases import ExtractedCase
@@ -37,6 +38,7 @@ def render_case(
         "height": extracted.height,
         "rewrite": None,
     }
+    names = dict(source.display_names)
     rows: list[dict[str, Any]] = []
     for item in extracted.targets:
         facts_row = item.facts.as_row()
@@ -50,6 +52,7 @@ def render_case(
             item.patient_side,
             item.frame,
             item.relations,
+            names,
         )
         frame = item.frame.as_row() if item.frame else None
         for qa in plans:
@@ -64,10 +67,15 @@ def render_case(
                     "question_type": qa.question_type,
                     "options": qa.options,
                     "target": item.target,
+                    "target_name": text_name(item.target, names),
                     "template_id": qa.template_id,
                     "patient_side": qa.patient_side,
                     "patient_frame": frame,
-                    "relation": {"target": qa.relation[0], "kind": qa.relation[1]}
+                    "relation": {
+                        "target": qa.relation[0],
+                        "kind": qa.relation[1],
+                        "name": text_name(qa.relation[0], names),
+                    }
                     if qa.relation
                     else None,
                     **(qa.facts.as_row() if qa.facts else facts_row),

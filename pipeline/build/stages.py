@@ -32,6 +32,7 @@ from ..io import dicomseg, display
 from ..io import images as imageio
 from ..io import volumes as volumeio
 from ..io.images import PixelError
+from ..qa import names
 from ..qa import templates as qa
 from ..qa.templates import QAPlanner, TemplateSet, load_templates
 from ..release import stats
@@ -69,8 +70,9 @@ EXTRACT_CODE = (
     volumeio,
     dicomseg,
     relations,
+    names,
 )
-RENDER_CODE = (STAGES, render, qa, splits, schema, stats, writer, parts)
+RENDER_CODE = (STAGES, render, qa, names, splits, schema, stats, writer, parts)
 
 
 @dataclass(frozen=True, slots=True)

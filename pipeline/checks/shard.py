@@ -30,11 +30,12 @@ from ..geometry.patient import PatientFrame, instances_side
 from ..geometry.relations import relation
 from ..io import images as imageio
 from ..io.images import PixelError, decode_mask
-from ..qa import factcheck
-from ..qa.factcheck import check_answer
+from ..qa import factcheck, names
+from ..qa.factcheck import check_answer, relation_of_row
+from ..qa.names import side_for
 
 # The code whose change makes a stored check stale.
-CHECK_CODE = (sys.modules[__name__], facts, factcheck, imageio, patient, relations, schema)
+CHECK_CODE = (sys.modules[__name__], facts, factcheck, imageio, names, patient, relations, schema)
 # What crosses shards is kept as fixed-size keys: 128 bits, which no two of any build's
 # patients or images share by chance.
 KEY_BYTES = 16
@@ -181,7 +182,8 @@ def check_row_group(parquet: pq.ParquetFile, index: int, split: str) -> ShardRes
                     f"{label}: {column} is {row[column]!r}, the mask gives {derived[column]!r}"
                 )
         frame = PatientFrame.from_row(row["patient_frame"])
-        side = instances_side(mask_instances[m], frame)
+        name = row.get("target_name") or row["target"]
+        side = side_for(name, instances_side(mask_instances[m], frame))
         if side != row["patient_side"]:
             part.violations.append(
                 f"{label}: patient_side is {row['patient_side']!r}, the mask and its patient "
@@ -204,9 +206,8 @@ def check_row_group(parquet: pq.ParquetFile, index: int, split: str) -> ShardRes
             facts,
             target=row["target"],
             patient_side=row["patient_side"],
-            relation=(row["relation"]["target"], row["relation"]["kind"])
-            if row["relation"]
-            else None,
+            relation=relation_of_row(row),
+            name=name,
         ):
             part.violations.append(f"{label} ({row['template_id']}): {problem}")
     part.patients = packed(patient_key(source, patient_id) for source, patient_id in patients)

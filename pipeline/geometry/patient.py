@@ -17,7 +17,12 @@ The frame exists only where the geometry makes the midline knowable:
   (DICOM; NIfTI with a scanner qform/sform, not at the world origin; see
   volumeio.in_scanner_coordinates) and the target lies wholly more than
   `WORLD_MARGIN_MM` from the scanner's x = 0 (patients lie centred on the table; the
-  margin covers how far off centre they may lie). Such frames are `strict`.
+  margin covers how far off centre they may lie). Such frames are `strict`;
+- or, for a frontal (PA or AP) chest radiograph in radiological display, the thorax's
+  midline is the spine and mediastinum: the brightest column band between two darker lung
+  fields (see radiograph_frame); the band is 3 % of the image's width (a chest film's
+  thorax fills most of it: a wider band, so fewer sides, never a wrong one). Everything a
+  projection shows lies within the patient, so every target of the film gets this frame.
 
 `patient_side` of a mask, per instance (the instances of facts.py):
 - "left": no pixel lies right of the band and the centroid lies left of it (strict frames:
@@ -127,27 +132,31 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     return ~outside[background]
 
 
-def body_mask(pixels: np.ndarray, threshold: float) -> np.ndarray | None:
-    """The body in a 2D slice, None when it is not seen whole.
-
-    The body is the largest 8-connected part above the threshold, holes filled; it must
-    cover at least MIN_BODY_FRACTION of the slice and touch neither the first nor the last
-    column.
-    """
+def body_outline(pixels: np.ndarray, threshold: float) -> np.ndarray:
+    """The largest 8-connected part of a 2D slice above the threshold, holes filled (all
+    False when nothing is above it)."""
     from scipy import ndimage  # on first use (see facts._instances)
 
     labelled, count = ndimage.label(pixels > threshold, structure=np.ones((3, 3), dtype=bool))
     if count == 0:
-        return None
+        return np.zeros(pixels.shape, dtype=bool)
     sizes = np.bincount(labelled.ravel(), minlength=count + 1)
     sizes[0] = 0
-    largest = int(np.argmax(sizes))
-    if sizes[largest] < MIN_BODY_FRACTION * pixels.size:
-        return None
-    body = fill_holes(labelled == largest)
-    if body[:, 0].any() or body[:, -1].any():
-        return None
-    return body
+    return fill_holes(labelled == int(np.argmax(sizes)))
+
+
+def seen_whole(body: np.ndarray) -> bool:
+    """Whether a body outline is a body seen whole: at least MIN_BODY_FRACTION of its slice,
+    touching neither the first nor the last column."""
+    return bool(
+        body.sum() >= MIN_BODY_FRACTION * body.size and not (body[:, 0].any() or body[:, -1].any())
+    )
+
+
+def body_mask(pixels: np.ndarray, threshold: float) -> np.ndarray | None:
+    """The body in a 2D slice (body_outline), None when it is not seen whole."""
+    body = body_outline(pixels, threshold)
+    return body if seen_whole(body) else None
 
 
 def body_midline(body: np.ndarray) -> tuple[float, float]:
@@ -183,3 +192,78 @@ def frame_2d(pixels: np.ndarray) -> tuple[PatientFrame, np.ndarray] | None:
         return None
     middle, width = body_midline(body)
     return PatientFrame(1.0, 0.0, -middle, max(2.0, BAND_FRACTION * width)), body
+
+
+# A frontal chest film's rows and columns searched for the mediastinum (fractions of the
+# image): rows of the upper and middle thorax; its column in the central half; the lowest
+# point of each lung field between 4 % and 45 % of the width from it.
+CHEST_ROWS = (0.2, 0.6)
+MEDIASTINUM_COLUMNS = (0.25, 0.75)
+LUNG_REACH = (0.04, 0.45)
+LUNG_CONTRAST = 0.15  # of the image's grey range (1st to 99th percentile)
+LUNG_BALANCE = 2.5  # one lung field at most this much farther from the midline than the other
+
+
+def _lung_field(profile: np.ndarray, peak: int, step: int, contrast: float) -> int | None:
+    """Distance from the peak to the lowest point of the lung field on one side (step -1:
+    toward column 0), None without one: walking outward, the profile must fall by
+    `contrast` below the peak, never rising above it first, then rise by `contrast` again
+    (the chest wall) before the image's edge."""
+    lowest, at = profile[peak], None
+    index = peak + step
+    while 0 <= index < profile.size:
+        value = profile[index]
+        if at is None and value > profile[peak]:
+            return None  # something brighter than the mediastinum before any lung field
+        if value < lowest:
+            lowest, at = value, index
+        elif profile[peak] - lowest >= contrast and value - lowest >= contrast:
+            return abs(at - peak)
+        index += step
+    return None
+
+
+def radiograph_midline(pixels: np.ndarray) -> float | None:
+    """The thorax midline (pixel-edge column) of a frontal chest radiograph, None when the
+    film does not show it.
+
+    The column profile (median over the rows of the upper and middle thorax, smoothed over
+    2 % of the width) peaks at the spine and mediastinum, the brightest structures between
+    the two dark lung fields. The midline is that peak within the central half, and only
+    where a lung field lies on each side of it, with a chest wall beyond (_lung_field):
+    their lowest points between LUNG_REACH of the width from the peak, neither more than
+    LUNG_BALANCE times farther from it than the other.
+    """
+    from scipy import ndimage  # on first use (see facts._instances)
+
+    grey = pixels.astype(np.float32)
+    height, width = grey.shape
+    top, bottom = (round(f * height) for f in CHEST_ROWS)
+    if bottom - top < 4 or width < 16:
+        return None
+    profile = ndimage.uniform_filter1d(
+        np.median(grey[top:bottom], axis=0), max(3, width // 50), mode="nearest"
+    )
+    start, stop = (round(f * width) for f in MEDIASTINUM_COLUMNS)
+    peak = start + int(np.argmax(profile[start:stop]))
+    low, high = np.percentile(grey[::4, ::4], (1, 99))  # a sample is enough
+    contrast = LUNG_CONTRAST * float(high - low)
+    if contrast <= 0:
+        return None
+    fields = [_lung_field(profile, peak, step, contrast) for step in (-1, 1)]
+    near, far = (f * width for f in LUNG_REACH)
+    if any(f is None or not near <= f <= far for f in fields):
+        return None
+    if max(fields) > LUNG_BALANCE * min(fields):
+        return None
+    return peak + 0.5
+
+
+def radiograph_frame(pixels: np.ndarray) -> tuple[PatientFrame, np.ndarray] | None:
+    """The patient frame (pixel units) and "body" (the whole film) of a frontal chest
+    radiograph in radiological display, None when its midline is not found."""
+    middle = radiograph_midline(pixels)
+    if middle is None:
+        return None
+    band = max(2.0, BAND_FRACTION * pixels.shape[1])
+    return PatientFrame(1.0, 0.0, -middle, band), np.ones(pixels.shape, dtype=bool)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 from PIL import Image
@@ -31,7 +32,9 @@ from .patient import (
     PatientFrame,
     body_mask,
     body_midline,
+    body_outline,
     otsu_threshold,
+    seen_whole,
 )
 
 SLICE_AXES = ("axial", "coronal", "sagittal")
@@ -47,6 +50,8 @@ CT_WINDOWS: dict[str, tuple[float, float]] = {
 PERCENTILES = (0.5, 99.5)
 CT_BODY_HU = -500.0  # CT voxels above this are body (air and lung parenchyma are below)
 MIDLINE_SLICES = 32  # axial slices looked at to find the body midline
+BODY_REACH_MM = 40.0  # a slice's body joins the fullest outline of the slices this close
+OUTLINE_STEP_MM = 5.0  # those slices, sampled about this far apart
 
 
 class VolumeError(ValueError):
@@ -333,6 +338,67 @@ def midline(oriented: Oriented, threshold: float) -> tuple[float, float] | None:
         return None
     middles, widths = zip(*whole, strict=True)
     return float(np.median(middles)), float(np.median(widths))
+
+
+class VolumeBody:
+    """The body on each slice of a volume, seen in the whole volume: what a target must lie
+    in for the volume's midline to give its side (patient.inside_body).
+
+    One slice's threshold may miss part of the body (MR intensity falls off toward the
+    edges of the coil: the first and last slices, or one slice in the middle). An axial
+    slice's body is therefore its own outline (patient.body_outline) joined with the fullest
+    outline (largest area) among the slices within BODY_REACH_MM along the axis, sampled
+    about every OUTLINE_STEP_MM, that are seen whole (those found on every other row and
+    column: they only widen the body). It is not seen (None) where the own outline touches
+    a lateral edge of the field of view, or where the joined one covers less than
+    MIN_BODY_FRACTION of the slice. A coronal slice's body is the coronal section of the
+    axial slices' bodies. Outlines are found once each, as slices ask for them.
+    """
+
+    def __init__(self, oriented: Oriented, threshold: float) -> None:
+        self.view = oriented.view
+        self.threshold = threshold
+        spacing = max(oriented.spacing[0], 1e-6)
+        self.reach = max(1, round(BODY_REACH_MM / spacing))
+        self.step = max(1, round(OUTLINE_STEP_MM / spacing))
+        self._coarse: dict[int, tuple[int, np.ndarray | None]] = {}
+
+    def _whole(self, index: int) -> tuple[int, np.ndarray | None]:
+        """(area, outline) of a slice's outline on every other row and column; None where
+        it is not seen whole."""
+        if index not in self._coarse:
+            pixels = self.view[index, ::2, ::2].astype(np.float32)
+            outline = body_outline(pixels, self.threshold)
+            whole = seen_whole(outline)
+            self._coarse[index] = (int(outline.sum()) if whole else 0, outline if whole else None)
+        return self._coarse[index]
+
+    def axial(self, index: int) -> np.ndarray | None:
+        own = body_outline(self.view[index].astype(np.float32), self.threshold)
+        if own[:, 0].any() or own[:, -1].any():
+            return None
+        n = self.view.shape[0]
+        near = range(max(0, index - self.reach), min(n, index + self.reach + 1))
+        candidates = [i for i in near if (i - index) % self.step == 0 or i == near[-1]]
+        _, fullest = max((self._whole(i) for i in candidates), key=lambda found: found[0])
+        if fullest is not None:
+            rows, cols = own.shape
+            own = own | fullest.repeat(2, axis=0).repeat(2, axis=1)[:rows, :cols]
+        return own if own.sum() >= MIN_BODY_FRACTION * own.size else None
+
+    def slice(self, axis: str, index: int) -> np.ndarray | None:
+        """The body on a display slice (axial or coronal), None where it is not seen."""
+        if axis == "axial":
+            return self.axial(index)
+        body = display_slice(self._stack, axis, index)
+        return body if body.any() else None
+
+    @cached_property
+    def _stack(self) -> np.ndarray:
+        """Every axial slice's body (none: all False), as a volume [S, P, L]."""
+        empty = np.zeros(self.view.shape[1:], dtype=bool)
+        return np.stack([b if (b := self.axial(i)) is not None else empty
+                         for i in range(self.view.shape[0])])  # fmt: skip
 
 
 def patient_frame(

@@ -8,11 +8,16 @@ A source declares `display` as one of:
   no resampling) to the radiological display of their plane before any fact is computed:
   axial: right = patient's left, down = posterior; coronal: right = patient's left,
   down = inferior; sagittal: right = posterior, down = inferior.
+
+A projection radiograph may also declare its `projection`: "pa" or "ap" (a frontal film:
+displayed alike, the patient's left on the image's right, the whole thorax in view: its
+plane is coronal) or "lateral". Only a frontal film in a known display gets a patient side
+(geometry/patient.radiograph_frame).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -60,10 +65,16 @@ class Display:
     transpose: bool = False
     flip_lr: bool = False
     flip_ud: bool = False
+    projection: str | None = None  # "pa" | "ap" | "lateral" for a projection radiograph
 
     @property
     def knows_patient(self) -> bool:
         return self.kind != "none"
+
+    @property
+    def frontal(self) -> bool:
+        """A frontal (PA or AP) projection in a known display: its midline is findable."""
+        return self.knows_patient and self.projection in FRONTAL
 
     @property
     def changes_pixels(self) -> bool:
@@ -81,12 +92,15 @@ class Display:
         return np.ascontiguousarray(pixels)
 
     def describe(self) -> str:
+        text = self.kind
         if self.kind == "mapped":
-            return f"{self.plane}, turned to radiological display"
-        return self.kind
+            text = f"{self.plane}, turned to radiological display"
+        return f"{text}, {self.projection} projection" if self.projection else text
 
 
 NO_DISPLAY = Display("none")
+FRONTAL = ("pa", "ap")
+PROJECTIONS = (*FRONTAL, "lateral")
 
 
 def _direction(value: object, key: str) -> str:
@@ -125,3 +139,19 @@ def parse_display(value: object) -> Display:
         flip_lr=right != target_right,
         flip_ud=down != target_down,
     )
+
+
+def with_projection(display: Display, value: object) -> Display:
+    """A display with a declared projection (None: none declared). A frontal film's plane is
+    coronal; a projection needs a display that knows the patient."""
+    if value is None:
+        return display
+    projection = str(value).strip().lower()
+    if projection not in PROJECTIONS:
+        raise ValueError(f"projection must be one of {', '.join(PROJECTIONS)}, got {value!r}")
+    if not display.knows_patient:
+        raise ValueError("projection needs a display (radiological or {right, down})")
+    if projection in FRONTAL and display.plane not in (None, "coronal"):
+        raise ValueError(f"a {projection} projection is coronal; display gives {display.plane}")
+    plane = "coronal" if projection in FRONTAL else display.plane
+    return replace(display, plane=plane, projection=projection)

@@ -22,8 +22,10 @@ from ..qa.factcheck import (
     numbers_in,
     prsmed_in,
     quadrants_in,
+    relation_of_row,
     sides_in,
     sizes_in,
+    without_names,
     zones_in,
 )
 
@@ -39,13 +41,6 @@ _MODALITY = re.compile(
 _OPTION = re.compile(
     r"\(([A-D])\)\s*((?:upper|middle|lower) (?:left|center|right)|center)", re.IGNORECASE
 )
-
-
-def _without_target(text: str, target: str) -> str:
-    """Target names may hold direction words ("left lung"): blank them before parsing."""
-    if not target:
-        return text
-    return re.sub(re.escape(target), " <target> ", text, flags=re.IGNORECASE)
 
 
 def _modality(word: str) -> str:
@@ -78,10 +73,14 @@ class Stated:
     target: bool
 
 
-def stated(text: str, target: str) -> Stated:
-    """Read every fact a question or answer states (see the module docstring)."""
+def stated(text: str, target: str, *names: str | None) -> Stated:
+    """Read every fact a question or answer states (see the module docstring).
+
+    `target` is the target's name in the text; it and `names` (the source's name, the other
+    structure of a relation) may hold direction words ("left lung"): they are blanked first.
+    """
     named = bool(target) and target.lower() in text.lower()
-    text = _without_target(text, target)
+    text = without_names(text, target, *names)
     lower = text.lower()
     yes_no = _YES_NO.match(lower)
     return Stated(
@@ -133,11 +132,14 @@ def rewrite_problem(
     target: str,
     patient_side: str | None,
     relation: tuple[str, str] | None = None,
+    name: str | None = None,
 ) -> str | None:
     """Why a rewritten (question, answer) may not replace the original; None to accept it.
 
-    `relation` is a relation row's (other structure, "inside" | "outside").
+    `relation` is a relation row's (other structure's name in the text, "inside" |
+    "outside"); `name` the target's name in the text (`target`, the source's, when None).
     """
+    names = (target, relation[0] if relation else None)
     question, answer = rewritten
     if not question.strip() or not answer.strip():
         return "empty"
@@ -145,7 +147,10 @@ def rewrite_problem(
         return "placeholder"
     for before, after in zip(original, rewritten, strict=True):
         reason = _compare(
-            stated(before, target), stated(after, target), patient_side, question_type
+            stated(before, name or target, *names),
+            stated(after, name or target, *names),
+            patient_side,
+            question_type,
         )
         if reason is not None:
             return reason
@@ -163,6 +168,7 @@ def rewrite_problem(
         target=target,
         patient_side=patient_side,
         relation=relation,
+        name=name,
     )
     return "fact-check" if problems else None
 
@@ -203,7 +209,6 @@ def row_problem(row: dict[str, Any], question: str, answer: str) -> str | None:
         facts=facts_of_row(row),
         target=row["target"],
         patient_side=row["patient_side"],
-        relation=(row["relation"]["target"], row["relation"]["kind"])
-        if row.get("relation")
-        else None,
+        relation=relation_of_row(row),
+        name=row.get("target_name"),
     )

@@ -191,10 +191,11 @@ def protected_phrases(question: str, answer: str, target: str) -> list[str]:
 
 def paraphrase_prompt(prompt: Prompt, row: dict[str, Any]) -> str:
     pair = {"question": row["question"], "answer": row["answer"]}
+    name = row.get("target_name") or row["target"]  # the name the text uses
     return prompt.render(
         question_type=row["question_type"],
-        target=row["target"],
-        keep=protected_phrases(row["question"], row["answer"], row["target"]),
+        target=name,
+        keep=protected_phrases(row["question"], row["answer"], name),
         input=json.dumps(pair, ensure_ascii=False),
     )
 
@@ -250,6 +251,7 @@ _CONTEXT = (
     "question_type",
     "options",
     "target",
+    "target_name",
     "patient_side",
     "relation",
 )

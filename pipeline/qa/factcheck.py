@@ -4,8 +4,9 @@ A deterministic parser for the controlled vocabulary of DESIGN.md: zone words, q
 words ("<vertical> <horizontal> quadrant"), PRS-Med words ("top left", ..., "center"), size
 words, counts, yes/no, option letters and the patient's side ("the patient's left", "on both
 sides of the patient", "in the midline"; always phrased in the patient's frame, so image-frame
-words such as "middle left" are never read as a side). `mmrs validate` uses it to check that every
-answer states only facts its mask supports.
+words such as "middle left" are never read as a side, and neither is a structure's name: "the
+left kidney" states no side). `mmrs validate` uses it to check that every answer states only
+facts its mask supports.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import re
 
 from ..geometry.facts import Facts
+from .names import named_side
 from .templates import LETTERS, NUMBER_WORDS, location_zones
 
 _QUADRANT = re.compile(r"\b(upper|lower) (left|right) quadrant\b")
@@ -70,11 +72,12 @@ def check_patient_side(text: str, patient_side: str | None) -> list[str]:
     return [f"states the patient's side {wrong}; facts: {patient_side!r}"] if wrong else []
 
 
-def _without(text: str, target: str) -> str:
-    """The text with the target's name blanked: "rib right 9" or "small bowel" state no fact."""
-    if not target:
-        return text
-    return re.sub(re.escape(target), " <target> ", text, flags=re.IGNORECASE)
+def without_names(text: str, *names: str | None) -> str:
+    """The text with structure names blanked (longest first): "left 9th rib" or "small
+    bowel" state no fact."""
+    for name in sorted({n for n in names if n}, key=len, reverse=True):
+        text = re.sub(re.escape(name), " <target> ", text, flags=re.IGNORECASE)
+    return text
 
 
 def check_answer(
@@ -86,14 +89,23 @@ def check_answer(
     target: str = "",
     patient_side: str | None = None,
     relation: tuple[str, str] | None = None,
+    name: str | None = None,
 ) -> list[str]:
     """Every way the question/answer pair disagrees with the facts (empty when true).
 
     `patient_side` is the row's side of the patient (None where it cannot be known);
-    `relation` the (other structure, "inside" | "outside") a relation row asks about.
+    `relation` the (other structure's name in the text, "inside" | "outside") a relation
+    row asks about; `name` the target's name in the text (`target`, the source's, when
+    None). The side a name carries must agree with `patient_side` where both are known.
     """
-    question, answer = _without(question, target), _without(answer, target)
-    problems: list[str] = check_patient_side(answer, patient_side)
+    named = named_side(name or target)
+    problems: list[str] = []
+    if named is not None and patient_side is not None and patient_side != named:
+        problems.append(f"the {name or target} is named {named} but patient_side is {patient_side}")
+    contains = answer  # a relation answer may name the structure that holds the target
+    blanked = (target, name, relation[0] if relation else None)
+    question, answer = without_names(question, *blanked), without_names(answer, *blanked)
+    problems += check_patient_side(answer, patient_side)
     if "{{" in answer or "{%" in answer or "{{" in question:
         problems.append("unrendered placeholder")
     if question_type == "negative":
@@ -135,7 +147,7 @@ def check_answer(
         elif said is not None and (said.group(1) == "yes") != (relation[1] == "inside"):
             problems.append(f"answered {said.group(1)!r}; the {relation[0]} is {relation[1]}")
         elif said is None and not (
-            relation[1] == "inside" and relation[0].lower() in answer.lower()
+            relation[1] == "inside" and relation[0].lower() in contains.lower()
         ):  # "which structure holds it?": only for inside, and naming the container
             problems.append(f"answer does not name the {relation[0]} it lies in")
     elif question_type == "size" and not sizes_in(answer):
@@ -164,11 +176,6 @@ def check_answer(
 
 
 # Public readers of what the checks above read privately (baselines/scoring scores answers).
-def without_target(text: str, target: str) -> str:
-    """The text with a structure's name blanked, so its words state no fact."""
-    return _without(text, target)
-
-
 def yes_no_in(text: str) -> str | None:
     """ "yes" or "no" where the text opens with one, else None."""
     said = _YES_NO.match(text.lower())
@@ -183,3 +190,11 @@ def letters_in(text: str) -> list[str]:
 def says_absent(text: str) -> bool:
     """Whether the text holds a negation ("no", "not", "none", "absent")."""
     return _NEGATION.search(text.lower()) is not None
+
+
+def relation_of_row(row: dict) -> tuple[str, str] | None:
+    """A row's relation as check_answer takes it: (the other's name in the text, kind)."""
+    found = row.get("relation")
+    if not found:
+        return None
+    return (found.get("name") or found["target"], found["kind"])

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ import yaml
 
 from ..geometry.facts import ZONES, Facts, Instance, compute_facts
 from ..geometry.patient import PatientFrame, instances_side
+from .names import side_for, text_name
 
 FAMILIES = (
     "position",
@@ -278,13 +279,17 @@ class QAPlanner:
         patient_side: str | None = None,
         frame: PatientFrame | None = None,
         relations: tuple[tuple[str, str], ...] = (),
+        display_names: Mapping[str, str] | None = None,
     ) -> list[QA]:
         """Every QA row for one target (negative rows when the target is absent).
 
         `patient_side` is the target's side of the patient; `frame` gives an instance's;
-        `relations` are (other target, "inside" | "outside") pairs to ask about.
+        `relations` are (other target, "inside" | "outside") pairs to ask about. The text
+        names structures by qa/names.text_name (`display_names` first); QA.relation keeps
+        the source's name.
         """
-        context = base_context(facts, target, modality, patient_side if facts.present else None)
+        name = text_name(target, display_names)
+        context = base_context(facts, name, modality, patient_side if facts.present else None)
 
         def rng(family: str) -> random.Random:
             return _rng(self.seed, image_id, target, family)
@@ -298,7 +303,7 @@ class QAPlanner:
         rows += self._verification(rng("verification"), facts, context)
         rows += self._referring(rng("referring"), facts, context, instances, frame)
         for other, kind in relations:
-            asked = {**context, "other": other, "relation": kind}
+            asked = {**context, "other": text_name(other, display_names), "relation": kind}
             rows += self._one(rng("relation"), "relation", asked, relation=(other, kind))
         side = context["patient_side"]
         return [qa if qa.mask is not None else replace(qa, patient_side=side) for qa in rows]
@@ -351,7 +356,7 @@ class QAPlanner:
         index = rng.choice(unique)
         mask = instances[index].full()
         instance = compute_facts(mask)
-        side = instances_side([instances[index]], frame)
+        side = side_for(context["target"], instances_side([instances[index]], frame))
         ref = {
             **base_context(instance, context["target"], context["modality"], side),
             "ref_zone": instance.zone,

@@ -88,6 +88,8 @@ class SourceInfo:
     redistributable: bool | None = None
     display: Display = NO_DISPLAY
     volume: VolumeSettings | None = None  # set for sources of 3D volumes
+    # (source name, text name) of structures the readable-name rules get wrong (qa/names.py)
+    display_names: tuple[tuple[str, str], ...] = ()
     # For sources described by the dataset itself (a dataset.json): the source as read
     # from a data root (name, modality, labels, windows); None for fixed sources.
     bind: Callable[[Path], SourceInfo] | None = field(default=None, repr=False, compare=False)

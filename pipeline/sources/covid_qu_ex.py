@@ -2,7 +2,8 @@
 
 Every folder "images/" with a sibling "lung masks/" is a set of cases; its Train, Val or
 Test ancestor gives the official split. Where an "infection masks/" sibling exists (the
-infection subset), the infection is a second target.
+infection subset), the infection is a second target. The films are frontal (PA, and AP at
+the bedside: both displayed with the patient's left on the image's right), declared "pa".
 """
 
 from __future__ import annotations
@@ -82,5 +83,5 @@ SOURCE = SourceInfo(
     layout=LAYOUT,
     discover=discover,
     redistributable=True,
-    display=Display("radiological", plane="coronal"),
+    display=Display("radiological", plane="coronal", projection="pa"),
 )

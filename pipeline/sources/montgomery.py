@@ -1,7 +1,8 @@
 """Montgomery County chest X-rays: one target per lung from ManualMask/leftMask, rightMask.
 
 The masks name the PATIENT's lungs; the PA radiographs are in radiological display
-(the patient's left lung on the image's right).
+(the patient's left lung on the image's right), declared so: each lung's patient side is
+found from the mediastinum (geometry/patient.radiograph_frame).
 """
 
 from __future__ import annotations
@@ -69,5 +70,5 @@ SOURCE = SourceInfo(
     layout=LAYOUT,
     discover=discover,
     redistributable=True,
-    display=Display("radiological", plane="coronal"),
+    display=Display("radiological", plane="coronal", projection="pa"),
 )

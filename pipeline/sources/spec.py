@@ -4,7 +4,8 @@ Keys (see README.md, "Adding a dataset"):
   name, modality, target, target_regex, images, masks, patient_id_regex, labels, display,
   license, citation, homepage; and optionally exclude (globs of files that are not images),
   split_regex (named group (?P<split>...) on the image's relative path: train/val/test) and
-  negatives (true: an empty mask is a true negative, not a bad case).
+  negatives (true: an empty mask is a true negative, not a bad case), projection (a
+  radiograph's: pa, ap or lateral) and display_names ({structure: name in the text}).
 Volumes (images ending .nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd, or a glob ending in "/"
 for DICOM series folders) take the same keys, no display (volumes carry their geometry),
 and window, slice_axis, slices ({mode, k, stride, min_pixels, negatives}) and channel.
@@ -24,7 +25,7 @@ import yaml
 
 from ..geometry.slicing import SlicePolicy, VolumeError, VolumeSettings, parse_window
 from ..io.dicomseg import is_seg, segment_labels
-from ..io.display import parse_display
+from ..io.display import parse_display, with_projection
 from ..io.volumes import VOLUME_SUFFIXES
 from .base import Case, Discovered, MaskFile, Problem, SourceInfo, stem
 
@@ -38,6 +39,8 @@ KEYS = {
     "patient_id_regex",
     "labels",
     "display",
+    "projection",
+    "display_names",
     "license",
     "citation",
     "homepage",
@@ -131,10 +134,15 @@ def load_spec(spec_path: Path) -> SourceInfo:
     split_regex = _regex(spec_path, spec, "split_regex", "split")
     try:
         display = parse_display(spec.get("display", "none"))
+        display = with_projection(display, spec.get("projection"))
     except ValueError as exc:
         raise SpecError(f"{spec_path}: {exc}") from exc
-    if volume is not None and "display" in spec:
-        raise SpecError(f"{spec_path}: display is for 2D images; volumes carry their geometry")
+    for key in ("display", "projection"):
+        if volume is not None and key in spec:
+            raise SpecError(f"{spec_path}: {key} is for 2D images; volumes carry their geometry")
+    if display.projection is not None and spec["modality"] != "xray":
+        raise SpecError(f"{spec_path}: projection is for radiographs (modality xray)")
+    display_names = _display_names(spec_path, spec.get("display_names"))
     exclude = spec.get("exclude") or []
     if isinstance(exclude, str):
         exclude = [exclude]
@@ -249,7 +257,19 @@ def load_spec(spec_path: Path) -> SourceInfo:
         redistributable=spec.get("redistributable"),
         display=display,
         volume=volume,
+        display_names=display_names,
     )
+
+
+def _display_names(spec_path: Path, value: Any) -> tuple[tuple[str, str], ...]:
+    """{structure: name in the text} as (structure, name) pairs."""
+    if value is None:
+        return ()
+    if not isinstance(value, dict) or not all(
+        isinstance(v, str) and v.strip() for v in value.values()
+    ):
+        raise SpecError(f"{spec_path}: display_names must map structures to non-empty names")
+    return tuple((str(k), v.strip()) for k, v in value.items())
 
 
 def _volume_settings(spec_path: Path, spec: dict) -> VolumeSettings | None:
