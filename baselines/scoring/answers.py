@@ -203,9 +203,17 @@ def _true_extras(row: Row, truth: AnswerFacts, read: _Reading, skip_zones: set[s
     )
 
 
+def _name(row: Row) -> str:
+    """The target as the text names it (`target_name`; the source's `target` in builds
+    made before readable names)."""
+    return row.get("target_name") or row["target"] or ""
+
+
 def _asked_zone(row: Row) -> str:
     """The one zone a verification (or referring) question names."""
-    asked = factcheck.zones_in(factcheck.without_names(row["question"], row["target"]))
+    asked = factcheck.zones_in(
+        factcheck.without_names(row["question"], row["target"], row.get("target_name"))
+    )
     if len(asked) != 1:
         raise ValueError(f"{_label(row)}: the question names zones {asked}, not exactly one")
     return asked[0]
@@ -223,7 +231,7 @@ def _relation(row: Row) -> tuple[str, str]:
         )
     ):
         raise ValueError(f"{_label(row)}: a relation row without its relation {relation!r}")
-    return relation["target"], relation["kind"]
+    return relation.get("name") or relation["target"], relation["kind"]
 
 
 def _options(row: Row) -> list[str]:
@@ -265,9 +273,8 @@ def score_answer(row: Row, answer: str) -> bool:
     scorer = _SCORERS.get(kind)
     if scorer is None:
         raise ValueError(f"{_label(row)}: unknown question type {kind!r}")
-    target = row["target"] or ""
     other = _relation(row)[0] if kind == "relation" else ""
-    read = _Reading.of(_blank(answer, [target, other]))
+    read = _Reading.of(_blank(answer, [row["target"] or "", _name(row), other]))
     truth = AnswerFacts.from_row(row)
     if not scorer(row, truth, read, answer):
         return False
@@ -315,9 +322,9 @@ def _laterality(row: Row, truth: AnswerFacts, read: _Reading, answer: str) -> bo
 
 def _relation_answer(row: Row, truth: AnswerFacts, read: _Reading, answer: str) -> bool:
     other, kind = _relation(row)
-    if _names(row["question"], other, row["target"] or ""):  # "is it inside the <other>?"
+    if _names(row["question"], other, _name(row)):  # "is it inside the <other>?"
         return read.yes_no is not None and (read.yes_no == "yes") == (kind == "inside")
-    return kind == "inside" and read.yes_no != "no" and _names(answer, other, row["target"] or "")
+    return kind == "inside" and read.yes_no != "no" and _names(answer, other, _name(row))
 
 
 def _negative(row: Row, truth: AnswerFacts, read: _Reading, answer: str) -> bool:
@@ -354,7 +361,7 @@ def _context(row: Row, facts: AnswerFacts) -> dict[str, Any]:
     (the zone asked, the options, the zone referred to, the other structure)."""
     n = facts.n_components
     context: dict[str, Any] = {
-        "target": row["target"],
+        "target": _name(row),
         "modality": row["modality"],
         "image_noun": IMAGE_NOUNS[row["modality"]],
         "zone": facts.zone,
