@@ -1,4 +1,5 @@
-"""Prefect flows: `build-mmrs` and `validate-mmrs`.
+"""Prefect flows: `build-mmrs`, `validate-mmrs`, `publish-mmrs`, and the baseline's
+`train-baseline` and `evaluate-baseline`.
 
 The stages are plain library functions (pipeline/); this module only wires them. Each batch
 of cases is one task (extract, render) and each Parquet shard one validation task. A
@@ -345,4 +346,86 @@ def publish_mmrs(
     return files
 
 
-__all__ = ["BuildError", "build_mmrs", "publish_mmrs", "validate_mmrs"]
+@task(name="train")
+def _train(config) -> dict:
+    from baselines.prs_med.train import train
+
+    return train(config)
+
+
+@flow(name="train-baseline", log_prints=True)
+def train_baseline(
+    dataset: str,
+    out: str,
+    preset: str = "tiny",
+    max_steps: int | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    resume: bool = False,
+    val_every: int | None = None,
+    balance: bool = False,
+    overrides: dict | None = None,
+) -> dict:
+    """Train a baseline preset on a build folder (baselines/prs_med/train.py); the run's
+    summary becomes an artifact. Multi-GPU runs go through `accelerate launch` instead."""
+    from baselines.prs_med.presets import resolve
+    from baselines.prs_med.train import TrainConfig
+
+    settings = dict(overrides or {})
+    for name, value in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr)):
+        if value is not None:
+            settings[name] = value
+    config = TrainConfig(
+        dataset=Path(dataset).expanduser(),
+        out=Path(out).expanduser(),
+        preset=resolve(preset, settings),
+        seed=seed,
+        max_steps=max_steps,
+        device=device,
+        resume=resume,
+        val_every=val_every,
+        balance=balance,
+        progress=False,
+    )
+    summary = _train(config)
+    rows = [{"figure": key, "value": value} for key, value in summary.items()]
+    create_table_artifact(rows, key="mmrs-train", description=f"train {preset} on {dataset}")
+    return summary
+
+
+@task(name="evaluate")
+def _evaluate(dataset: str, systems: list[str], out: str, split: str, seed: int, device: str):
+    from baselines.evaluate import evaluate, parse_system
+
+    parsed = [parse_system(text) for text in systems]
+    return evaluate(dataset, parsed, out, split=split, seed=seed, device=device, progress=False)
+
+
+@flow(name="evaluate-baseline", log_prints=True)
+def evaluate_baseline(
+    dataset: str,
+    systems: list[str],
+    out: str,
+    split: str = "test",
+    seed: int = 0,
+    device: str = "auto",
+) -> dict:
+    """Score systems (`prior`, NAME=CHECKPOINT) side by side (baselines/evaluate.py); the
+    metrics table becomes an artifact."""
+    summary = _evaluate(dataset, systems, out, split, seed, device)
+    table = (Path(out) / "metrics.md").read_text()
+    create_markdown_artifact(table, key="mmrs-evaluate", description=f"{split} of {dataset}")
+    return summary
+
+
+__all__ = [
+    "BuildError",
+    "build_mmrs",
+    "evaluate_baseline",
+    "publish_mmrs",
+    "train_baseline",
+    "validate_mmrs",
+]

@@ -1,4 +1,4 @@
-"""The baseline's `mmrs` commands: train, predict, evaluate.
+"""The baseline's `mmrs` commands: train, predict, evaluate (and publishing checkpoints).
 
 `mmrs` finds them through the `mmrs.commands` entry points, so the pipeline never imports
 the baseline. Registering imports nothing heavy; a command imports torch when it runs.
@@ -74,6 +74,55 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    _needs_baseline()
+    from .evaluate import evaluate, parse_system
+
+    for name in ("batch_size", "overlays"):
+        if getattr(args, name) < (1 if name == "batch_size" else 0):
+            raise ValueError(
+                f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}"
+            )
+    summary = evaluate(
+        args.dataset,
+        [parse_system(text) for text in args.system],
+        args.out,
+        split=args.split,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        workers=args.num_workers,
+        device=args.device,
+        overlays=args.overlays,
+        progress=not args.quiet,
+    )
+    print((Path(args.out) / "metrics.md").read_text())
+    print(f"metrics.json, metrics.md, plots/, overlays/, scores/: {summary['out']}")
+    return 0
+
+
+def _publish_checkpoints_too(publish: argparse.ArgumentParser) -> None:
+    """`mmrs publish` uploads a checkpoint folder as a model repository; a build folder
+    goes on to the dataset command as before."""
+    publish_build = publish.get_default("func")
+
+    def cmd_publish(args: argparse.Namespace) -> int:
+        folder = Path(args.folder)
+        if (folder / "manifest.json").is_file() or not (folder / "config.json").is_file():
+            return publish_build(args)
+        _needs_baseline()
+        from .prs_med.card import publish_checkpoint
+
+        files = publish_checkpoint(folder, args.repo_id, args.private, args.revision, args.dry_run)
+        where = args.repo_id + (f"@{args.revision}" if args.revision else "")
+        print(f"{'would upload' if args.dry_run else 'uploaded'} to {where} (model):")
+        for name in files:
+            print(f"  {name}")
+        return 0
+
+    publish.set_defaults(func=cmd_publish)
+    publish.description = "Upload a build folder (dataset) or a checkpoint folder (model)."
+
+
 def register(commands: argparse._SubParsersAction) -> None:
     """Add train, predict and evaluate to `mmrs`'s subcommands."""
     from .prs_med.presets import PRESETS
@@ -117,3 +166,27 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="write <image>_mask.png and <image>_overlay.png here")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.set_defaults(func=cmd_predict)
+
+    e = commands.add_parser(
+        "evaluate", help="score checkpoints and reference systems side by side on a split"
+    )
+    e.add_argument("dataset", help="an MMRS build folder")
+    e.add_argument(
+        "--system",
+        action="append",
+        required=True,
+        metavar="NAME[=CHECKPOINT]",
+        help="`prior`, or a name and a checkpoint folder (any preset, mask-only too); repeatable",
+    )
+    e.add_argument("--split", default="test", help="default test")
+    e.add_argument("--out", default="evaluation", help="report folder (default ./evaluation)")
+    e.add_argument("--seed", type=int, default=0, help="bootstrap and overlay sample (0)")
+    e.add_argument("--batch-size", type=int, default=16, help="rows per forward pass")
+    e.add_argument("--num-workers", type=int, default=2, help="DataLoader workers")
+    e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    e.add_argument("--overlays", type=int, default=12, help="overlay PNGs per system (12)")
+    e.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    e.set_defaults(func=cmd_evaluate)
+
+    if "publish" in commands.choices:
+        _publish_checkpoints_too(commands.choices["publish"])

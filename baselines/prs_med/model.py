@@ -118,7 +118,7 @@ class PRSMed(nn.Module):
         )
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
         prompt_mask = positions[None, :] < prompt_lengths[:, None]
-        mask_logits = self.segment(image, out.hidden_states[-1], prompt_mask, prompt_lengths - 1)
+        mask_logits = self.segment(image, _states(out, embeds), prompt_mask, prompt_lengths - 1)
         return Output(mask_logits, row_lm_loss(out.logits, labels))
 
     # --- inference: left-padded prompts ---------------------------------------------------
@@ -142,7 +142,7 @@ class PRSMed(nn.Module):
             out = self.lm(
                 inputs_embeds=embeds, attention_mask=attention_mask, output_hidden_states=True
             )
-            return self.segment(image, out.hidden_states[-1], attention_mask.bool(), last), None
+            return self.segment(image, _states(out, embeds), attention_mask.bool(), last), None
         generated = self.lm.generate(
             inputs_embeds=embeds,
             attention_mask=attention_mask,
@@ -156,6 +156,12 @@ class PRSMed(nn.Module):
         )
         states = generated.hidden_states[0][-1]  # the first step: the whole prompt
         return self.segment(image, states, attention_mask.bool(), last), generated.sequences
+
+
+def _states(out, embeds: torch.Tensor) -> torch.Tensor:
+    """The LM's last hidden states; its input embeddings when it has no layers (the
+    mask-only preset reads the prompt's token embeddings)."""
+    return out.hidden_states[-1] if out.hidden_states else embeds
 
 
 def row_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

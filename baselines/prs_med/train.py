@@ -73,6 +73,15 @@ def dice_at_half(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.where(total > 0, 2 * overlap / total.clamp(min=1), torch.ones_like(total))
 
 
+def training_sources(folder: Path) -> list[dict[str, Any]]:
+    """The build's sources as a model card states them: name, modality, licence."""
+    manifest = json.loads((Path(folder) / "manifest.json").read_text())
+    return [
+        {key: source.get(key) for key in ("name", "modality", "license", "citation")}
+        for source in manifest.get("config", {}).get("sources", [])
+    ]
+
+
 def _accelerator(device: str, preset: Preset):
     from accelerate import Accelerator
 
@@ -234,7 +243,12 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
     run_config = {
         "preset": preset.to_dict(),
-        "dataset": {"folder": str(config.dataset), "manifest_sha256": data_hash},
+        "dataset": {
+            "folder": str(config.dataset),
+            "manifest_sha256": data_hash,
+            "rows": {"train": len(train_rows), "validation": len(val_rows)},
+            "sources": training_sources(config.dataset),
+        },
         "seed": config.seed,
         "total_steps": total_steps,
         "balance": config.balance,

@@ -422,12 +422,12 @@ def render_answer(row: Row, facts: AnswerFacts, templates: TemplateSet) -> str:
     return ""
 
 
-def consistent(answer: str, pred_mask: np.ndarray, target: str = "") -> bool:
+def consistent(answer: str, pred_mask: np.ndarray, *names: str | None) -> bool:
     """Whether the zones an answer states equal the location zones of a predicted mask.
 
-    An empty prediction is consistent only with an answer that states no zone. `target`
-    is blanked from the answer first (its name may hold zone words).
+    An empty prediction is consistent only with an answer that states no zone. The
+    target's `names` are blanked from the answer first (a name may hold zone words).
     """
-    stated = set(factcheck.zones_in(factcheck.without_names(answer, target)))
+    stated = set(factcheck.zones_in(factcheck.without_names(answer, *names)))
     facts = analyse(as_mask(pred_mask))[0]
     return stated == (location_zones(facts) if facts.present else set())

@@ -100,7 +100,7 @@ def score_row(row: Row, prob_map: np.ndarray, answer: str) -> RowScore:
     else:
         scores["answer_correct"] = score_answer(row, answer)
     if kind == "position":
-        scores["consistent"] = consistent(answer, pred, row["target"] or "")
+        scores["consistent"] = consistent(answer, pred, row["target"], row.get("target_name"))
     return RowScore(
         row_id=row["row_id"],
         source=row["source"],
