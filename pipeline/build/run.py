@@ -505,12 +505,25 @@ def _assemble(
     (staging / "README.md").write_text(card)
     report = summary.as_dict(usage=False)
     (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    others = ["errors.jsonl", "README.md", "report.json", *(p.relative_to(staging).as_posix()
-              for p in figures.values())]  # fmt: skip
+    specs = _write_specs(staging, config)
+    others = ["errors.jsonl", "README.md", "report.json", *specs.values(),
+              *(p.relative_to(staging).as_posix() for p in figures.values())]  # fmt: skip
     for name in others:
         files[name] = file_digest(staging / name)
-    _write_manifest(staging, config, templates, summary, files, shards)
+    _write_manifest(staging, config, templates, summary, files, shards, specs)
     return summary
+
+
+def _write_specs(staging: Path, config: BuildConfig) -> dict[str, str]:
+    """specs/<name>.yaml: the text of each source read from a YAML spec, for a rebuild."""
+    specs = {}
+    for request in config.sources:
+        if request.source.spec is not None:
+            path = staging / "specs" / f"{request.source.name}.yaml"
+            path.parent.mkdir(exist_ok=True)
+            path.write_text(request.source.spec)
+            specs[request.source.name] = path.relative_to(staging).as_posix()
+    return specs
 
 
 def _link_shards(
@@ -566,6 +579,7 @@ def _write_manifest(
     summary: BuildSummary,
     files: dict[str, str],
     shards: list[dict[str, str]],
+    specs: dict[str, str],
 ) -> None:
     summary_dict = summary.as_dict()
     manifest = {
@@ -584,6 +598,7 @@ def _write_manifest(
                     "citation": r.source.citation,
                     "homepage": r.source.homepage,
                     "layout": r.source.layout,
+                    "spec": specs.get(r.source.name),
                 }
                 for r in config.sources
             ],
@@ -593,6 +608,7 @@ def _write_manifest(
             "templates_digest": templates.digest,
             "templates": templates.count(),
             "batch_size": config.batch_size,
+            "png_level": config.png_level,
         },
         "counts": summary_dict["sources"],
         "images": summary_dict["images"],
