@@ -46,9 +46,7 @@ def with_withheld(card: str, sources: list[dict[str, Any]], command: str) -> str
     """The card with a section (`withheld.md.j2`) before its sources saying whose pixels
     are withheld and how to restore them; `sources`: name, license, homepage, shards, rows
     of each; `command`: the rebuild."""
-    section = _environment().get_template("withheld.md.j2").render(
-        sources=sources, command=command
-    )
+    section = _environment().get_template("withheld.md.j2").render(sources=sources, command=command)
     head, sep, rest = card.partition("\n## Sources\n")
     return f"{head}\n{section}{sep}{rest}" if sep else f"{card.rstrip()}\n\n{section}"
 

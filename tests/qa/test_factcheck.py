@@ -69,9 +69,9 @@ def test_the_options_offered_are_the_rows_options() -> None:
     ]
     asked = "Where? (A) center (B) upper left (C) lower left (D) center"
     twice = ["center", "upper left", "lower left", "center"]
-    assert "are not 4 distinct zones" in check_answer(
-        "multiple_choice", asked, "(B)", twice, facts
-    )[0]
+    assert (
+        "are not 4 distinct zones" in check_answer("multiple_choice", asked, "(B)", twice, facts)[0]
+    )
 
 
 def test_negations_are_read_back() -> None:
