@@ -57,6 +57,7 @@ from .shard import (
     merged,
     patient_key,
     repeated,
+    row_ids_of,
     unpacked,
 )
 
@@ -296,7 +297,8 @@ def validate(
     for key, splits in _in_several(images):
         result.add(f"identical image {key.hex()[:16]} is in {splits}")
     if len(merged(row_ids)) < sum(map(len, row_ids)):  # a row id in several shards
-        for row_id in repeated([job.shard for job in jobs]):
+        held = (row_id for job in jobs for row_id in set(row_ids_of(job.shard)))
+        for row_id in repeated(held):
             result.add(f"row {row_id}: row_id appears in several shards")
     expected = manifest["rows_per_split"]
     if expected != result.rows_per_split:

@@ -319,15 +319,17 @@ def check_row_group(
     return part
 
 
-def repeated(shards: list[Path]) -> list[str]:
-    """The row ids found more than once in these shards, sorted."""
-    counts: Counter[str] = Counter()
-    for shard in shards:
-        try:
-            counts.update(pq.read_table(shard, columns=["row_id"]).column(0).to_pylist())
-        except (pa.ArrowException, OSError):  # reported as unreadable
-            continue
-    return sorted(row_id for row_id, count in counts.items() if count > 1 and row_id)
+def row_ids_of(shard: Path) -> list[str]:
+    """A shard's row ids, in order (none where it cannot be read: reported elsewhere)."""
+    try:
+        return pq.read_table(shard, columns=["row_id"]).column(0).to_pylist()
+    except (pa.ArrowException, OSError):
+        return []
+
+
+def repeated(row_ids: Iterable[str]) -> list[str]:
+    """The row ids that come more than once, sorted."""
+    return sorted(row_id for row_id, count in Counter(row_ids).items() if count > 1 and row_id)
 
 
 def check_shard(shard: Path, split: str, sha256: str, withheld: bool = False) -> ShardResult:
@@ -358,7 +360,9 @@ def check_shard(shard: Path, split: str, sha256: str, withheld: bool = False) ->
     whole.patients, whole.images = merged(patients), merged(images)
     whole.row_ids = merged(row_ids)
     if len(whole.row_ids) < sum(map(len, row_ids)):  # a row id in several row groups
-        whole.violations += [f"row {row_id}: row_id appears twice" for row_id in repeated([shard])]
+        whole.violations += [
+            f"row {row_id}: row_id appears twice" for row_id in repeated(row_ids_of(shard))
+        ]
     whole.withheld = withheld_groups == {True}
     if withheld_groups == {True, False}:
         whole.violations.append("some row groups have pixels, others not")
