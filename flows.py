@@ -55,7 +55,8 @@ from pipeline.store import StageRunner  # noqa: E402
 
 
 class StoredJob(CachePolicy):
-    """Cache key = the job's content key in its store, as long as its result is there.
+    """Cache key = the job's content key in its store, as long as its result is there (and,
+    for jobs that can check theirs, passes its content checks: see build/stages.py).
 
     The store is part of the key: a cached result names files in the store it came from.
     """
@@ -67,7 +68,8 @@ class StoredJob(CachePolicy):
         if getattr(job, "store", None) is None:
             return None
         key = job.key
-        if not job.result(key).is_file():
+        stored = job.cached(key) if hasattr(job, "cached") else job.result(key).is_file()
+        if not stored:
             return None
         return hashlib.sha256(f"{key}|{Path(job.store).resolve()}".encode()).hexdigest()
 

@@ -1,4 +1,5 @@
-"""The `mmrs` command: build, validate, publish, sources, and commands packages add."""
+"""The `mmrs` command: build, validate, publish, restore-pixels, sources, and commands packages
+add."""
 
 from __future__ import annotations
 
@@ -135,6 +136,13 @@ def _print_rewrite(rewrite: dict, usage: dict) -> None:
 
 
 def _print_validation(result: dict, folder: Path) -> None:
+    withheld = result.get("withheld")
+    if result["ok"] and withheld:
+        print(
+            f"valid: {folder} ({result['rows']} rows; pixels withheld by the manifest in "
+            f"{len(withheld)} shard(s), whose rows are checked without them: see REBUILD.md)"
+        )
+        return
     if result["ok"]:
         print(f"valid: {folder} ({result['rows']} rows, every fact re-derived from its mask)")
         return
@@ -246,6 +254,17 @@ def cmd_publish(args: argparse.Namespace) -> int:
     for entry in files:
         print(f"  {entry['path']}  [{entry['note']}]")
     return 0
+
+
+def cmd_restore_pixels(args: argparse.Namespace) -> int:
+    from .release.publish import restore_pixels
+
+    folder = Path(args.folder).expanduser()
+    restored, missing = restore_pixels(folder, Path(args.rebuilt).expanduser())
+    print(f"restored the pixels of {len(restored)} shard(s) in {folder}")
+    for name in missing:
+        print(f"  {name}: no shard of the rebuild is this one as built", file=sys.stderr)
+    return 1 if missing else 0
 
 
 def cmd_sources(args: argparse.Namespace) -> int:
@@ -421,6 +440,14 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-v", "--verbose", action="store_true", help="show Prefect's log lines")
     p.set_defaults(func=cmd_publish)
+
+    r = commands.add_parser(
+        "restore-pixels",
+        help="put rebuilt shards back into a published copy whose pixels are withheld",
+    )
+    r.add_argument("folder", help="the published copy (its manifest withholds pixels)")
+    r.add_argument("--from", dest="rebuilt", required=True, help="the local rebuild (REBUILD.md)")
+    r.set_defaults(func=cmd_restore_pixels)
 
     s = commands.add_parser("sources", help="list the built-in sources")
     s.add_argument("--json", action="store_true", help="print the registry as JSON")

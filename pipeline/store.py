@@ -1,14 +1,23 @@
-"""Content-addressed stage results: file and code digests, cache keys, atomic pickles.
+"""Content-addressed stage results: file and code digests, cache keys, verified pickles.
 
 What every stage (build, llm, checks) shares to make its results cacheable by any
-orchestrator. Imports no wing.
+orchestrator. Nothing is taken from a store unverified: a stored result carries the SHA-256
+of its own bytes, the files it names (payloads, Parquet parts) are checked against the
+hashes it records, and an entry that fails is dropped with a CacheWarning so that its stage
+runs again. Stored results name their files relative to the store (STORE_ROOT), so a store
+copied or moved elsewhere still serves them. Files leave a store as copies of their own
+(place_file): an output never shares its bytes with the cache. Imports no wing.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import fcntl
 import hashlib
 import os
 import pickle
+import shutil
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -52,19 +61,119 @@ def cache_key(*parts: object) -> str:
     return hashlib.sha256(repr(parts).encode()).hexdigest()
 
 
-def atomic_pickle(value: object, path: Path) -> None:
-    """Write a pickle so that readers see all of it or nothing."""
+class CacheWarning(UserWarning):
+    """An entry of the task cache failed its content check and was dropped."""
+
+
+class StoreError(RuntimeError):
+    """A file of the store changed while the build was using it."""
+
+
+# Where a stored result's paths into its store are rebased to while stored (see _rebased).
+STORE_ROOT = Path("<store>")
+_MAGIC = b"MMRS-RESULT-1\n"  # + the SHA-256 of the pickle that follows
+
+
+def _rebased(value: Any, old: Path, new: Path) -> Any:
+    """The value with every Path under `old` moved under `new` (walking dataclasses, tuples
+    and lists; what a stage result holds)."""
+    if isinstance(value, Path):
+        return new / value.relative_to(old) if value.is_relative_to(old) else value
+    if isinstance(value, (tuple, list)):
+        return type(value)(_rebased(item, old, new) for item in value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        changed = {
+            f.name: _rebased(getattr(value, f.name), old, new)
+            for f in dataclasses.fields(value)
+            if f.init
+        }
+        return dataclasses.replace(value, **changed)
+    return value
+
+
+def drop(path: Path, why: str) -> None:
+    """Remove a cache entry that failed its check, saying so (CacheWarning)."""
+    warnings.warn(f"task cache: {path}: {why}; dropped, computing it again", CacheWarning,
+                  stacklevel=3)  # fmt: skip
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def atomic_pickle(value: object, path: Path, store: Path | None = None) -> None:
+    """Write a stage result so that readers see all of it or nothing, with the hash of its
+    bytes; paths under `store` are kept relative to it."""
+    if store is not None:
+        value = _rebased(value, store, STORE_ROOT)
+    data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with tmp.open("wb") as handle:
-        pickle.dump(value, handle, protocol=pickle.HIGHEST_PROTOCOL)
+        handle.write(_MAGIC + hashlib.sha256(data).digest() + data)
     tmp.replace(path)
 
 
-def stored_result(path: Path) -> object | None:
-    """A stored stage result, or None when absent (or cut short by a crash)."""
+def stored_result(path: Path, store: Path | None = None) -> object | None:
+    """A stored stage result (its paths under `store` again), or None when absent. One whose
+    bytes fail their hash (cut short, edited, not written by atomic_pickle) is dropped."""
     try:
-        with path.open("rb") as handle:
-            return pickle.load(handle)
-    except (OSError, EOFError, pickle.UnpicklingError):
+        blob = path.read_bytes()
+    except OSError:
         return None
+    head, digest, data = (
+        blob[: len(_MAGIC)],
+        blob[len(_MAGIC) : len(_MAGIC) + 32],
+        blob[len(_MAGIC) + 32 :],
+    )
+    if head != _MAGIC or hashlib.sha256(data).digest() != digest:
+        drop(path, "stored result does not match its hash")
+        return None
+    try:
+        value = pickle.loads(data)
+    except Exception:  # noqa: BLE001 - hashed bytes that no longer load (a class changed)
+        drop(path, "stored result no longer loads")
+        return None
+    return value if store is None else _rebased(value, STORE_ROOT, store)
+
+
+def verified(path: Path, sha256: str) -> bool:
+    """Whether a stored file is there with this content hash (one that differs is dropped)."""
+    if not path.is_file():
+        return False
+    if file_digest(path) != sha256:
+        drop(path, "content differs from the hash recorded when it was written")
+        return False
+    return True
+
+
+FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
+
+
+def reflink(src: Path, dst: Path) -> bool:
+    """Make dst a copy-on-write clone of src where the filesystem offers it (btrfs, XFS,
+    ...); False, with dst absent, where it does not."""
+    try:
+        with src.open("rb") as source, dst.open("wb") as target:
+            fcntl.ioctl(target.fileno(), FICLONE, source.fileno())
+        return True
+    except OSError:
+        dst.unlink(missing_ok=True)
+        return False
+
+
+def place_file(src: Path, dst: Path, sha256: str | None) -> FileIdentity:
+    """Give dst src's bytes in a file of its own: a reflink where the filesystem offers one,
+    else a copy hashed as it is written (measured in benchmarks/bench_place.py). A copy whose
+    bytes are not `sha256` (src changed since it was verified) is removed: StoreError.
+    Returns dst's identity, whose content hash is then `sha256`."""
+    if sha256 is None or not reflink(src, dst):
+        digest = hashlib.sha256()
+        with src.open("rb") as source, dst.open("wb") as target:
+            for block in iter(lambda: source.read(2**20), b""):
+                digest.update(block)
+                target.write(block)
+        if sha256 is not None and digest.hexdigest() != sha256:
+            dst.unlink()
+            raise StoreError(f"{src} changed after it was verified (content hash differs)")
+    return file_identity(dst)

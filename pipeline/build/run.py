@@ -15,7 +15,6 @@ file and reason.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from collections import Counter, deque
@@ -39,7 +38,7 @@ from ..release.stats import Stats
 from ..shards.parts import RenderResult
 from ..sources.base import Case, Problem, SourceInfo
 from ..splits import SPLITS, SplitRatios
-from ..store import FileIdentity, StageRunner, code_digest, file_digest
+from ..store import FileIdentity, StageRunner, code_digest, file_digest, place_file
 from .cases import SourceMeta
 from .stages import (
     EXTRACT_CODE,
@@ -333,7 +332,7 @@ def run_build(
     discovered = discover(config)
     _check_out(config)
     config.out.parent.mkdir(parents=True, exist_ok=True)
-    # Without a cache, the store sits beside --out so its parts can be hard-linked.
+    # Without a cache, the store sits beside --out so its parts can be moved there.
     with (
         tempfile.TemporaryDirectory(
             prefix=f".{config.out.name}.store-", dir=config.out.parent
@@ -489,7 +488,9 @@ def _assemble(
         summary.hashes.update((p.identity, p.sha256) for p in result.parts)
     summary.stats = Stats.total(result.stats for result in rendered)
 
-    files, shards = _link_shards(staging / "data", sources, rendered)
+    files, shards = _link_shards(
+        staging / "data", sources, rendered, summary.hashes, config.cache_dir is None
+    )
     public = {r.source.name for r in config.sources if r.source.redistributable}
     shown = [staging / s["path"] for s in shards if s["source"] in public]
     from ..release.plots import write_plots  # matplotlib: only a build that gets this far needs it
@@ -504,18 +505,38 @@ def _assemble(
     (staging / "README.md").write_text(card)
     report = summary.as_dict(usage=False)
     (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    others = ["errors.jsonl", "README.md", "report.json", *(p.relative_to(staging).as_posix()
-              for p in figures.values())]  # fmt: skip
+    specs = _write_specs(staging, config)
+    others = ["errors.jsonl", "README.md", "report.json", *specs.values(),
+              *(p.relative_to(staging).as_posix() for p in figures.values())]  # fmt: skip
     for name in others:
         files[name] = file_digest(staging / name)
-    _write_manifest(staging, config, templates, summary, files, shards)
+    _write_manifest(staging, config, templates, summary, files, shards, specs)
     return summary
 
 
+def _write_specs(staging: Path, config: BuildConfig) -> dict[str, str]:
+    """specs/<name>.yaml: the text of each source read from a YAML spec, for a rebuild."""
+    specs = {}
+    for request in config.sources:
+        if request.source.spec is not None:
+            path = staging / "specs" / f"{request.source.name}.yaml"
+            path.parent.mkdir(exist_ok=True)
+            path.write_text(request.source.spec)
+            specs[request.source.name] = path.relative_to(staging).as_posix()
+    return specs
+
+
 def _link_shards(
-    folder: Path, sources: list[SourceMeta], rendered: list[RenderResult]
+    folder: Path,
+    sources: list[SourceMeta],
+    rendered: list[RenderResult],
+    hashes: dict[FileIdentity, str],
+    move: bool,
 ) -> tuple[dict[str, str], list[dict[str, str]]]:
-    """Each part becomes data/<split>-<i>-of-<n>.parquet (a hard link where possible).
+    """Each part becomes data/<split>-<i>-of-<n>.parquet: moved from a store of this build
+    only (`move`), else a file of its own (store.place_file: a reflink or a copy), so that
+    no edit of an output reaches the cache. Each shard's content hash goes into `hashes`
+    under its identity.
 
     Returns the shards' content hashes and, per shard, its split, modality and source (a
     batch holds one source, so each shard holds one source and one modality).
@@ -531,10 +552,10 @@ def _link_shards(
         ]
         for index, (source, part) in enumerate(parts):
             target = folder / f"{split}-{index:05d}-of-{len(parts):05d}.parquet"
-            try:
-                os.link(part.path, target)
-            except OSError:
-                shutil.copyfile(part.path, target)
+            if move:
+                part.path.replace(target)  # the same file: its identity is the part's
+            else:
+                hashes[place_file(part.path, target, part.sha256)] = part.sha256
             files[f"data/{target.name}"] = part.sha256
             shards.append(
                 {
@@ -558,6 +579,7 @@ def _write_manifest(
     summary: BuildSummary,
     files: dict[str, str],
     shards: list[dict[str, str]],
+    specs: dict[str, str],
 ) -> None:
     summary_dict = summary.as_dict()
     manifest = {
@@ -576,6 +598,7 @@ def _write_manifest(
                     "citation": r.source.citation,
                     "homepage": r.source.homepage,
                     "layout": r.source.layout,
+                    "spec": specs.get(r.source.name),
                 }
                 for r in config.sources
             ],
@@ -585,6 +608,7 @@ def _write_manifest(
             "templates_digest": templates.digest,
             "templates": templates.count(),
             "batch_size": config.batch_size,
+            "png_level": config.png_level,
         },
         "counts": summary_dict["sources"],
         "images": summary_dict["images"],

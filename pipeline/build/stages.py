@@ -2,12 +2,17 @@
 
 - extract_batch: cases -> pixels and facts (the only stage that reads source files),
   written case by case into one payload file in the store, under a key made of the
-  content hashes of every input file, the source's settings and the extract code.
+  content hashes of every input file, the source's settings and the extract code; the
+  payload's own content hash is recorded, and checked before it is used again.
 - render_batch: a payload -> QA rows -> one Parquet part per split, written by the worker
   that holds the data, under a key made of the extract key, templates, seed, split ratios,
   the duplicates to leave out and the render code. Unless told not to, the same worker
   then checks each part it wrote as `mmrs validate` checks a shard (checks/shard.py), so the
-  build's final validation needs to check only what changed after render.
+  build's final validation needs to check only what changed after render. Parts taken
+  again from the store are checked against their content hashes first.
+
+`cached(key)` of each job is its stored result, verified (store.py), or None: what the
+stage function and an orchestrator's cache policy (flows.py) take from the store.
 
 Both return small summaries; keys make them cacheable by any orchestrator (flows.py).
 """
@@ -50,6 +55,7 @@ from ..store import (
     file_digest,
     file_identity,
     stored_result,
+    verified,
 )
 from . import cases, extract, extract_volume, render
 from .cases import CaseError, ExtractedCase, SourceMeta
@@ -118,6 +124,16 @@ class ExtractJob:
     def result(self, key: str) -> Path:
         return self.store / "extract" / f"{key}.result.pkl"
 
+    def cached(self, key: str) -> ExtractResult | None:
+        """The stored result, its payload checked against its content hash, or None."""
+        stored = stored_result(self.result(key), self.store)
+        if not isinstance(stored, ExtractResult):
+            return None
+        if verified(stored.payload, stored.payload_sha256):
+            return stored
+        self.result(key).unlink(missing_ok=True)
+        return None
+
 
 @dataclass(frozen=True)
 class ExtractResult:
@@ -125,6 +141,7 @@ class ExtractResult:
     payload: Path
     outcomes: tuple[CaseOutcome, ...]
     reusable: bool = True  # False: read once, by its render job, which then deletes it
+    payload_sha256: str = ""  # the payload's content hash, made as it was written
 
 
 class PayloadWriter:
@@ -140,10 +157,13 @@ class PayloadWriter:
     def __enter__(self) -> PayloadWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.handle = self.tmp.open("wb")
+        self.digest = hashlib.sha256()
         return self
 
     def add(self, images: list[ExtractedCase] | None) -> None:
-        pickle.dump(images, self.handle, protocol=pickle.HIGHEST_PROTOCOL)
+        data = pickle.dumps(images, protocol=pickle.HIGHEST_PROTOCOL)
+        self.digest.update(data)
+        self.handle.write(data)
 
     def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
         self.handle.close()
@@ -173,8 +193,8 @@ def extract_batch(job: ExtractJob) -> ExtractResult:
     A batch whose key is already in the store is not extracted again.
     """
     key = job.key
-    stored = stored_result(job.result(key))
-    if isinstance(stored, ExtractResult) and stored.payload.is_file():
+    stored = job.cached(key)
+    if stored is not None:
         return stored
     outcomes = []
     with PayloadWriter(job.payload(key)) as payload:
@@ -194,8 +214,9 @@ def extract_batch(job: ExtractJob) -> ExtractResult:
                 outcomes.append(CaseOutcome(case.case_id, "converted", None, image_id))
                 continue
             payload.add(None)
-    result = ExtractResult(key, payload.path, tuple(outcomes), job.reusable)
-    atomic_pickle(result, job.result(key))  # written last: marks the batch complete
+    sha256 = payload.digest.hexdigest()
+    result = ExtractResult(key, payload.path, tuple(outcomes), job.reusable, sha256)
+    atomic_pickle(result, job.result(key), job.store)  # written last: marks the batch complete
     return result
 
 
@@ -223,6 +244,16 @@ class RenderJob:
 
     def result(self, key: str) -> Path:
         return self.parts(key) / "result.pkl"
+
+    def cached(self, key: str) -> RenderResult | None:
+        """The stored result, each part checked against its content hash, or None."""
+        stored = stored_result(self.result(key), self.store)
+        if not isinstance(stored, RenderResult):
+            return None
+        if all(verified(part.path, part.sha256) for part in stored.parts):
+            return stored
+        shutil.rmtree(self.parts(key), ignore_errors=True)  # the batch's parts go together
+        return None
 
 
 def _templates(directory: Path | None, digest: str) -> TemplateSet:
@@ -265,8 +296,8 @@ def _write_rows(
 def render_batch(job: RenderJob) -> RenderResult:
     """Render and write one batch's rows: one Parquet part per split it has rows in."""
     key = job.key
-    stored = stored_result(job.result(key))
-    if isinstance(stored, RenderResult) and all(part.path.is_file() for part in stored.parts):
+    stored = job.cached(key)
+    if stored is not None:
         return stored
     folder = job.parts(key)
     staging = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
@@ -280,7 +311,7 @@ def render_batch(job: RenderJob) -> RenderResult:
         check = check_shard(path, split, sha256) if job.check else None
         parts.append(Part(split, folder / path.name, sha256, rows, identity, check))
     rendered = replace(result, parts=tuple(parts))
-    atomic_pickle(rendered, staging / "result.pkl")
+    atomic_pickle(rendered, staging / "result.pkl", job.store)
     if folder.exists():
         shutil.rmtree(folder)
     staging.replace(folder)  # the whole batch appears at once

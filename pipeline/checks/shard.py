@@ -2,9 +2,13 @@
 
 Reads only the shard: re-derives every fact of every row from the row's mask (and its
 patient frame), reads the facts back out of each answer, and checks image hashes and
-sizes. What crosses shards (patients and images per split) is returned for folder.py
-to check across the folder. The build runs these checks on each part as soon as its
-worker has written it; `mmrs validate` runs them on each shard of a folder.
+sizes. What crosses shards (patients, images and row ids; rows per source, modality and
+licence) is returned for folder.py to check across the folder and against the manifest.
+A shard whose pixels were withheld on publishing (rows with `image` and `mask` empty) is
+valid only where the manifest says its source's pixels are withheld: its rows' facts are
+then checked against each other and against the answers, as far as they go without a mask.
+The build runs these checks on each part as soon as its worker has written it; `mmrs
+validate` runs them on each shard of a folder.
 """
 
 from __future__ import annotations
@@ -12,7 +16,9 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import re
 import sys
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +31,16 @@ from PIL import Image
 
 from .. import schema
 from ..geometry import facts, patient, relations
-from ..geometry.facts import FACT_COLUMNS, Facts, Instance, analyse
+from ..geometry.facts import (
+    FACT_COLUMNS,
+    Facts,
+    Instance,
+    analyse,
+    facts_of_row,
+    quadrant_of,
+    size_word,
+    zone_of,
+)
 from ..geometry.patient import PatientFrame, instances_side
 from ..geometry.relations import relation
 from ..io import images as imageio
@@ -45,6 +60,11 @@ KEY = np.dtype(f"S{KEY_BYTES}")
 def patient_key(source: str, patient_id: str) -> bytes:
     """A patient's key: a hash of its source (a name without "/") and its id."""
     return hashlib.blake2b(f"{source}/{patient_id}".encode(), digest_size=KEY_BYTES).digest()
+
+
+def row_key(row_id: str) -> bytes:
+    """A row id's key."""
+    return hashlib.blake2b(row_id.encode(), digest_size=KEY_BYTES).digest()
 
 
 def packed(keys: Iterable[bytes]) -> bytes:
@@ -96,7 +116,17 @@ class ShardResult:
     # (the first KEY_BYTES of the SHA-256 of the image bytes).
     patients: bytes = b""
     images: bytes = b""
+    row_ids: bytes = b""  # the keys (row_key) of its row ids, each once
+    # Rows per (source, modality, licence), for the manifest's counts and configuration.
+    groups: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    withheld: bool = False  # every row without pixels (allowed only where withheld)
     sha256: str | None = None  # the content hash of the shard checked
+
+    def count(self, rows: list[dict[str, Any]]) -> None:
+        """Count rows into `groups`."""
+        for row in rows:
+            group = (row["source"], row["modality"], row["license"])
+            self.groups[group] = self.groups.get(group, 0) + 1
 
 
 def _distinct(table, column: str) -> tuple[list[int], pa.BinaryArray]:
@@ -109,16 +139,11 @@ def _size(data: pa.Buffer) -> tuple[int, int]:
     return Image.open(io.BytesIO(data)).size  # header only, no decoding
 
 
-def check_row_group(parquet: pq.ParquetFile, index: int, split: str) -> ShardResult:
-    """Every per-row check of one row group (see the module docstring), of a shard opened
-    with its image columns read as dictionaries."""
-    part = ShardResult(split)
-    table = parquet.read_row_group(index)
+def _with_pixels(table: pa.Table, rows: list[dict[str, Any]]) -> tuple[list, list[bytes]]:
+    """Per row: the facts its mask gives (or why none) and the problems of its pixels; and
+    the row group's distinct image keys."""
     image_index, images = _distinct(table, "image")
     mask_index, masks = _distinct(table, "mask")
-    rows = table.drop_columns(["image", "mask"]).to_pylist()
-    part.rows = len(rows)
-
     image_ids, image_sizes = [], []
     for value in images:  # read in place: no copy of the row group's images at once
         data = value.as_buffer()
@@ -157,83 +182,189 @@ def check_row_group(parquet: pq.ParquetFile, index: int, split: str) -> ShardRes
             decoded.append(None)
             mask_sizes.append(None)
 
-    patients = set()
+    verdicts = []
     for row, i, m in zip(rows, image_index, mask_index, strict=True):
-        label = f"row {row.get('row_id')}"
-        if row["split"] != split:
-            part.violations.append(f"{label}: split {row['split']!r} in a {split} shard")
-        patients.add((row["source"], row["patient_id"]))
+        problems = []
         if image_ids[i].hex() != row["image_id"]:
-            part.violations.append(f"{label}: image_id is not the SHA-256 of the image bytes")
+            problems.append("image_id is not the SHA-256 of the image bytes")
         facts = mask_facts[m]
-        for problem in (image_sizes[i], facts):
-            if isinstance(problem, str):
-                part.violations.append(f"{label}: {problem}")
+        problems += [p for p in (image_sizes[i], facts) if isinstance(p, str)]
         if isinstance(facts, str) or isinstance(image_sizes[i], str):
+            verdicts.append((None, problems))
             continue
         if mask_sizes[m] != image_sizes[i]:
-            part.violations.append(
-                f"{label}: mask {mask_sizes[m]} and image {image_sizes[i]} differ"
-            )
+            problems.append(f"mask {mask_sizes[m]} and image {image_sizes[i]} differ")
         derived = mask_rows[m]
         for column in FACT_COLUMNS:
             if derived[column] != row[column] and not _same(derived[column], row[column]):
-                part.violations.append(
-                    f"{label}: {column} is {row[column]!r}, the mask gives {derived[column]!r}"
-                )
+                problems.append(f"{column} is {row[column]!r}, the mask gives {derived[column]!r}")
         frame = PatientFrame.from_row(row["patient_frame"])
         name = row.get("target_name") or row["target"]
         side = side_for(name, instances_side(mask_instances[m], frame))
         if side != row["patient_side"]:
-            part.violations.append(
-                f"{label}: patient_side is {row['patient_side']!r}, the mask and its patient "
+            problems.append(
+                f"patient_side is {row['patient_side']!r}, the mask and its patient "
                 f"frame give {side!r}"
             )
         if row["relation"] is not None:
             other, kind = row["relation"]["target"], row["relation"]["kind"]
             found = whole.get((row["image_id"], other))
-            derived = None if found is None else relation(decoded[m], decoded[found])
-            if derived != kind:
-                part.violations.append(
-                    f"{label}: relation says the {row['target']} is {kind} the {other}; "
-                    f"the masks give {derived!r}"
+            related_kind = None if found is None else relation(decoded[m], decoded[found])
+            if related_kind != kind:
+                problems.append(
+                    f"relation says the {row['target']} is {kind} the {other}; "
+                    f"the masks give {related_kind!r}"
                 )
+        verdicts.append((facts, problems))
+    return verdicts, [image_ids[i][:KEY_BYTES] for i in set(image_index)]
+
+
+def _facts_agree(row: dict[str, Any], facts: Facts) -> list[str]:
+    """Where a row's fact columns contradict each other (what a row without a mask allows)."""
+    problems = []
+    if facts.centroid is not None:
+        implied = {"quadrant": quadrant_of(*facts.centroid), "zone": zone_of(*facts.centroid)}
+        problems += [
+            f"{name} is {row[name]!r}, its centroid gives {value!r}"
+            for name, value in implied.items()
+            if row[name] != value
+        ]
+    if facts.present and row["size"] != size_word(facts.area_fraction):
+        problems.append(f"size is {row['size']!r}, its area_fraction gives another")
+    problems += [
+        f"component at {c.centroid} is in zone {c.zone!r}, its centroid gives another"
+        for c in facts.components
+        if c.zone != zone_of(*c.centroid)
+    ]
+    if facts.n_components != len(facts.components):
+        problems.append(
+            f"n_components is {facts.n_components}, components lists {len(facts.components)}"
+        )
+    return problems
+
+
+def _without_pixels(rows: list[dict[str, Any]]) -> tuple[list, list[bytes]]:
+    """Per row: the facts of its own columns (or why none) and the problems among them; and
+    the row group's distinct image keys, from the rows' image ids."""
+    verdicts = []
+    for row in rows:
+        try:
+            facts = facts_of_row(row)
+        except (TypeError, ValueError, KeyError) as exc:
+            verdicts.append((None, [f"fact columns unreadable ({type(exc).__name__})"]))
+            continue
+        verdicts.append((facts, _facts_agree(row, facts)))
+    keys = set()
+    for row in rows:
+        try:
+            keys.add(bytes.fromhex(row["image_id"] or "")[:KEY_BYTES])
+        except ValueError:
+            pass  # reported with the row below
+    return verdicts, sorted(keys)
+
+
+def check_row_group(
+    parquet: pq.ParquetFile, index: int, split: str, withheld: bool = False
+) -> ShardResult:
+    """Every per-row check of one row group (see the module docstring), of a shard opened
+    with its image columns read as dictionaries. `withheld`: rows without pixels are valid
+    (the manifest withholds their source's pixels)."""
+    part = ShardResult(split)
+    table = parquet.read_row_group(index)
+    rows = table.drop_columns(list(schema.IMAGE_COLUMNS)).to_pylist()
+    part.rows = len(rows)
+    missing = {c: table.column(c).null_count for c in schema.IMAGE_COLUMNS}
+    if not any(missing.values()):
+        verdicts, image_keys = _with_pixels(table, rows)
+    elif withheld and all(n == len(rows) for n in missing.values()):
+        part.withheld = True
+        verdicts, image_keys = _without_pixels(rows)
+    else:
+        empty = ", ".join(f"{n} without {c}" for c, n in missing.items() if n)
+        why = "" if withheld else " (the manifest withholds no pixels of this shard)"
+        part.violations.append(f"row group {index}: {len(rows)} rows, {empty}{why}")
+        return part
+
+    patients, row_ids = set(), set()
+    for row, (found, problems) in zip(rows, verdicts, strict=True):
+        label = f"row {row.get('row_id')}"
+        if row["split"] != split:
+            part.violations.append(f"{label}: split {row['split']!r} in a {split} shard")
+        if not row["row_id"]:
+            part.violations.append(f"{label}: no row_id")
+        elif row["row_id"] in row_ids:
+            part.violations.append(f"{label}: row_id appears twice")
+        row_ids.add(row["row_id"])
+        if part.withheld and not re.fullmatch(r"[0-9a-f]{64}", row["image_id"] or ""):
+            problems.append("image_id is not a SHA-256")
+        patients.add((row["source"], row["patient_id"]))
+        part.violations += [f"{label}: {problem}" for problem in problems]
+        if found is None:
+            continue
         for problem in check_answer(
             row["question_type"],
             row["question"],
             row["answer"],
             row["options"],
-            facts,
+            found,
             target=row["target"],
             patient_side=row["patient_side"],
             relation=relation_of_row(row),
             name=name,
         ):
             part.violations.append(f"{label} ({row['template_id']}): {problem}")
+    part.count(rows)
     part.patients = packed(patient_key(source, patient_id) for source, patient_id in patients)
-    part.images = packed(image_ids[i][:KEY_BYTES] for i in set(image_index))
+    part.images = packed(image_keys)
+    part.row_ids = packed(row_key(row_id) for row_id in row_ids if row_id)
     return part
 
 
-def check_shard(shard: Path, split: str, sha256: str) -> ShardResult:
+def row_ids_of(shard: Path) -> list[str]:
+    """A shard's row ids, in order (none where it cannot be read: reported elsewhere)."""
+    try:
+        return pq.read_table(shard, columns=["row_id"]).column(0).to_pylist()
+    except (pa.ArrowException, OSError):
+        return []
+
+
+def repeated(row_ids: Iterable[str]) -> list[str]:
+    """The row ids that come more than once, sorted."""
+    return sorted(row_id for row_id, count in Counter(row_ids).items() if count > 1 and row_id)
+
+
+def check_shard(shard: Path, split: str, sha256: str, withheld: bool = False) -> ShardResult:
     """Every row group of a shard whose content hash is sha256; a row group that cannot be
-    read is a violation."""
+    read is a violation. `withheld`: the manifest withholds the pixels of its source, so it
+    may be all without pixels (ShardResult.withheld) or all with them."""
     whole = ShardResult(split, sha256=sha256)
     try:
         parquet = pq.ParquetFile(shard, read_dictionary=["image.bytes", "mask.bytes"])
     except (pa.ArrowException, OSError) as exc:
         whole.violations.append(f"not a readable Parquet file ({exc})")
         return whole
-    patients, images = [], []
+    patients, images, row_ids, withheld_groups = [], [], [], set()
     with parquet:
         for index in range(parquet.num_row_groups):
             try:
-                part = check_row_group(parquet, index, split)
-            except (pa.ArrowException, OSError) as exc:
+                part = check_row_group(parquet, index, split, withheld)
+            except (pa.ArrowException, OSError, TypeError, KeyError) as exc:
                 part = ShardResult(split, violations=[f"row group {index}: {exc}"])
             whole.rows += part.rows
             whole.violations += part.violations
             patients.append(part.patients)
             images.append(part.images)
+            row_ids.append(part.row_ids)
+            withheld_groups.add(part.withheld)
+            for group, rows in part.groups.items():
+                whole.groups[group] = whole.groups.get(group, 0) + rows
     whole.patients, whole.images = merged(patients), merged(images)
+    whole.row_ids = merged(row_ids)
+    if len(whole.row_ids) < sum(map(len, row_ids)):  # a row id in several row groups
+        whole.violations += [
+            f"row {row_id}: row_id appears twice" for row_id in repeated(row_ids_of(shard))
+        ]
+    whole.withheld = withheld_groups == {True}
+    if withheld_groups == {True, False}:
+        whole.violations.append("some row groups have pixels, others not")
     return whole

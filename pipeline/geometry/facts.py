@@ -306,3 +306,29 @@ def analyse(mask: np.ndarray) -> tuple[Facts, list[Instance]]:
         prsmed_near_center=near,
     )
     return facts, instances
+
+
+def facts_of_row(row: dict) -> Facts:
+    """A row's Facts from its own columns (what `mmrs validate` re-derives from the mask)."""
+    components = tuple(
+        Component(
+            centroid=tuple(c["centroid"]),
+            bbox=tuple(c["bbox"]),
+            area_fraction=c["area_fraction"],
+            zone=c["zone"],
+            quadrant=quadrant_of(*c["centroid"]),
+        )
+        for c in row["components"] or []
+    )
+    return Facts(
+        centroid=tuple(row["centroid"]) if row["centroid"] else None,
+        bbox=tuple(row["bbox"]) if row["bbox"] else None,
+        area_fraction=row["area_fraction"],
+        n_components=row["n_components"],
+        components=components,
+        quadrant=row["quadrant"],
+        zone=row["zone"],
+        size=row["size"],
+        prsmed_position=row["prsmed_position"],
+        prsmed_near_center=row["prsmed_near_center"],
+    )

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ..geometry.facts import Component, Facts, quadrant_of
+from ..geometry.facts import Facts, facts_of_row
 from ..qa.factcheck import (
     _LETTER,
     _YES_NO,
@@ -171,32 +171,6 @@ def rewrite_problem(
         name=name,
     )
     return "fact-check" if problems else None
-
-
-def facts_of_row(row: dict[str, Any]) -> Facts:
-    """A row's Facts from its own columns (what `mmrs validate` re-derives from the mask)."""
-    components = tuple(
-        Component(
-            centroid=tuple(c["centroid"]),
-            bbox=tuple(c["bbox"]),
-            area_fraction=c["area_fraction"],
-            zone=c["zone"],
-            quadrant=quadrant_of(*c["centroid"]),
-        )
-        for c in row["components"] or []
-    )
-    return Facts(
-        centroid=tuple(row["centroid"]) if row["centroid"] else None,
-        bbox=tuple(row["bbox"]) if row["bbox"] else None,
-        area_fraction=row["area_fraction"],
-        n_components=row["n_components"],
-        components=components,
-        quadrant=row["quadrant"],
-        zone=row["zone"],
-        size=row["size"],
-        prsmed_position=row["prsmed_position"],
-        prsmed_near_center=row["prsmed_near_center"],
-    )
 
 
 def row_problem(row: dict[str, Any], question: str, answer: str) -> str | None:

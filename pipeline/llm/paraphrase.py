@@ -47,7 +47,15 @@ from ..qa.templates import default_templates_dir
 from ..schema import REWRITE
 from ..shards import writer
 from ..shards.parts import Part, RenderResult
-from ..store import atomic_pickle, cache_key, code_digest, file_digest, file_identity, stored_result
+from ..store import (
+    atomic_pickle,
+    cache_key,
+    code_digest,
+    file_digest,
+    file_identity,
+    stored_result,
+    verified,
+)
 from . import cache as llm_cache
 from . import guard
 from .cache import AnswerCache, answer_key
@@ -298,8 +306,8 @@ def _rewrite_rows(
 def rewrite_batch(job: RewriteJob) -> RewriteResult:
     """Paraphrase every row of one render result (see the module docstring)."""
     key = job.key
-    stored = stored_result(job.result(key))
-    if isinstance(stored, RewriteResult) and all(part.path.is_file() for part in stored.parts):
+    stored = stored_result(job.result(key), job.store)
+    if isinstance(stored, RewriteResult) and all(verified(p.path, p.sha256) for p in stored.parts):
         return stored
     sess = session(job.session)
     prompt = load_prompt("paraphrase")
@@ -349,7 +357,7 @@ def rewrite_batch(job: RewriteJob) -> RewriteResult:
         final = not any(s.startswith(("failed:", "skipped:")) for s in statuses)
         result = RewriteResult(key, tuple(parts), statuses, final)
         if final:
-            atomic_pickle(result, staging / "result.pkl")
+            atomic_pickle(result, staging / "result.pkl", job.store)
         if folder.exists():
             shutil.rmtree(folder)
         staging.replace(folder)  # the whole batch appears at once

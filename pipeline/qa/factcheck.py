@@ -5,15 +5,17 @@ words ("<vertical> <horizontal> quadrant"), PRS-Med words ("top left", ..., "cen
 words, counts, yes/no, option letters and the patient's side ("the patient's left", "on both
 sides of the patient", "in the midline"; always phrased in the patient's frame, so image-frame
 words such as "middle left" are never read as a side, and neither is a structure's name: "the
-left kidney" states no side). `mmrs validate` uses it to check that every answer states only
-facts its mask supports.
+left kidney" states no side), negations, the options a multiple choice question offers, and the
+names of anatomical structures and lesions (STRUCTURES: a row may name only its own target and,
+in a relation row, the other structure). `mmrs validate` uses it to check that every answer
+states only facts its mask supports.
 """
 
 from __future__ import annotations
 
 import re
 
-from ..geometry.facts import Facts
+from ..geometry.facts import ZONES, Facts
 from .names import named_side
 from .templates import LETTERS, NUMBER_WORDS, location_zones
 
@@ -25,6 +27,28 @@ _NUMBER = re.compile(r"\b(\d+|" + "|".join(NUMBER_WORDS) + r")\b")
 _YES_NO = re.compile(r"^\s*(yes|no)\b")
 _LETTER = re.compile(r"(?:^\s*\(?|\(|\b[Oo]ption\s+)([A-D])\b\)?")
 _NEGATION = re.compile(r"\b(no|not|none|absent)\b")
+# Any negation: none may stand in an answer that asserts (a position, a size, a "yes", ...).
+# "neither" is not one: "in the midline, on neither side" asserts a side.
+_NEGATED = re.compile(r"\b(no|not|none|nothing|absent|never|cannot|without)\b|n't\b")
+_OFFERED = re.compile(r"\(([A-D])\)\s*((?:upper|middle|lower) (?:left|center|right)|center)\b")
+# Structures and lesions a medical image may show, as words (plural "s" optional). A question
+# or answer names only its own target and a relation row's other structure: any other name
+# is a false statement about what the mask shows.
+STRUCTURES = (
+    "abdomen", "adrenal gland", "aorta", "appendix", "artery", "bladder", "bone", "bowel",
+    "brain", "breast", "bronchus", "calcification", "carcinoma", "cartilage", "cerebellum",
+    "cervix", "clavicle", "cochlea", "colon", "cyst", "disc", "duodenum", "edema", "effusion",
+    "esophagus", "eye", "femur", "fracture", "gallbladder", "gland", "heart", "hemorrhage",
+    "hippocampus", "infection", "intestine", "kidney", "lesion", "liver", "lung", "lymph node",
+    "mass", "melanoma", "metastasis", "muscle", "myocardium", "necrosis", "nevus", "nodule",
+    "oedema", "oesophagus", "optic disc", "ovary", "pancreas", "pelvis", "pneumothorax",
+    "polyp", "prostate", "rectum", "retina", "rib", "skin", "skull", "spine", "spleen",
+    "stomach", "thyroid", "trachea", "tumor", "tumour", "ulcer", "uterus", "vein", "ventricle",
+    "vertebra", "vessel",
+)  # fmt: skip
+_STRUCTURE = re.compile(
+    r"\b(" + "|".join(sorted(STRUCTURES, key=len, reverse=True)) + r")(?:e?s)?\b"
+)
 _PATIENT_SIDE = re.compile(
     r"\bpatient(?:'s|s'|’s)? (left|right)\b"
     r"|\b(?:on )?the (left|right) side of the patient\b"
@@ -61,6 +85,42 @@ def sides_in(text: str) -> list[str]:
     for left_right, side_of, both, _midline in _PATIENT_SIDE.findall(text.lower()):
         found.append(left_right or side_of or ("bilateral" if both else "midline"))
     return found
+
+
+def structures_in(text: str) -> list[str]:
+    """The structure names (STRUCTURES) a text states, singular."""
+    return _STRUCTURE.findall(text.lower())
+
+
+def offered_options(question: str) -> list[tuple[str, str]]:
+    """The "(A) upper left" options a multiple choice question offers, in order."""
+    return [(letter, zone.lower()) for letter, zone in _OFFERED.findall(question)]
+
+
+def check_names(text: str, names: list[str]) -> list[str]:
+    """Structures a text names that are none of `names` (the row's target and the other
+    structure of its relation), nor a word of one ("the tumour" of a "breast tumour")."""
+    for name in names:
+        text = re.sub(re.escape(name), " ", text, flags=re.IGNORECASE)
+    own = {word for name in names for word in structures_in(name)}
+    foreign = [word for word in structures_in(text) if word not in own]
+    return [f"names {sorted(set(foreign))}, which is not the row's {names[0]!r}"] if foreign else []
+
+
+def check_options(question: str, options: list[str] | None, facts: Facts) -> list[str]:
+    """A multiple choice row: four distinct zones, the target's one of them, and the question
+    offering exactly these, with their letters."""
+    if not options or len(options) != 4:
+        return ["multiple choice row needs 4 options"]
+    problems = []
+    if len(set(options)) != 4 or any(option not in ZONES for option in options):
+        problems.append(f"options {options} are not 4 distinct zones")
+    if options.count(facts.zone) != 1:
+        problems.append(f"options {options} do not hold the target's zone {facts.zone!r} once")
+    offered = offered_options(question)
+    if offered != list(zip(LETTERS, options, strict=True)):
+        problems.append(f"question offers {offered}; the row's options are {options}")
+    return problems
 
 
 def check_patient_side(text: str, patient_side: str | None) -> list[str]:
@@ -102,8 +162,10 @@ def check_answer(
     problems: list[str] = []
     if named is not None and patient_side is not None and patient_side != named:
         problems.append(f"the {name or target} is named {named} but patient_side is {patient_side}")
-    contains = answer  # a relation answer may name the structure that holds the target
     blanked = (target, name, relation[0] if relation else None)
+    allowed = [n for n in blanked if n]
+    problems += [p for text in (question, answer) for p in check_names(text, allowed) if target]
+    contains = answer  # a relation answer may name the structure that holds the target
     question, answer = without_names(question, *blanked), without_names(answer, *blanked)
     problems += check_patient_side(answer, patient_side)
     if "{{" in answer or "{%" in answer or "{{" in question:
@@ -118,6 +180,13 @@ def check_answer(
         return problems
     if not facts.present:
         return [*problems, f"{question_type} row but the mask is empty"]
+    negated = _NEGATED.search(answer.lower())
+    said = _YES_NO.match(answer.lower())
+    may_negate = question_type in ("verification", "relation") and (
+        said is None or said.group(1) == "no"
+    )
+    if negated and not may_negate:
+        problems.append(f"answer negates ({negated.group(0)!r}) what a {question_type} row states")
 
     where = location_zones(facts)
     quadrants = {facts.quadrant} | {c.quadrant for c in facts.components}
@@ -165,9 +234,12 @@ def check_answer(
             problems.append(f"answered {said.group(1)!r} for {asked[0]!r}; mask in {sorted(where)}")
     elif question_type == "multiple_choice":
         letter = _LETTER.search(answer)
-        if not options or len(options) != 4 or letter is None:
-            problems.append("multiple choice row needs 4 options and a letter in the answer")
-        elif options[LETTERS.index(letter.group(1))] != facts.zone:
+        problems += check_options(question, options, facts)
+        if letter is None:
+            problems.append("multiple choice answer names no option letter")
+        elif (
+            options and len(options) == 4 and options[LETTERS.index(letter.group(1))] != facts.zone
+        ):
             problems.append(
                 f"option {letter.group(1)} is {options[LETTERS.index(letter.group(1))]!r}; "
                 f"facts: {facts.zone!r}"

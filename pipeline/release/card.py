@@ -34,6 +34,23 @@ def data_cards_dir() -> Path:
     return checkout if checkout.is_dir() else package / "data_cards"
 
 
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(data_cards_dir()),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
+
+
+def with_withheld(card: str, sources: list[dict[str, Any]], command: str) -> str:
+    """The card with a section (`withheld.md.j2`) before its sources saying whose pixels
+    are withheld and how to restore them; `sources`: name, license, homepage, shards, rows
+    of each; `command`: the rebuild."""
+    section = _environment().get_template("withheld.md.j2").render(sources=sources, command=command)
+    head, sep, rest = card.partition("\n## Sources\n")
+    return f"{head}\n{section}{sep}{rest}" if sep else f"{card.rstrip()}\n\n{section}"
+
+
 def size_category(rows: int) -> str:
     for bound, name in SIZE_CATEGORIES:
         if rows < bound:
@@ -70,11 +87,7 @@ def render_card(
     figures: dict[str, str],
 ) -> str:
     """The data card of a build of `sources` (see the module docstring)."""
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(data_cards_dir()),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-    )
+    env = _environment()
     described = [
         {
             "name": source.name,

@@ -93,6 +93,7 @@ class SourceInfo:
     # For sources described by the dataset itself (a dataset.json): the source as read
     # from a data root (name, modality, labels, windows); None for fixed sources.
     bind: Callable[[Path], SourceInfo] | None = field(default=None, repr=False, compare=False)
+    spec: str | None = field(default=None, repr=False, compare=False)  # a YAML spec's text
 
     def at(self, data_root: Path) -> SourceInfo:
         """This source for a data root (bound sources read the dataset's description)."""

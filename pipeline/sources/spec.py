@@ -111,7 +111,8 @@ def _labels(spec_path: Path, value: Any) -> dict[int | tuple[int, ...], str] | N
 def load_spec(spec_path: Path) -> SourceInfo:
     """Read a YAML spec into a SourceInfo whose discover() follows it."""
     try:
-        spec = yaml.safe_load(spec_path.read_text())
+        text = spec_path.read_text()
+        spec = yaml.safe_load(text)
     except OSError as exc:
         raise SpecError(f"{spec_path}: cannot read spec ({exc.strerror})") from exc
     except yaml.YAMLError as exc:
@@ -258,6 +259,7 @@ def load_spec(spec_path: Path) -> SourceInfo:
         display=display,
         volume=volume,
         display_names=display_names,
+        spec=text,
     )
 
 

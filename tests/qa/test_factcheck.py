@@ -51,8 +51,62 @@ def test_yes_no_and_option_letters_are_checked() -> None:
     assert check_answer("verification", "Is it in the upper left?", "No.", None, facts)
     assert check_answer("verification", "Is it in the center?", "Yes.", None, facts)
     options = ["center", "upper left", "lower left", "middle right"]
-    assert check_answer("multiple_choice", "Where?", "(B) upper left", options, facts) == []
-    assert check_answer("multiple_choice", "Where?", "(A) upper left", options, facts)
+    asked = "Where? (A) center (B) upper left (C) lower left (D) middle right"
+    assert check_answer("multiple_choice", asked, "(B) upper left", options, facts) == []
+    assert check_answer("multiple_choice", asked, "(A) upper left", options, facts)
+
+
+def test_the_options_offered_are_the_rows_options() -> None:
+    """An option's text changed in the question, the letter left as it was, is caught."""
+    facts = _facts()
+    options = ["center", "upper left", "lower left", "middle right"]
+    edited = "Where? (A) center (B) lower right (C) lower left (D) middle right"
+    problems = check_answer("multiple_choice", edited, "(B)", options, facts)
+    assert problems == [
+        "question offers [('A', 'center'), ('B', 'lower right'), ('C', 'lower left'), "
+        "('D', 'middle right')]; the row's options are "
+        "['center', 'upper left', 'lower left', 'middle right']"
+    ]
+    asked = "Where? (A) center (B) upper left (C) lower left (D) center"
+    twice = ["center", "upper left", "lower left", "center"]
+    assert (
+        "are not 4 distinct zones" in check_answer("multiple_choice", asked, "(B)", twice, facts)[0]
+    )
+
+
+def test_negations_are_read_back() -> None:
+    facts = _facts()
+    answer = "The breast tumor is in the upper left of the image."
+    negated = "The upper left region of the image does not contain the breast tumor."
+    ask = ("position", "Where is the breast tumor?")
+    assert check_answer(*ask, answer, None, facts, target="breast tumor") == []
+    assert check_answer(*ask, negated, None, facts, target="breast tumor") == [
+        "answer negates ('not') what a position row states"
+    ]
+    question = "Is the polyp in the upper left?"
+    assert check_answer("verification", question, "No, it is not.", None, facts) == [
+        "answered 'no' for 'upper left'; mask in ['upper left']"
+    ]
+    assert check_answer("verification", question, "Yes, it is not there.", None, facts)
+    midline = "The liver lies in the patient's midline, on neither side."
+    assert not [
+        p
+        for p in check_answer("laterality", "Which side?", midline, None, facts, "liver", "midline")
+        if "negates" in p
+    ]
+
+
+def test_structure_names_are_the_rows_own() -> None:
+    facts = _facts()
+    ask = ("position", "Where is the breast tumor?")
+    other = "The upper left region of the image contains the liver."
+    assert check_answer(*ask, other, None, facts, target="breast tumor") == [
+        "names ['liver'], which is not the row's 'breast tumor'"
+    ]
+    own = "The tumor lies in the upper left of the image."  # a word of its own name
+    assert check_answer(*ask, own, None, facts, target="breast tumor") == []
+    kidneys = "Where are the kidneys?"  # plurals are read too
+    assert check_answer("position", kidneys, own, None, facts, target="breast tumor")
 
 
 def test_negative_rows_need_an_empty_mask_and_a_negation() -> None:
