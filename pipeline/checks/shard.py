@@ -310,7 +310,7 @@ def check_row_group(
             target=row["target"],
             patient_side=row["patient_side"],
             relation=relation_of_row(row),
-            name=name,
+            name=row.get("target_name") or row["target"],
         ):
             part.violations.append(f"{label} ({row['template_id']}): {problem}")
     part.count(rows)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 
 from ..geometry.facts import ZONES, Facts
-from .names import named_side
+from .names import named_side, readable_name
 from .templates import LETTERS, NUMBER_WORDS, location_zones
 
 _QUADRANT = re.compile(r"\b(upper|lower) (left|right) quadrant\b")
@@ -162,9 +162,10 @@ def check_answer(
     problems: list[str] = []
     if named is not None and patient_side is not None and patient_side != named:
         problems.append(f"the {name or target} is named {named} but patient_side is {patient_side}")
-    blanked = (target, name, relation[0] if relation else None)
+    blanked = (target, name or readable_name(target), relation[0] if relation else None)
     allowed = [n for n in blanked if n]
-    problems += [p for text in (question, answer) for p in check_names(text, allowed) if target]
+    if target:
+        problems += [p for text in (question, answer) for p in check_names(text, allowed)]
     contains = answer  # a relation answer may name the structure that holds the target
     question, answer = without_names(question, *blanked), without_names(answer, *blanked)
     problems += check_patient_side(answer, patient_side)
