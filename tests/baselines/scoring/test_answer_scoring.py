@@ -256,7 +256,7 @@ def test_consistency_with_the_predicted_mask() -> None:
     empty = np.zeros((90, 90), dtype=bool)
     assert consistent("There is no polyp.", empty)
     assert not consistent("The polyp is in the center.", empty)
-    assert consistent("The upper left lobe is absent.", empty, target="upper left lobe")
+    assert consistent("The upper left lobe is absent.", empty, "upper left lobe")
 
 
 def test_round_trip_on_a_real_build(scoring_rows: dict[str, list[dict]]) -> None:
