@@ -12,6 +12,7 @@ from PIL import Image
 
 from pipeline.geometry.facts import compute_facts
 
+from ..scoring.metrics import binarise, resize_prob
 from .checkpoint import load_checkpoint
 from .data import MASK_SCALE, collate_prompts, image_array
 from .prompt import encode_prompt
@@ -76,11 +77,9 @@ class Predictor:
 
 
 def mask_at(prob: np.ndarray, width: int, height: int) -> np.ndarray:
-    """A probability map resized (bilinear) to an image's own size, thresholded at 0.5."""
-    resized = Image.fromarray(prob.astype(np.float32), mode="F").resize(
-        (width, height), Image.Resampling.BILINEAR
-    )
-    return np.asarray(resized) >= 0.5
+    """A probability map resized (bilinear) to an image's own size, thresholded at 0.5:
+    the mask `mmrs evaluate` scores."""
+    return binarise(resize_prob(prob, width, height))
 
 
 def describe_mask(mask: np.ndarray) -> str:

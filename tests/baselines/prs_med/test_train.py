@@ -129,3 +129,19 @@ def test_a_run_folder_is_never_overwritten_and_resume_needs_a_run(
     train(_config(small_build, tmp_path / "run", 3))
     with pytest.raises(ValueError, match="already holds a run"):
         train(_config(small_build, tmp_path / "run", 3))
+
+
+def test_rows_published_without_pixels_are_refused_with_how_to_rebuild(
+    small_build: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from pipeline.release.publish import strip_pixels
+
+    copy = tmp_path / "published"
+    shutil.copytree(small_build, copy)
+    shard = sorted((copy / "data").glob("train-*.parquet"))[0]
+    strip_pixels(shard, tmp_path / "stripped.parquet")
+    shutil.move(tmp_path / "stripped.parquet", shard)
+    with pytest.raises(ValueError, match="no pixels.*REBUILD.md"):
+        train(_config(copy, tmp_path / "run", 3))
