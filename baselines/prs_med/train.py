@@ -300,22 +300,21 @@ def train(config: TrainConfig) -> dict[str, Any]:
         for batch in train_loader:
             started = time.perf_counter()
             waiting += started - fetched
-            with accelerator.accumulate(model):
-                out_ = model(
-                    batch["pixel_values"],
-                    batch["input_ids"],
-                    batch["attention_mask"],
-                    batch["prompt_lengths"],
-                    batch["labels"],
-                )
-                seg = mask_loss(out_.mask_logits.float(), batch["masks"]).mean()
-                lm = out_.lm_loss.mean()
-                loss = seg + preset.lm_loss_weight * lm
-                accelerator.backward(loss)
-                accelerator.clip_grad_norm_(trainable, preset.grad_clip)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
+            out_ = model(
+                batch["pixel_values"],
+                batch["input_ids"],
+                batch["attention_mask"],
+                batch["prompt_lengths"],
+                batch["labels"],
+            )
+            seg = mask_loss(out_.mask_logits.float(), batch["masks"]).mean()
+            lm = out_.lm_loss.mean()
+            loss = seg + preset.lm_loss_weight * lm
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(trainable, preset.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
             step += 1
             samples += batch["pixel_values"].shape[0] * world
             fetched = time.perf_counter()
