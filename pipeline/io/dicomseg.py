@@ -61,7 +61,7 @@ def _series_uid(image_path: Path) -> str | None:
     return None
 
 
-def _frame_item(dataset, frame: int, name: str):
+def _frame_item(dataset, frame: int, name: str, path: Path):
     """A functional group item of one frame (per-frame, else shared)."""
     for groups in (
         dataset.PerFrameFunctionalGroupsSequence[frame],
@@ -69,7 +69,7 @@ def _frame_item(dataset, frame: int, name: str):
     ):
         if name in groups:
             return groups[name].value[0]
-    raise PixelError(f"SEG frame {frame} has no {name}")
+    raise PixelError(f"SEG frame {frame} has no {name}", path)
 
 
 def read_seg(path: Path, image_path: Path, reference) -> np.ndarray:
@@ -79,13 +79,14 @@ def read_seg(path: Path, image_path: Path, reference) -> np.ndarray:
         seg = pydicom.dcmread(path)
         frames = seg.pixel_array
     except Exception as exc:  # noqa: BLE001 - any decoding problem is this file's
-        raise PixelError(f"{path.name}: cannot read DICOM-SEG ({exc})") from exc
+        raise PixelError(f"cannot read DICOM-SEG ({exc})", path) from exc
     referenced = {str(item.SeriesInstanceUID) for item in seg.get("ReferencedSeriesSequence", [])}
     series = _series_uid(image_path)
     if not referenced or series not in referenced:
         raise PixelError(
-            f"{path.name}: references series {sorted(referenced) or 'none'}, but its image "
-            f"{image_path.name} is series {series}"
+            f"references series {sorted(referenced) or 'none'}, but its image "
+            f"{image_path.name} is series {series}",
+            path,
         )
     if frames.ndim == 2:
         frames = frames[None]
@@ -95,11 +96,13 @@ def read_seg(path: Path, image_path: Path, reference) -> np.ndarray:
     labels = np.zeros((size[2], size[1], size[0]), dtype=np.uint8)
     direction = np.asarray(reference.GetDirection()).reshape(3, 3)
     for frame in range(frames.shape[0]):
-        position = _frame_item(seg, frame, "PlanePositionSequence").ImagePositionPatient
-        orientation = _frame_item(seg, frame, "PlaneOrientationSequence").ImageOrientationPatient
-        spacing = _frame_item(seg, frame, "PixelMeasuresSequence").PixelSpacing
+        position = _frame_item(seg, frame, "PlanePositionSequence", path).ImagePositionPatient
+        orientation = _frame_item(
+            seg, frame, "PlaneOrientationSequence", path
+        ).ImageOrientationPatient
+        spacing = _frame_item(seg, frame, "PixelMeasuresSequence", path).PixelSpacing
         segment = int(
-            _frame_item(seg, frame, "SegmentIdentificationSequence").ReferencedSegmentNumber
+            _frame_item(seg, frame, "SegmentIdentificationSequence", path).ReferencedSegmentNumber
         )
         index = np.asarray(
             reference.TransformPhysicalPointToContinuousIndex([float(v) for v in position])
@@ -117,12 +120,13 @@ def read_seg(path: Path, image_path: Path, reference) -> np.ndarray:
         )
         if not aligned:
             raise PixelError(
-                f"{path.name}: frame {frame + 1} at {list(position)} does not lie on a slice "
-                f"of {image_path.name}"
+                f"frame {frame + 1} at {list(position)} does not lie on a slice "
+                f"of {image_path.name}",
+                path,
             )
         layer = frames[frame].astype(bool)
         clash = layer & (labels[k] != 0) & (labels[k] != segment)
         if clash.any():
-            raise PixelError(f"{path.name}: segments overlap on slice {k}; not supported")
+            raise PixelError(f"segments overlap on slice {k}; not supported", path)
         labels[k][layer] = segment
     return labels

@@ -13,14 +13,18 @@ spacing taken from those positions, never from SliceThickness).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 
 from .dicomseg import is_seg, read_seg
+from .dicomseries import check_series
 from .images import PixelError
+from .nifti import NiftiError, check_nifti
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
 # Two grids are the same when origins and spacings agree to this (mm) and directions to
 # this (cosine); a label map on another grid is resampled onto the image only when its
 # physical box lies within the image's box widened by one voxel.
@@ -50,13 +54,29 @@ def _series_files(folder: Path) -> list[str]:
     sitk = _sitk()
     series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     if not series:
-        raise PixelError(f"{folder}: no DICOM series found")
+        raise PixelError("no DICOM series found", folder)
     if len(series) > 1:
         raise PixelError(
-            f"{folder}: holds {len(series)} DICOM series ({', '.join(series)}); "
-            f"give one series per folder"
+            f"holds {len(series)} DICOM series ({', '.join(series)}); give one series per folder",
+            folder,
         )
-    return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0]))
+    files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0]))
+    check_series(folder, files, series[0])
+    return files
+
+
+def itk_reason(exc: RuntimeError, path: Path) -> str:
+    """What an ITK error says about a file, without ITK's source lines, object addresses
+    and the file's own path (the caller names it)."""
+    lines = []
+    for line in str(exc).splitlines():
+        line = re.sub(r"^.*ITK ERROR: \w+\(0x[0-9a-fA-F]+\):\s*", "", line.strip())
+        line = line.replace(f'"{path}"', "it").replace(str(path), "it")
+        if line.startswith("File cannot be read"):  # MetaImage: its data is short or corrupt
+            line = "its data cannot be read in full (truncated or corrupt)"
+        if line and not line.startswith(("Exception thrown in SimpleITK", "Reason:")):
+            lines.append(line)
+    return lines[-1] if lines else "unreadable"
 
 
 def read_volume(path: Path, channel: int | None = None):
@@ -66,21 +86,28 @@ def read_volume(path: Path, channel: int | None = None):
     that is an error naming the file, never a silent choice.
     """
     sitk = _sitk()
+    non_finite = None
     try:
         if path.is_dir():
             reader = sitk.ImageSeriesReader()
             reader.SetFileNames(_series_files(path))
             image = reader.Execute()
         else:
+            if path.name.lower().endswith(NIFTI_SUFFIXES):
+                non_finite = check_nifti(path)
             image = sitk.ReadImage(str(path))
+    except NiftiError as exc:
+        raise PixelError(f"cannot read volume: {exc}", path) from exc
     except RuntimeError as exc:
-        message = str(exc).strip().splitlines()
-        raise PixelError(f"{path}: cannot read volume ({message[-1] if message else exc})") from exc
+        raise PixelError(f"cannot read volume ({itk_reason(exc, path)})", path) from exc
+    if non_finite is not None:
+        image = _with_nan(image, non_finite)
     if image.GetNumberOfComponentsPerPixel() > 1:
         if channel is None:
             raise PixelError(
-                f"{path}: {image.GetNumberOfComponentsPerPixel()} channels per voxel; "
-                f"choose one with the source's `channel` setting"
+                f"{image.GetNumberOfComponentsPerPixel()} channels per voxel; "
+                f"choose one with the source's `channel` setting",
+                path,
             )
         image = sitk.VectorIndexSelectionCast(image, channel)
     if image.GetDimension() == 4:
@@ -88,15 +115,27 @@ def read_volume(path: Path, channel: int | None = None):
         if channel is None and size[3] == 1:
             channel = 0  # a singleton fourth axis (x, y, z, 1) is a plain volume
         if channel is None:
-            raise PixelError(
-                f"{path}: 4D volume with {size[3]} channels; choose one with `channel`"
-            )
+            raise PixelError(f"4D volume with {size[3]} channels; choose one with `channel`", path)
         if not 0 <= channel < size[3]:
-            raise PixelError(f"{path}: channel {channel} out of range 0..{size[3] - 1}")
+            raise PixelError(f"channel {channel} out of range 0..{size[3] - 1}", path)
         image = sitk.Extract(image, [*size[:3], 0], [0, 0, 0, channel])
     if image.GetDimension() != 3:
-        raise PixelError(f"{path}: expected a 3D volume, got {image.GetDimension()}D")
+        raise PixelError(f"expected a 3D volume, got {image.GetDimension()}D", path)
     return image
+
+
+def _with_nan(image, non_finite: np.ndarray):
+    """The image with NaN where its NIfTI file holds non-finite floats (ITK read 0 there)."""
+    sitk = _sitk()
+    if image.GetNumberOfComponentsPerPixel() > 1:  # NIfTI stores components slowest
+        non_finite = np.moveaxis(non_finite, 0, -1)
+    values = sitk.GetArrayFromImage(image)
+    values[non_finite.reshape(values.shape)] = np.nan
+    restored = sitk.GetImageFromArray(values, isVector=image.GetNumberOfComponentsPerPixel() > 1)
+    restored.CopyInformation(image)
+    for key in image.GetMetaDataKeys():  # the header's codes (in_scanner_coordinates)
+        restored.SetMetaData(key, image.GetMetaData(key))
+    return restored
 
 
 def in_scanner_coordinates(path: Path, image) -> bool:
@@ -188,10 +227,10 @@ def read_labels(path: Path, reference, image_path: Path, channel: int | None = N
     values = sitk.GetArrayViewFromImage(labels)
     if np.issubdtype(values.dtype, np.floating):
         if not np.isfinite(values).all():
-            raise PixelError(f"{path}: label map holds NaN or infinite values")
+            raise PixelError("label map holds NaN or infinite values", path)
         rounded = np.rint(values)
         if np.abs(values - rounded).max() > 1e-3:
-            raise PixelError(f"{path}: float label map holds non-integer values")
+            raise PixelError("float label map holds non-integer values", path)
         labels = sitk.Round(labels)
     labels = _smallest_label_type(labels)
     if not same_grid(labels, reference):

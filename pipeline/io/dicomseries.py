@@ -1,0 +1,130 @@
+"""A DICOM series folder proven whole before it is read as a volume.
+
+GDCM leaves out of a series, without a word, every file it cannot parse (a truncated or
+corrupt slice), and ITK then stacks the others with the spacing of the first two: a
+dropped slice silently stretches the volume. So every file of the folder is accounted
+for: each is a slice of the one series, a DICOM-SEG (masks may sit beside their slices),
+or not DICOM at all (notes, a DICOMDIR); a file that is DICOM but none of these is an
+error that names it. Each slice must hold all of its pixel data, and the slices must lie
+on one orientation at distinct, evenly spaced positions (a gap is a missing slice).
+Files whose name starts with "." (system files) are not part of a series.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .dicomseg import SEG_SOP_CLASS, _pydicom
+from .images import PixelError
+
+# DICOM files that are not slices: a DICOMDIR (an index) and a DICOM-SEG (masks)
+OTHER_KINDS = ("1.2.840.10008.1.3.10", SEG_SOP_CLASS)
+# Slice positions agree when within this (mm) or this fraction of the spacing, whichever is
+# larger: positions are written with a few decimals.
+POSITION_TOLERANCE_MM = 0.01
+SPACING_TOLERANCE = 0.01
+# Transfer syntaxes whose pixel data is stored as it is (its length is known in advance).
+NATIVE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
+
+
+@dataclass(frozen=True)
+class Slice:
+    path: Path
+    orientation: tuple[float, ...]  # ImageOrientationPatient: row and column cosines
+    position: float  # along the slice normal, mm
+
+
+def _header(path: Path):
+    """A file's DICOM header with its pixel data, or None when it is not DICOM at all."""
+    pydicom = _pydicom()
+    try:
+        return pydicom.dcmread(path)
+    except pydicom.errors.InvalidDicomError:
+        return None  # no DICOM preamble: not DICOM (a truncated slice keeps its preamble)
+    except Exception as exc:  # noqa: BLE001 - a DICOM file that cannot be parsed is unreadable
+        raise PixelError(f"unreadable DICOM file ({type(exc).__name__})", path) from exc
+
+
+def _pixel_bytes(header) -> int | None:
+    """Bytes of native pixel data a slice's header declares (None: compressed)."""
+    syntax = str(getattr(header.file_meta, "TransferSyntaxUID", "1.2.840.10008.1.2"))
+    if syntax not in NATIVE:
+        return None
+    values = int(header.Rows) * int(header.Columns) * int(header.get("SamplesPerPixel", 1))
+    return values * int(header.get("NumberOfFrames", 1) or 1) * int(header.BitsAllocated) // 8
+
+
+def _slice(path: Path, header) -> Slice:
+    """One slice of the series, checked whole."""
+    if "PixelData" not in header:
+        raise PixelError("slice has no pixel data (the file is truncated)", path)
+    declared, stored = _pixel_bytes(header), len(header.PixelData)
+    if declared is not None and stored < declared:
+        raise PixelError(
+            f"slice holds {stored} bytes of pixel data, its header declares {declared} "
+            f"(the file is truncated)",
+            path,
+        )
+    try:
+        orientation = tuple(float(v) for v in header.ImageOrientationPatient)
+        normal = np.cross(orientation[:3], orientation[3:])
+        position = float(np.dot([float(v) for v in header.ImagePositionPatient], normal))
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise PixelError("slice has no ImagePositionPatient/ImageOrientationPatient", path) from exc
+    return Slice(path, orientation, position)
+
+
+def check_series(folder: Path, files: list[str], series: str) -> None:
+    """Prove the series `files` (GDCM's, of `folder`) is every slice and evenly spaced."""
+    listed = {Path(f).name for f in files}
+    for path in sorted(folder.iterdir()):
+        if path.name in listed or path.name.startswith(".") or not path.is_file():
+            continue
+        header = _header(path)
+        if header is None or str(header.get("SOPClassUID", "")) in OTHER_KINDS:
+            continue  # not a slice: notes, a DICOMDIR, a DICOM-SEG
+        if str(header.get("SeriesInstanceUID", "")) == series:
+            _slice(path, header)  # its own reason, where it has one
+        raise PixelError("DICOM file the series reader cannot read (corrupt or truncated)", path)
+    slices = []
+    for name in files:
+        path = Path(name)
+        header = _header(path)
+        if header is None:
+            raise PixelError("not a DICOM file, though its series reader listed it", path)
+        slices.append(_slice(path, header))
+    for found in slices:
+        if not np.allclose(found.orientation, slices[0].orientation, atol=1e-4):
+            raise PixelError(
+                f"slice orientation {found.orientation} differs from "
+                f"{slices[0].path.name}'s {slices[0].orientation}",
+                found.path,
+            )
+    check_spacing(sorted(slices, key=lambda s: s.position))
+
+
+def check_spacing(slices: list[Slice]) -> None:
+    """Distinct positions at one even spacing (a gap is a missing or unreadable slice)."""
+    if len(slices) < 2:
+        return
+    gaps = np.diff([s.position for s in slices])
+    spacing = float(np.median(gaps))
+    tolerance = max(POSITION_TOLERANCE_MM, SPACING_TOLERANCE * spacing)
+    for index, gap in enumerate(gaps):
+        before, after = slices[index], slices[index + 1]
+        if gap <= tolerance:
+            raise PixelError(
+                f"{before.path.name} and {after.path.name} lie at the same position "
+                f"({after.position:.3f} mm along the slice normal)",
+                after.path,
+            )
+        if abs(gap - spacing) > tolerance:
+            raise PixelError(
+                f"uneven slice gap: {gap:g} mm between {before.path.name} and "
+                f"{after.path.name} where the series' spacing is {spacing:g} mm (a slice "
+                f"missing or unreadable?)",
+                after.path,
+            )
