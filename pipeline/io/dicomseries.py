@@ -80,8 +80,12 @@ def _slice(path: Path, header) -> Slice:
 def check_series(folder: Path, files: list[str], series: str) -> None:
     """Prove the series `files` (GDCM's, of `folder`) is every slice and evenly spaced."""
     listed = {Path(f).name for f in files}
-    for path in sorted(folder.iterdir()):
-        if path.name in listed or path.name.startswith(".") or not path.is_file():
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    for path in entries:  # first: GDCM's listing leaves out more than a dangling link
+        if path.is_symlink() and not path.exists():
+            raise PixelError("symbolic link that leads to no file (dangling or a loop)", path)
+    for path in entries:
+        if path.name in listed or not path.is_file():
             continue
         header = _header(path)
         if header is None or str(header.get("SOPClassUID", "")) in OTHER_KINDS:

@@ -27,7 +27,7 @@ from ..geometry.slicing import SlicePolicy, VolumeError, VolumeSettings, parse_w
 from ..io.dicomseg import is_seg, segment_labels
 from ..io.display import parse_display, with_projection
 from ..io.volumes import VOLUME_SUFFIXES
-from .base import Case, Discovered, MaskFile, Problem, SourceInfo, stem
+from .base import Case, Discovered, MaskFile, Problem, SourceInfo, broken, stem
 
 KEYS = {
     "name",
@@ -154,14 +154,17 @@ def load_spec(spec_path: Path) -> SourceInfo:
         if not data_root.is_dir():
             raise SpecError(f"data root {data_root} is not a folder (spec {spec_path})")
         want_dirs = volume is not None and images_glob.endswith("/")
-        images = sorted(
+        matched = sorted(
             p
             for p in data_root.glob(images_glob.rstrip("/") if want_dirs else images_glob)
-            if (p.is_dir() if want_dirs else p.is_file())
-            and not any(fnmatch(p.name, pattern) for pattern in exclude)
+            if not any(fnmatch(p.name, pattern) for pattern in exclude)
         )
+        images = [p for p in matched if (p.is_dir() if want_dirs else p.is_file())]
         if not images:
             raise SpecError(f"data root {data_root} has no file matching images: {images_glob!r}")
+        for path in matched:
+            if path.is_symlink() and not path.exists():  # a dangling link or a link loop
+                yield broken(name, path, stem(path))
         used: set[Path] = set()
         for image in images:
             case = _case(data_root, image)
@@ -191,7 +194,9 @@ def load_spec(spec_path: Path) -> SourceInfo:
         patient = stem(image)
         if patient_regex:
             match = re.search(
-                patient_regex.replace("{stem}", re.escape(stem(image))), relative.as_posix()
+                patient_regex.replace("{stem}", re.escape(stem(image))),
+                relative.as_posix(),
+                re.DOTALL,  # a file name may hold a newline
             )
             if match is None:
                 return Problem(
@@ -200,7 +205,7 @@ def load_spec(spec_path: Path) -> SourceInfo:
             patient = match["patient_id"]
         split = None
         if split_regex:
-            match = re.search(split_regex, relative.as_posix())
+            match = re.search(split_regex, relative.as_posix(), re.DOTALL)
             word = match["split"].lower() if match else None
             split = _SPLIT_WORDS.get(word) if word else None
             if match and split is None:
@@ -238,7 +243,9 @@ def load_spec(spec_path: Path) -> SourceInfo:
     def _target(image: Path, mask: Path) -> str | None:
         if target_regex:
             pattern = target_regex.replace("{stem}", re.escape(stem(image)))
-            match = re.fullmatch(pattern, stem(mask)) or re.search(pattern, stem(mask))
+            match = re.fullmatch(pattern, stem(mask), re.DOTALL) or re.search(
+                pattern, stem(mask), re.DOTALL
+            )
             if match is None:
                 return None
             found = match["target"].replace("_", " ").strip()

@@ -1,0 +1,172 @@
+"""A volume is read only when its file, or every slice of its series, was read whole.
+
+Generated damage: a .nii.gz cut short, a valid gzip of half a NIfTI, a .nii cut short or
+too long, NaN voxels (which ITK's NIfTI reader turns to 0); a DICOM series with a slice
+truncated, removed, duplicated or replaced by a dangling link, and the real DICOM-SEG
+sample with one of its slices cut short.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+sitk = pytest.importorskip("SimpleITK")
+
+import phantoms  # noqa: E402
+
+from pipeline.build.cases import SourceMeta  # noqa: E402
+from pipeline.build.extract import extract_case  # noqa: E402
+from pipeline.io.images import PixelError  # noqa: E402
+from pipeline.io.volumes import read_labels, read_volume  # noqa: E402
+from pipeline.sources.spec import load_spec  # noqa: E402
+
+DCMQI = Path(__file__).resolve().parents[2].parent / "shared" / "real_samples" / "ct"
+DCMQI = DCMQI / "dcmqi_ct3slice_dicomseg"
+
+
+def _nifti(tmp_path: Path, array: np.ndarray | None = None) -> Path:
+    image, _ = phantoms.phantom_arrays()
+    return phantoms.write(phantoms.to_image(image if array is None else array), tmp_path / "a.nii")
+
+
+def _damaged(tmp_path: Path, name: str, data: bytes) -> Path:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+def test_a_nifti_that_is_not_whole_is_refused_with_the_reason(tmp_path: Path) -> None:
+    raw = _nifti(tmp_path).read_bytes()
+    packed = gzip.compress(raw)
+    cases = {
+        "cut.nii.gz": (packed[: len(packed) // 2], "gzip stream cut short"),
+        "half.nii.gz": (gzip.compress(raw[: len(raw) // 2]), "decompressed size is 103856 bytes"),
+        "cut.nii": (raw[:-1], "size is 207711 bytes, its header declares 207712"),
+        "long.nii": (raw + bytes(8), "size is 207720 bytes, its header declares 207712"),
+        "crc.nii.gz": (packed[:-8] + bytes(8), "corrupt gzip stream"),
+        "empty.nii": (b"", "empty file"),
+        "text.nii": (b"not a volume" * 50, "not a NIfTI file"),
+    }
+    for name, (data, reason) in cases.items():
+        path = _damaged(tmp_path, name, data)
+        with pytest.raises(PixelError, match=reason) as caught:
+            read_volume(path)
+        assert caught.value.path == path and str(path) not in caught.value.problem
+    assert read_volume(_damaged(tmp_path, "whole.nii.gz", packed)).GetSize() == (72, 60, 24)
+
+
+def test_a_truncated_label_map_names_the_label_file(tmp_path: Path) -> None:
+    image, labels = phantoms.phantom_arrays()
+    reference = read_volume(phantoms.write(phantoms.to_image(image), tmp_path / "i.nii.gz"))
+    packed = phantoms.write(phantoms.to_image(labels), tmp_path / "l.nii.gz").read_bytes()
+    cut = _damaged(tmp_path, "l.nii.gz", packed[: len(packed) - 40])
+    with pytest.raises(PixelError, match="gzip stream cut short") as caught:
+        read_labels(cut, reference, tmp_path / "i.nii.gz")
+    assert caught.value.path == cut
+
+
+def test_nan_voxels_stay_nan_and_are_drawn_black(tmp_path: Path) -> None:
+    image, labels = phantoms.phantom_arrays()
+    values = image.astype(np.float32) - 1000  # a CT in HU: air -1000, the body -600
+    values[:, :8, :] = np.nan  # the first 8 rows (posterior... stored first) undefined
+    values[0, 0, 0] = np.inf
+    phantoms.write(phantoms.to_image(values), tmp_path / "images" / "p1.nii.gz")
+    phantoms.write(phantoms.to_image(labels), tmp_path / "labels" / "p1.nii.gz")
+    read = sitk.GetArrayFromImage(read_volume(tmp_path / "images" / "p1.nii.gz"))
+    assert np.array_equal(~np.isfinite(read), ~np.isfinite(values))
+    assert np.array_equal(read[np.isfinite(read)], values[np.isfinite(values)])
+
+    spec = tmp_path / "ct.yaml"
+    spec.write_text(
+        "name: ct\nmodality: ct\nimages: images/*.nii.gz\nmasks: labels/{name}\n"
+        "labels: {1: lesion}\nwindow: lung\nslices: {mode: largest, k: 1}\n"
+    )
+    source = load_spec(spec)
+    (case,) = [c for c in source.discover(tmp_path) if hasattr(c, "masks")]
+    (extracted,) = extract_case(case, SourceMeta.of(source))
+    grey = np.asarray(Image.open(io.BytesIO(extracted.image_bytes)))
+    # Anterior is at the top of an axial slice: the NaN rows (low y = anterior in LPS) are
+    # the top rows, resampled to square pixels (2.2 mm rows -> 2 mm).
+    assert grey[:8].max() == 0  # black, where 0 HU would be light grey in a lung window
+    assert grey[12:].max() > 0
+
+
+def _series(tmp_path: Path, name: str = "series") -> Path:
+    image, _ = phantoms.phantom_arrays()
+    return phantoms.write_dicom_series(phantoms.to_image(image), tmp_path / name, "CT")
+
+
+def _slice_file(folder: Path, k: int) -> Path:
+    """The file of slice k (files are named in reverse slice order)."""
+    return folder / f"slice_{len(list(folder.glob('slice_*.dcm'))) - k:03d}.dcm"
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        ("truncate_pixels", "holds .* bytes of pixel data, its header declares 8640"),
+        ("truncate_header", "series reader cannot read"),
+        ("remove", r"uneven slice gap: 8 mm between .* spacing is 4 mm"),
+        ("duplicate", "lie at the same position"),
+        ("dangling_link", "symbolic link that leads to no file"),
+    ],
+)
+def test_a_series_with_a_bad_or_missing_slice_names_the_file(
+    tmp_path: Path, damage: str, reason: str
+) -> None:
+    folder = _series(tmp_path)
+    bad = _slice_file(folder, 10)
+    data = bad.read_bytes()
+    if damage == "truncate_pixels":
+        bad.write_bytes(data[: len(data) - 4000])
+    elif damage == "truncate_header":
+        bad.write_bytes(data[:300])
+    elif damage == "remove":
+        bad.unlink()
+        bad = _slice_file(folder, 10)  # the slice after the gap
+    elif damage == "duplicate":
+        bad = folder / "zz_copy.dcm"
+        bad.write_bytes(data)
+    else:
+        bad.unlink()
+        bad.symlink_to("gone.dcm")
+    with pytest.raises(PixelError, match=reason) as caught:
+        read_volume(folder)
+    assert caught.value.path == bad
+
+
+def test_a_series_with_notes_beside_it_reads_as_before(tmp_path: Path) -> None:
+    folder = _series(tmp_path)
+    before = read_volume(folder)
+    (folder / "notes.txt").write_text("acquired 2020")
+    (folder / ".DS_Store").write_bytes(b"\0\1")
+    after = read_volume(folder)
+    assert after.GetSpacing() == before.GetSpacing() == phantoms.SPACING
+    assert np.array_equal(sitk.GetArrayViewFromImage(after), sitk.GetArrayViewFromImage(before))
+
+
+@pytest.mark.skipif(not DCMQI.is_dir(), reason="../shared/real_samples not found")
+def test_a_dicom_seg_case_with_a_cut_slice_names_the_slice(tmp_path: Path) -> None:
+    series = tmp_path / "ct-3slice"
+    shutil.copytree(DCMQI / "ct-3slice", series)
+    shutil.copy(DCMQI / "liver.dcm", tmp_path / "liver.dcm")
+    for path in (series, *series.iterdir()):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    middle = series / "02.dcm"
+    middle.write_bytes(middle.read_bytes()[:-1000])
+    spec = tmp_path / "seg.yaml"
+    spec.write_text(
+        "name: seg\nmodality: ct\nimages: ct-3slice/\nmasks: liver.dcm\nwindow: abdomen\n"
+    )
+    source = load_spec(spec)
+    (case,) = [c for c in source.discover(tmp_path) if hasattr(c, "masks")]
+    with pytest.raises(PixelError, match="02.dcm: slice holds") as caught:
+        extract_case(case, SourceMeta.of(source))
+    assert caught.value.path == middle
