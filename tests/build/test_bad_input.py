@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -217,3 +218,77 @@ def test_a_patient_or_image_in_two_splits_fails_validation(tmp_path: Path) -> No
     assert f"patient leakage: {patient} is in ['train', 'validation']" in result.violations
     image = train["image_id"][:16]
     assert f"identical image {image} is in ['train', 'validation']" in result.violations
+
+
+def _errors(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
+
+
+def test_reasons_are_the_same_every_run_and_name_the_bad_file(
+    broken: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No object address, no path of this machine; a bad mask is reported as the mask."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 6000)  # 80x64 pass, over twice that: a bomb
+    Image.new("L", (200, 100)).save(broken / "masks" / "demo00004.jpg")  # a decompression bomb
+    runs = []
+    for name in ("first", "second"):
+        build(_config(broken, tmp_path / name))
+        runs.append((tmp_path / name / "errors.jsonl").read_text())
+    assert runs[0] == runs[1]
+    assert str(tmp_path) not in runs[0] and not re.search("0x[0-9a-fA-F]{6}", runs[0])
+    by_file = {e["file"]: e for e in _errors(tmp_path / "first")}
+    assert by_file["images/demo00001.jpg"]["reason"] == (
+        "cannot decode image (not a known image format)"
+    )
+    bomb = by_file["masks/demo00004.jpg"]
+    assert (bomb["case_id"], bomb["status"]) == ("demo00004", "failed")
+    assert "decompression bomb" in bomb["reason"]
+
+
+def test_links_that_lead_nowhere_are_counted_and_reported(tmp_path: Path) -> None:
+    folder = write_kvasir(tmp_path, 3, size=(80, 64))
+    (folder / "images" / "loop.jpg").symlink_to("loop.jpg")
+    (folder / "images" / "gone.jpg").symlink_to("nowhere.jpg")
+    (folder / "masks" / "demo00001.jpg").unlink()
+    (folder / "masks" / "demo00001.jpg").symlink_to("../masks/demo00001.jpg")
+    (folder / "images" / "elsewhere.jpg").symlink_to(folder / "images" / "demo00002.jpg")
+    (folder / "masks" / "elsewhere.jpg").symlink_to(folder / "masks" / "demo00002.jpg")
+    out = tmp_path / "out"
+    counts = build(_config(folder, out)).sources["kvasir_seg"]
+    by_file = {e["file"]: e["reason"] for e in _errors(out)}
+    assert by_file == {
+        "images/gone.jpg": "dangling symbolic link (its target does not exist)",
+        "images/loop.jpg": "symbolic link loop (following it never reaches a file)",
+        "masks/demo00001.jpg": "symbolic link loop (following it never reaches a file)",
+        "images/demo00001.jpg": "image has no mask",
+        # a link to a file is followed: the same image as demo00002, left out as such
+        "images/elsewhere.jpg": "identical image already converted as kvasir_seg/demo00002",
+    }
+    assert (counts.discovered, counts.converted, counts.skipped) == (7, 2, 5)
+
+
+def test_a_covid_folder_reached_through_a_link_loop_is_walked_once(tmp_path: Path) -> None:
+    from pipeline.sources.base import walk
+
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "b" / "up").symlink_to("../..")
+    (tmp_path / "a" / "self").symlink_to("self")
+    (tmp_path / "link").symlink_to("a")
+    assert [p.relative_to(tmp_path).as_posix() for p in walk(tmp_path)] == [".", "a", "a/b"]
+
+
+def test_a_newline_in_a_file_name_keeps_its_pair(tmp_path: Path) -> None:
+    from pipeline.demo import write_busi
+
+    folder = write_busi(tmp_path, 2, size=(60, 40))
+    for path in sorted((folder / "benign").iterdir()):
+        path.rename(path.with_name(path.name.replace("benign ", "benign\nscan ")))
+    found = list(REGISTRY["busi"].discover(folder))
+    assert [(type(f).__name__, f.case_id) for f in found] == [
+        ("Case", "benign\nscan (1)"),
+        ("Case", "malignant (2)"),
+    ]
+    assert [m.path.name for m in found[0].masks] == [
+        "benign\nscan (1)_mask.png",
+        "benign\nscan (1)_mask_1.png",
+    ]
