@@ -16,6 +16,7 @@ from pipeline.build.run import BuildConfig, BuildError, SourceRequest, build
 from pipeline.checks.folder import validate
 from pipeline.demo import write_kvasir
 from pipeline.sources import REGISTRY
+from pipeline.sources.spec import load_spec
 
 
 @pytest.fixture()
@@ -292,3 +293,50 @@ def test_a_newline_in_a_file_name_keeps_its_pair(tmp_path: Path) -> None:
         "benign\nscan (1)_mask.png",
         "benign\nscan (1)_mask_1.png",
     ]
+
+
+def test_slices_shared_by_two_series_are_left_out_and_reported(tmp_path: Path) -> None:
+    """Like identical images: each slice identical to one converted before is left out
+    (reported with its slice), a series whose every slice was converted is skipped."""
+    pytest.importorskip("SimpleITK")
+    import phantoms
+    import pyarrow.parquet as pq
+
+    image, labels = phantoms.phantom_arrays()
+    hu = (image - 200).astype(np.int16)  # the body at 200 HU: grey in the abdomen window
+    changed = hu.copy()
+    changed[17:] += 20  # p2 shares p1's slices below 17 (the lesion spans 13..20)
+    for name, volume in (("p1", hu), ("p2", changed), ("p3", hu)):
+        phantoms.write(phantoms.to_image(volume), tmp_path / "images" / f"{name}.nii.gz")
+        phantoms.write(phantoms.to_image(labels), tmp_path / "labels" / f"{name}.nii.gz")
+    spec = tmp_path / "ct.yaml"
+    spec.write_text(
+        "name: ct\nmodality: ct\nimages: images/*.nii.gz\nmasks: labels/{name}\n"
+        "labels: {1: lesion}\nwindow: abdomen\nslices: {mode: all, negatives: 0}\n"
+    )
+    out = tmp_path / "out"
+    summary = build(BuildConfig((SourceRequest(load_spec(spec), tmp_path),), out, progress=False))
+    counts = summary.sources["ct"]
+    assert (counts.converted, counts.skipped) == (2, 1)
+    errors = _errors(out)
+    assert errors[-1] == {
+        "source": "ct",
+        "case_id": "images/p3",
+        "file": "images/p3.nii.gz",
+        "status": "skipped",
+        "reason": "identical image already converted as ct/images/p1",
+    }
+    shared = [e for e in errors if e["case_id"] == "images/p2"]
+    assert [e["slice_index"] for e in shared] == [13, 14, 15, 16]
+    assert {(e["slice_axis"], e["status"], e["reason"]) for e in shared} == {
+        ("axial", "skipped", "identical image already converted as ct/images/p1")
+    }
+    rows = [r for s in sorted((out / "data").glob("*.parquet")) for r in pq.read_table(
+        s, columns=["case_id", "image_id", "slice_index"]).to_pylist()]  # fmt: skip
+    p2 = sorted({r["slice_index"] for r in rows if r["case_id"] == "images/p2"})
+    assert p2 == [17, 18, 19, 20]
+    cases_of: dict[str, set[str]] = {}
+    for row in rows:
+        cases_of.setdefault(row["image_id"], set()).add(row["case_id"])
+    assert all(len(cases) == 1 for cases in cases_of.values())
+    assert validate(out).ok
