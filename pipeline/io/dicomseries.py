@@ -57,8 +57,8 @@ def _pixel_bytes(header) -> int | None:
     return values * int(header.get("NumberOfFrames", 1) or 1) * int(header.BitsAllocated) // 8
 
 
-def _slice(path: Path, header) -> Slice:
-    """One slice of the series, checked whole."""
+def _check_pixels(path: Path, header) -> None:
+    """A slice must hold all of the pixel data its header declares."""
     if "PixelData" not in header:
         raise PixelError("slice has no pixel data (the file is truncated)", path)
     declared, stored = _pixel_bytes(header), len(header.PixelData)
@@ -68,6 +68,10 @@ def _slice(path: Path, header) -> Slice:
             f"(the file is truncated)",
             path,
         )
+
+
+def _placed(path: Path, header) -> Slice:
+    """A slice with its orientation and its position along its normal."""
     try:
         orientation = tuple(float(v) for v in header.ImageOrientationPatient)
         normal = np.cross(orientation[:3], orientation[3:])
@@ -75,6 +79,20 @@ def _slice(path: Path, header) -> Slice:
     except (AttributeError, TypeError, ValueError) as exc:
         raise PixelError("slice has no ImagePositionPatient/ImageOrientationPatient", path) from exc
     return Slice(path, orientation, position)
+
+
+def _check_unlisted(path: Path, series: str) -> None:
+    """A file of the folder that is not in the series: fine unless it is DICOM that could be
+    one of its slices (an image, a file of this series, or one cut before its series UID)."""
+    header = _header(path)
+    if header is None or str(header.get("SOPClassUID", "")) in OTHER_KINDS:
+        return  # not a slice: notes, a DICOMDIR, a DICOM-SEG
+    uid = header.get("SeriesInstanceUID")
+    if uid is not None and str(uid) != series and "Rows" not in header:
+        return  # a whole object of its own series without pixels (a report, a state)
+    if str(uid) == series:
+        _check_pixels(path, header)  # its own reason, where it has one
+    raise PixelError("DICOM file the series reader cannot read (corrupt or truncated)", path)
 
 
 def check_series(folder: Path, files: list[str], series: str) -> None:
@@ -85,21 +103,17 @@ def check_series(folder: Path, files: list[str], series: str) -> None:
         if path.is_symlink() and not path.exists():
             raise PixelError("symbolic link that leads to no file (dangling or a loop)", path)
     for path in entries:
-        if path.name in listed or not path.is_file():
-            continue
-        header = _header(path)
-        if header is None or str(header.get("SOPClassUID", "")) in OTHER_KINDS:
-            continue  # not a slice: notes, a DICOMDIR, a DICOM-SEG
-        if str(header.get("SeriesInstanceUID", "")) == series:
-            _slice(path, header)  # its own reason, where it has one
-        raise PixelError("DICOM file the series reader cannot read (corrupt or truncated)", path)
+        if path.name not in listed and path.is_file():
+            _check_unlisted(path, series)
     slices = []
     for name in files:
         path = Path(name)
         header = _header(path)
         if header is None:
             raise PixelError("not a DICOM file, though its series reader listed it", path)
-        slices.append(_slice(path, header))
+        _check_pixels(path, header)
+        if len(files) > 1:  # one file (a multi-frame object) places its own frames
+            slices.append(_placed(path, header))
     for found in slices:
         if not np.allclose(found.orientation, slices[0].orientation, atol=1e-4):
             raise PixelError(

@@ -170,3 +170,24 @@ def test_a_dicom_seg_case_with_a_cut_slice_names_the_slice(tmp_path: Path) -> No
     with pytest.raises(PixelError, match="02.dcm: slice holds") as caught:
         extract_case(case, SourceMeta.of(source))
     assert caught.value.path == middle
+
+
+def test_a_report_of_its_own_series_beside_the_slices_is_not_a_slice(tmp_path: Path) -> None:
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    folder = _series(tmp_path)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"  # Basic Text SR
+    meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.2.1125.9.1"
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    report = Dataset()
+    report.file_meta = meta
+    report.SOPClassUID, report.SOPInstanceUID = (
+        meta.MediaStorageSOPClassUID,
+        "1.2.826.0.1.3680043.2.1125.9.1",
+    )
+    report.SeriesInstanceUID, report.Modality = "1.2.826.0.1.3680043.2.1125.9", "SR"
+    pydicom.dcmwrite(folder / "report.dcm", report, enforce_file_format=True)
+    assert read_volume(folder).GetSize() == (72, 60, 24)
