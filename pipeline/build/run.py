@@ -467,6 +467,9 @@ def _assemble(
                 reason = f"identical image already converted as {first}"
                 records.add(request, "skipped", case.case_id, case.image, reason)
                 continue
+            axis = outcome.images[0][0]
+            for index, reason in outcome.left_out:
+                records.add(request, "skipped", case.case_id, case.image, reason, (axis, index))
             for axis, index, image_id in outcome.images:
                 if image_id in earlier:
                     reason = f"identical image already converted as {earlier[image_id]}"

@@ -87,6 +87,7 @@ class CaseOutcome:
     # Each image of a converted case (slice axis, slice index, content id): what an image
     # identical to one converted before is found by, a slice at a time.
     images: tuple[tuple[str | None, int | None, str], ...] = ()
+    left_out: tuple[tuple[int, str], ...] = ()  # slices of a converted case not written
 
 
 @dataclass(frozen=True)
@@ -188,7 +189,8 @@ def extract_batch(job: ExtractJob) -> ExtractResult:
             else:
                 payload.add(images)
                 each = tuple((i.slice_axis, i.slice_index, i.image_id) for i in images)
-                outcomes.append(CaseOutcome(case.case_id, "converted", images=each))
+                left = images[0].left_out
+                outcomes.append(CaseOutcome(case.case_id, "converted", images=each, left_out=left))
                 continue
             payload.add(None)
     result = ExtractResult(key, payload.path, tuple(outcomes), job.reusable)

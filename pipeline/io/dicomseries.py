@@ -95,16 +95,43 @@ def _check_unlisted(path: Path, series: str) -> None:
     raise PixelError("DICOM file the series reader cannot read (corrupt or truncated)", path)
 
 
-def check_series(folder: Path, files: list[str], series: str) -> None:
-    """Prove the series `files` (GDCM's, of `folder`) is every slice and evenly spaced."""
+@dataclass(frozen=True)
+class Gaps:
+    """Where a series allowed to have gaps (`slice_gaps: allow`) has no slice.
+
+    Its slices lie on an even grid of `size` positions: `grid` is the grid index of each
+    file, in the series reader's order; `missing` the indices without a slice, each with
+    why (the gap, and the files that could not be read).
+    """
+
+    grid: tuple[int, ...]
+    size: int
+    spacing: float  # mm between grid positions: from the first slice to the last, evenly
+    missing: tuple[tuple[int, str], ...]
+
+
+def check_series(
+    folder: Path, files: list[str], series: str, allow_gaps: bool = False
+) -> Gaps | None:
+    """Prove the series `files` (GDCM's, of `folder`) is every slice and evenly spaced.
+
+    With `allow_gaps`, slices that are missing or cannot be read may leave gaps that are
+    whole multiples of the spacing: returned as Gaps (None: the series is whole).
+    """
     listed = {Path(f).name for f in files}
     entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
     for path in entries:  # first: GDCM's listing leaves out more than a dangling link
         if path.is_symlink() and not path.exists():
             raise PixelError("symbolic link that leads to no file (dangling or a loop)", path)
+    unreadable = []
     for path in entries:
         if path.name not in listed and path.is_file():
-            _check_unlisted(path, series)
+            try:
+                _check_unlisted(path, series)
+            except PixelError:
+                if not allow_gaps:
+                    raise
+                unreadable.append(path.name)
     slices = []
     for name in files:
         path = Path(name)
@@ -121,17 +148,31 @@ def check_series(folder: Path, files: list[str], series: str) -> None:
                 f"{slices[0].path.name}'s {slices[0].orientation}",
                 found.path,
             )
-    check_spacing(sorted(slices, key=lambda s: s.position))
+    gaps = check_spacing(sorted(slices, key=lambda s: s.position), allow_gaps)
+    if not allow_gaps or (not gaps and not unreadable):
+        return None
+    if not gaps:  # nothing missing between the ends: an unreadable file beyond them
+        raise PixelError(
+            f"unreadable DICOM file(s) {', '.join(unreadable)} that leave no gap in the "
+            f"series (beyond its ends?)",
+            folder / unreadable[0],
+        )
+    return _grid(slices, gaps, unreadable)
 
 
-def check_spacing(slices: list[Slice]) -> None:
-    """Distinct positions at one even spacing (a gap is a missing or unreadable slice)."""
+def check_spacing(slices: list[Slice], allow_gaps: bool = False) -> list[tuple[int, float]]:
+    """Distinct positions at one even spacing (a gap is a missing or unreadable slice).
+
+    With `allow_gaps`, a gap of a whole multiple of the spacing is returned, as (the index
+    of the slice before it, its size in mm), instead of an error.
+    """
     if len(slices) < 2:
-        return
-    gaps = np.diff([s.position for s in slices])
-    spacing = float(np.median(gaps))
+        return []
+    steps = np.diff([s.position for s in slices])
+    spacing = float(np.median(steps))
     tolerance = max(POSITION_TOLERANCE_MM, SPACING_TOLERANCE * spacing)
-    for index, gap in enumerate(gaps):
+    gaps = []
+    for index, gap in enumerate(steps):
         before, after = slices[index], slices[index + 1]
         if gap <= tolerance:
             raise PixelError(
@@ -139,10 +180,39 @@ def check_spacing(slices: list[Slice]) -> None:
                 f"({after.position:.3f} mm along the slice normal)",
                 after.path,
             )
-        if abs(gap - spacing) > tolerance:
+        if abs(gap - spacing) <= tolerance:
+            continue
+        whole = round(gap / spacing)
+        if not allow_gaps or abs(gap - whole * spacing) > tolerance:
             raise PixelError(
                 f"uneven slice gap: {gap:g} mm between {before.path.name} and "
                 f"{after.path.name} where the series' spacing is {spacing:g} mm (a slice "
-                f"missing or unreadable?)",
+                f"missing or unreadable?"
+                + (")" if not allow_gaps else "; not a whole number of slices)"),
                 after.path,
             )
+        gaps.append((index, float(gap)))
+    return gaps
+
+
+def _grid(slices: list[Slice], gaps: list[tuple[int, float]], unreadable: list[str]) -> Gaps:
+    """The grid of a series with gaps (`slices` in the reader's order)."""
+    ordered = sorted(slices, key=lambda s: s.position)
+    spacing = float(np.median(np.diff([s.position for s in ordered])))
+    first = ordered[0].position
+    rank = {s.path: round((s.position - first) / spacing) for s in ordered}
+    size = rank[ordered[-1].path] + 1
+    descending = slices[0].position > slices[-1].position  # the reader's order
+    grid = tuple(size - 1 - rank[s.path] if descending else rank[s.path] for s in slices)
+    extra = f"; unreadable: {', '.join(unreadable)}" if unreadable else ""
+    missing = []
+    for index, gap in gaps:
+        before, after = ordered[index], ordered[index + 1]
+        why = (
+            f"no slice here: the series jumps {gap:g} mm from {before.path.name} to "
+            f"{after.path.name}, its spacing is {spacing:g} mm{extra} (slice_gaps: allow)"
+        )
+        for k in range(rank[before.path] + 1, rank[after.path]):
+            missing.append((size - 1 - k if descending else k, why))
+    span = ordered[-1].position - first
+    return Gaps(grid, size, span / (size - 1), tuple(sorted(missing)))

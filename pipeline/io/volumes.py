@@ -13,18 +13,20 @@ spacing taken from those positions, never from SliceThickness).
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import numpy as np
 
 from .dicomseg import is_seg, read_seg
-from .dicomseries import check_series
+from .dicomseries import Gaps, check_series
 from .images import PixelError
 from .nifti import NiftiError, check_nifti
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+MISSING_SLICES = "mmrs_missing_slices"  # metadata key of a series read with gaps
 # Two grids are the same when origins and spacings agree to this (mm) and directions to
 # this (cosine); a label map on another grid is resampled onto the image only when its
 # physical box lies within the image's box widened by one voxel.
@@ -50,7 +52,7 @@ def is_volume(path: Path) -> bool:
     return path.is_dir() or name.endswith(VOLUME_SUFFIXES) or name.endswith(".dcm")
 
 
-def _series_files(folder: Path) -> list[str]:
+def _series_files(folder: Path, allow_gaps: bool = False) -> tuple[list[str], Gaps | None]:
     sitk = _sitk()
     series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     if not series:
@@ -61,8 +63,7 @@ def _series_files(folder: Path) -> list[str]:
             folder,
         )
     files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0]))
-    check_series(folder, files, series[0])
-    return files
+    return files, check_series(folder, files, series[0], allow_gaps)
 
 
 def itk_reason(exc: RuntimeError, path: Path) -> str:
@@ -79,19 +80,24 @@ def itk_reason(exc: RuntimeError, path: Path) -> str:
     return lines[-1] if lines else "unreadable"
 
 
-def read_volume(path: Path, channel: int | None = None):
+def read_volume(path: Path, channel: int | None = None, allow_gaps: bool = False):
     """A 3D scalar SimpleITK image from a file or a DICOM series folder.
 
     A 4D volume (or one with several components per voxel) needs `channel`; without it
-    that is an error naming the file, never a silent choice.
+    that is an error naming the file, never a silent choice. A series with gaps is an
+    error unless `allow_gaps`: its slices are then placed on their even grid, the missing
+    ones all NaN, and `missing_slices` of the image says where and why.
     """
     sitk = _sitk()
     non_finite = None
     try:
         if path.is_dir():
+            files, gaps = _series_files(path, allow_gaps)
             reader = sitk.ImageSeriesReader()
-            reader.SetFileNames(_series_files(path))
+            reader.SetFileNames(files)
             image = reader.Execute()
+            if gaps is not None:
+                image = _on_grid(image, gaps)
         else:
             if path.name.lower().endswith(NIFTI_SUFFIXES):
                 non_finite = check_nifti(path)
@@ -136,6 +142,29 @@ def _with_nan(image, non_finite: np.ndarray):
     for key in image.GetMetaDataKeys():  # the header's codes (in_scanner_coordinates)
         restored.SetMetaData(key, image.GetMetaData(key))
     return restored
+
+
+def _on_grid(image, gaps: Gaps):
+    """A series read with gaps, its slices placed on their even grid (missing ones NaN)."""
+    sitk = _sitk()
+    values = sitk.GetArrayViewFromImage(image)  # [slice, y, x] in the reader's order
+    full = np.full((gaps.size, *values.shape[1:]), np.nan, dtype=np.float32)
+    full[list(gaps.grid)] = values
+    placed = sitk.GetImageFromArray(full)
+    placed.SetOrigin(image.GetOrigin())  # the first file's position, as the reader's
+    placed.SetDirection(image.GetDirection())
+    placed.SetSpacing((*image.GetSpacing()[:2], gaps.spacing))
+    for key in image.GetMetaDataKeys():
+        placed.SetMetaData(key, image.GetMetaData(key))
+    placed.SetMetaData(MISSING_SLICES, json.dumps(gaps.missing))
+    return placed
+
+
+def missing_slices(image) -> tuple[tuple[int, str], ...]:
+    """The slices a series read with gaps lacks: (index along its own axis, why)."""
+    if not image.HasMetaDataKey(MISSING_SLICES):
+        return ()
+    return tuple((int(k), str(why)) for k, why in json.loads(image.GetMetaData(MISSING_SLICES)))
 
 
 def in_scanner_coordinates(path: Path, image) -> bool:

@@ -8,7 +8,8 @@ Keys (see README.md, "Adding a dataset"):
   radiograph's: pa, ap or lateral) and display_names ({structure: name in the text}).
 Volumes (images ending .nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd, or a glob ending in "/"
 for DICOM series folders) take the same keys, no display (volumes carry their geometry),
-and window, slice_axis, slices ({mode, k, stride, min_pixels, negatives}) and channel.
+and window, slice_axis, slices ({mode, k, stride, min_pixels, negatives}), channel and
+slice_gaps (refuse, or allow: a DICOM series with missing slices converts, each reported).
 """
 
 from __future__ import annotations
@@ -52,8 +53,9 @@ KEYS = {
     "slice_axis",
     "slices",
     "channel",
+    "slice_gaps",
 }
-VOLUME_KEYS = ("window", "slice_axis", "slices", "channel")
+VOLUME_KEYS = ("window", "slice_axis", "slices", "channel", "slice_gaps")
 REQUIRED = ("name", "modality", "images", "masks")
 _SPLIT_WORDS = {
     "train": "train",
@@ -291,6 +293,9 @@ def _volume_settings(spec_path: Path, spec: dict) -> VolumeSettings | None:
                 f"{', '.join(VOLUME_SUFFIXES)}, or a glob ending in / for DICOM folders)"
             )
         return None
+    gaps = spec.get("slice_gaps", "refuse")
+    if gaps not in ("refuse", "allow"):
+        raise SpecError(f"{spec_path}: slice_gaps must be refuse or allow, got {gaps!r}")
     slices = spec.get("slices") or {}
     if not isinstance(slices, dict):
         raise SpecError(f"{spec_path}: slices must be a mapping (mode, k, stride, min_pixels)")
@@ -309,6 +314,7 @@ def _volume_settings(spec_path: Path, spec: dict) -> VolumeSettings | None:
             target_windows=target_windows,
             slices=SlicePolicy(**slices),
             channel=spec.get("channel"),
+            allow_gaps=gaps == "allow",
         )
     except (VolumeError, TypeError) as exc:
         raise SpecError(f"{spec_path}: {exc}") from exc

@@ -191,3 +191,59 @@ def test_a_report_of_its_own_series_beside_the_slices_is_not_a_slice(tmp_path: P
     report.SeriesInstanceUID, report.Modality = "1.2.826.0.1.3680043.2.1125.9", "SR"
     pydicom.dcmwrite(folder / "report.dcm", report, enforce_file_format=True)
     assert read_volume(folder).GetSize() == (72, 60, 24)
+
+
+def test_a_series_with_gaps_converts_when_allowed_with_each_gap_reported(tmp_path: Path) -> None:
+    """slice_gaps: allow places the slices on their grid; the missing ones are never
+    written and are reported; the other slices come out as from the whole series."""
+    import json
+
+    from pipeline.build.cases import CaseError
+    from pipeline.build.run import BuildConfig, SourceRequest, build
+
+    image, labels = phantoms.phantom_arrays()
+    volume = phantoms.to_image((image - 200).astype(np.int16))  # grey in the abdomen window
+    for name in ("whole", "gapped"):
+        phantoms.write_dicom_series(volume, tmp_path / name / "images" / "p1", "CT")
+        phantoms.write(phantoms.to_image(labels), tmp_path / name / "labels" / "p1.nrrd")
+    series = tmp_path / "gapped" / "images" / "p1"
+    for path in [_slice_file(series, k) for k in (15, 16)]:  # the lesion spans 13..20
+        path.unlink()
+    text = (
+        "name: ct\nmodality: ct\nimages: images/*/\nmasks: labels/{name}.nrrd\n"
+        "labels: {1: lesion}\nwindow: abdomen\nslices: {mode: all, negatives: 0}\n"
+    )
+    (tmp_path / "refuse.yaml").write_text(text)
+    (tmp_path / "allow.yaml").write_text(text + "slice_gaps: allow\n")
+    (tmp_path / "coronal.yaml").write_text(text + "slice_gaps: allow\nslice_axis: coronal\n")
+
+    def extract(spec: str, root: str):
+        source = load_spec(tmp_path / spec)
+        (case,) = [c for c in source.discover(tmp_path / root) if hasattr(c, "masks")]
+        return extract_case(case, SourceMeta.of(source))
+
+    whole = {i.slice_index: i for i in extract("refuse.yaml", "whole")}
+    with pytest.raises(PixelError, match="uneven slice gap: 12 mm"):
+        extract("refuse.yaml", "gapped")
+    with pytest.raises(CaseError, match="only its own axial slices can be written"):
+        extract("coronal.yaml", "gapped")
+    gapped = {i.slice_index: i for i in extract("allow.yaml", "gapped")}
+    assert sorted(gapped) == [13, 14, 17, 18, 19, 20] and sorted(whole) == list(range(13, 21))
+    for index, found in gapped.items():
+        assert found.image_bytes == whole[index].image_bytes
+        assert found.spacing_mm == whole[index].spacing_mm
+        assert [t.mask_png for t in found.targets] == [t.mask_png for t in whole[index].targets]
+
+    out = tmp_path / "out"
+    source = load_spec(tmp_path / "allow.yaml")
+    counts = build(
+        BuildConfig((SourceRequest(source, tmp_path / "gapped"),), out, progress=False)
+    ).sources["ct"]
+    assert (counts.converted, counts.skipped, counts.failed) == (1, 0, 0)
+    errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
+    assert [(e["slice_axis"], e["slice_index"], e["status"]) for e in errors] == [
+        ("axial", 15, "skipped"),
+        ("axial", 16, "skipped"),
+    ]
+    assert errors[0]["reason"].startswith("no slice here: the series jumps 12 mm from slice_")
+    assert errors[0]["file"] == "images/p1"
