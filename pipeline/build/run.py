@@ -248,8 +248,10 @@ def _cleaned(reason: str | None, root: Path) -> str | None:
     paths under the data root relative to it and no object addresses."""
     if reason is None:
         return None
-    prefix = root.as_posix().rstrip("/") + "/"
-    return _ADDRESS.sub("", reason.replace(prefix, ""))
+    for folder in dict.fromkeys((root.as_posix(), root.resolve().as_posix())):
+        # the root where a path starts: not inside a longer word or path
+        reason = re.sub(rf"(?<![\w./-]){re.escape(folder.rstrip('/'))}/", "", reason)
+    return _ADDRESS.sub("", reason)
 
 
 def _check_out(config: BuildConfig) -> None:
