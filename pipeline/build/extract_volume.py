@@ -18,6 +18,7 @@ import numpy as np
 
 from ..geometry.slicing import (
     AXIS_OF,
+    Oriented,
     VolumeBody,
     body_threshold,
     display_slice,
@@ -100,7 +101,14 @@ def _asked(case: Case, index: int, masks: dict[str, np.ndarray], negatives: int)
     return present + sorted(absent[:negatives])
 
 
-def _leave_out(case: Case, missing, direction, axis_name: str, oriented, areas) -> None:
+def _leave_out(
+    case: Case,
+    missing: tuple[tuple[int, str], ...],
+    direction: tuple[float, ...],
+    axis_name: str,
+    oriented: Oriented,
+    areas: dict[str, np.ndarray],
+) -> None:
     """A series' missing slices are never chosen (their areas become 0); slices across
     them, along another axis, would show the gaps: refused."""
     # the oriented axis of the series' own slices: the world axis its third index runs along

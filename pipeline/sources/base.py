@@ -169,7 +169,7 @@ def broken(source: str, path: Path, case_id: str | None) -> Problem | None:
 
 
 def _listed(folder: Path, keep: Callable[[str], bool]) -> Files:
-    names, broken = [], []
+    names, unreadable = [], []
     with os.scandir(folder) as entries:
         for entry in entries:
             if not keep(entry.name):
@@ -180,8 +180,8 @@ def _listed(folder: Path, keep: Callable[[str], bool]) -> Files:
                 elif entry.is_symlink():
                     os.stat(entry.path)  # a dangling link raises here; a link to a folder not
             except OSError as exc:
-                broken.append((entry.name, _why_unreadable(exc)))
-    return Files(folder, names, broken)
+                unreadable.append((entry.name, _why_unreadable(exc)))
+    return Files(folder, names, unreadable)
 
 
 def files(folder: Path, pattern: str = "*") -> Files:
