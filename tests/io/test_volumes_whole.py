@@ -60,6 +60,35 @@ def test_a_nifti_that_is_not_whole_is_refused_with_the_reason(tmp_path: Path) ->
             read_volume(path)
         assert caught.value.path == path and str(path) not in caught.value.problem
     assert read_volume(_damaged(tmp_path, "whole.nii.gz", packed)).GetSize() == (72, 60, 24)
+    # Whole data with bytes after the gzip stream (as zlib, ITK's reader, ignores them), in
+    # two gzip members, or with a wrong bitpix (the datatype sizes the voxels): read.
+    for name, data in {
+        "padded.nii.gz": packed + b"trailing bytes",
+        "members.nii.gz": gzip.compress(raw[:1000]) + gzip.compress(raw[1000:]),
+        "bitpix.nii": raw[:72] + (0).to_bytes(2, "little") + raw[74:],
+    }.items():
+        assert read_volume(_damaged(tmp_path, name, data)).GetSize() == (72, 60, 24), name
+
+
+def test_nifti_2_and_big_endian_headers_are_read_as_well(tmp_path: Path) -> None:
+    from pipeline.io.nifti import NiftiError, check_nifti
+
+    nib = pytest.importorskip("nibabel")
+    image = np.arange(4 * 5 * 6, dtype=np.float32).reshape(6, 5, 4)  # [z, y, x]
+    image[2, 1, 3] = np.nan
+    for kind, name, header in (
+        (nib.Nifti2Image, "two.nii", None),
+        (nib.Nifti1Image, "big.nii.gz", nib.Nifti1Header(endianness=">")),
+    ):
+        path = tmp_path / name
+        nib.save(kind(image.transpose(2, 1, 0), np.eye(4), header=header), str(path))
+        flags = check_nifti(path)
+        assert flags.shape == (6, 5, 4) and np.argwhere(flags).tolist() == [[2, 1, 3]]
+        data = path.read_bytes()
+        data = gzip.decompress(data) if name.endswith(".gz") else data
+        cut = _damaged(tmp_path, "cut.nii", data[:-2])
+        with pytest.raises(NiftiError, match="its header declares"):
+            check_nifti(cut)
 
 
 def test_a_truncated_label_map_names_the_label_file(tmp_path: Path) -> None:
