@@ -231,11 +231,12 @@ def test_reasons_are_the_same_every_run_and_name_the_bad_file(
     """No object address, no path of this machine; a bad mask is reported as the mask."""
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 6000)  # 80x64 pass, over twice that: a bomb
     Image.new("L", (200, 100)).save(broken / "masks" / "demo00004.jpg")  # a decompression bomb
-    runs = []
+    runs, manifests = [], []
     for name in ("first", "second"):
         build(_config(broken, tmp_path / name))
         runs.append((tmp_path / name / "errors.jsonl").read_text())
-    assert runs[0] == runs[1]
+        manifests.append((tmp_path / name / "manifest.json").read_text())
+    assert runs[0] == runs[1] and manifests[0] == manifests[1]
     assert str(tmp_path) not in runs[0] and not re.search("0x[0-9a-fA-F]{6}", runs[0])
     by_file = {e["file"]: e for e in _errors(tmp_path / "first")}
     assert by_file["images/demo00001.jpg"]["reason"] == (

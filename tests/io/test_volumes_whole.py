@@ -91,6 +91,21 @@ def test_nifti_2_and_big_endian_headers_are_read_as_well(tmp_path: Path) -> None
             check_nifti(cut)
 
 
+@pytest.mark.parametrize("name", ["a.nrrd", "a.mha"])
+@pytest.mark.parametrize("compress", [False, True])
+def test_nrrd_and_metaimage_cut_short_fail_with_a_clean_reason(
+    tmp_path: Path, name: str, compress: bool
+) -> None:
+    image, _ = phantoms.phantom_arrays()
+    path = tmp_path / name
+    sitk.WriteImage(phantoms.to_image(image), str(path), compress)
+    path.write_bytes(path.read_bytes()[:-1000])
+    with pytest.raises(PixelError, match="cannot read volume") as caught:
+        read_volume(path)
+    problem = caught.value.problem
+    assert str(tmp_path) not in problem and "0x" not in problem and "ITK" not in problem
+
+
 def test_a_truncated_label_map_names_the_label_file(tmp_path: Path) -> None:
     image, labels = phantoms.phantom_arrays()
     reference = read_volume(phantoms.write(phantoms.to_image(image), tmp_path / "i.nii.gz"))
