@@ -166,7 +166,7 @@ def load_spec(spec_path: Path) -> SourceInfo:
             raise SpecError(f"data root {data_root} has no file matching images: {images_glob!r}")
         for path in matched:
             if path.is_symlink() and not path.exists():  # a dangling link or a link loop
-                yield broken(name, path, stem(path))
+                yield broken(name, path, _case_id(data_root, path))
         used: set[Path] = set()
         for image in images:
             case = _case(data_root, image)
@@ -190,7 +190,7 @@ def load_spec(spec_path: Path) -> SourceInfo:
             parent=glob.escape(parent) if parent != "." else ".",
         )
         masks = [m for m in _glob(data_root, pattern) if m != image]
-        case_id = relative.with_name(stem(image)).as_posix()
+        case_id = _case_id(data_root, image)
         if not masks:
             return Problem(name, image, f"image has no mask (looked for {pattern!r})", case_id)
         patient = stem(image)
@@ -318,6 +318,11 @@ def _volume_settings(spec_path: Path, spec: dict) -> VolumeSettings | None:
         )
     except (VolumeError, TypeError) as exc:
         raise SpecError(f"{spec_path}: {exc}") from exc
+
+
+def _case_id(data_root: Path, image: Path) -> str:
+    """The image's path under the data root without its extensions."""
+    return image.relative_to(data_root).with_name(stem(image)).as_posix()
 
 
 def _glob(root: Path, pattern: str) -> list[Path]:
