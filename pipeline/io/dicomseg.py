@@ -20,11 +20,12 @@ SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 POSITION_TOLERANCE_MM = 0.01
 
 
-def _pydicom():
+def import_pydicom():
+    """pydicom (the volumes extra), or an error that says how to install it."""
     try:
         import pydicom
     except ImportError as exc:  # pragma: no cover - exercised only without the extra
-        raise PixelError("DICOM-SEG needs pydicom: pip install 'mmrs[volumes]'") from exc
+        raise PixelError("DICOM needs pydicom: pip install 'mmrs[volumes]'") from exc
     return pydicom
 
 
@@ -33,7 +34,7 @@ def is_seg(path: Path) -> bool:
     if not path.is_file() or path.suffix.lower() not in (".dcm", ""):
         return False
     try:
-        header = _pydicom().dcmread(path, stop_before_pixels=True)
+        header = import_pydicom().dcmread(path, stop_before_pixels=True)
     except Exception:  # noqa: BLE001 - not DICOM at all
         return False
     return str(header.get("SOPClassUID", "")) == SEG_SOP_CLASS
@@ -41,7 +42,7 @@ def is_seg(path: Path) -> bool:
 
 def segment_labels(path: Path) -> dict[int, str]:
     """Segment number -> its label (SegmentLabel, lower case), from the header."""
-    header = _pydicom().dcmread(path, stop_before_pixels=True)
+    header = import_pydicom().dcmread(path, stop_before_pixels=True)
     return {
         int(item.SegmentNumber): str(item.get("SegmentLabel") or f"segment {item.SegmentNumber}")
         .strip()
@@ -51,7 +52,7 @@ def segment_labels(path: Path) -> dict[int, str]:
 
 
 def _series_uid(image_path: Path) -> str | None:
-    pydicom = _pydicom()
+    pydicom = import_pydicom()
     files = sorted(image_path.iterdir()) if image_path.is_dir() else [image_path]
     for file in files:
         try:
@@ -74,7 +75,7 @@ def _frame_item(dataset, frame: int, name: str, path: Path):
 
 def read_seg(path: Path, image_path: Path, reference) -> np.ndarray:
     """Segment numbers on the reference image's grid, as an array [z, y, x] (0 = none)."""
-    pydicom = _pydicom()
+    pydicom = import_pydicom()
     try:
         seg = pydicom.dcmread(path)
         frames = seg.pixel_array

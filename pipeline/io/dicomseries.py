@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .dicomseg import SEG_SOP_CLASS, _pydicom
+from .dicomseg import SEG_SOP_CLASS, import_pydicom
 from .images import PixelError
 
 # DICOM files that are not slices: a DICOMDIR (an index) and a DICOM-SEG (masks)
@@ -39,7 +39,7 @@ class Slice:
 
 def _header(path: Path):
     """A file's DICOM header with its pixel data, or None when it is not DICOM at all."""
-    pydicom = _pydicom()
+    pydicom = import_pydicom()
     try:
         return pydicom.dcmread(path)
     except pydicom.errors.InvalidDicomError:

@@ -269,7 +269,7 @@ def test_links_that_lead_nowhere_are_counted_and_reported(tmp_path: Path) -> Non
     assert (counts.discovered, counts.converted, counts.skipped) == (7, 2, 5)
 
 
-def test_a_covid_folder_reached_through_a_link_loop_is_walked_once(tmp_path: Path) -> None:
+def test_a_folder_tree_with_link_loops_is_walked_once_each(tmp_path: Path) -> None:
     from pipeline.sources.base import walk
 
     (tmp_path / "a" / "b").mkdir(parents=True)
