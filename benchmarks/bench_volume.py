@@ -9,6 +9,11 @@ tumour in it) are written as .nii.gz with SimpleITK; writing is not measured.
   (the axial slices where a label covers >= 10 pixels, taken from the conversion's output)
   a numpy clip/scale to uint8 with the same abdomen window and one PNG with Pillow's
   defaults, as `pipeline.io.images.encode_png`. No label map, no mask PNGs.
+* CHECK: `pipeline.io.nifti.check_nifti` of the image and the label map, the read-through
+  that proves each NIfTI whole before SimpleITK reads it (part of the conversion's time).
+* SERIES: the image written as a DICOM series (one file per slice), read by
+  `pipeline.io.volumes.read_volume` (GDCM's listing, the check that every file is a whole,
+  evenly spaced slice, SimpleITK's read) against GDCM's listing and SimpleITK's read alone.
 * CONVERSION: `pipeline.build.extract.extract_case` of the one case of a YAML spec (read image and
   labels, reorient, choose slices, window, encode image and mask PNGs, facts), with
   `slices: {mode: all}` (the ratio's numerator) and with the default policy (largest, k=3).
@@ -47,6 +52,8 @@ from pipeline.build.cases import SourceMeta  # noqa: E402
 from pipeline.build.extract import extract_case  # noqa: E402
 from pipeline.build.extract_volume import extract_volume  # noqa: E402, F401 (imported for baseline)
 from pipeline.geometry.slicing import CT_WINDOWS  # noqa: E402
+from pipeline.io.nifti import check_nifti  # noqa: E402
+from pipeline.io.volumes import read_volume  # noqa: E402
 from pipeline.sources.base import Case  # noqa: E402
 from pipeline.sources.spec import load_spec  # noqa: E402
 
@@ -97,6 +104,41 @@ def write_phantom(root: Path, slices: int, seed: int = 0) -> None:
         volume.SetOrigin((mm[0], mm[0], 0.0))  # direction: identity (LPS)
         (root / folder).mkdir(parents=True, exist_ok=True)
         sitk.WriteImage(volume, str(root / folder / "ct.nii.gz"))
+
+
+def write_series(image_path: Path, folder: Path) -> Path:
+    """The volume as a DICOM series: one CT file per slice, placed by ImagePositionPatient."""
+    volume = sitk.ReadImage(str(image_path))
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    folder.mkdir(parents=True, exist_ok=True)
+    series = "1.2.826.0.1.3680043.2.1125.2.1"
+    for k in range(volume.GetDepth()):
+        plane = volume[:, :, k]
+        position = volume.TransformIndexToPhysicalPoint((0, 0, k))
+        tags = {
+            "0008|0060": "CT",
+            "0020|000e": series,
+            "0020|000d": f"{series}.0",
+            "0008|0018": f"{series}.{k + 1}",
+            "0020|0013": str(k + 1),
+            "0020|0032": "\\".join(f"{v:.4f}" for v in position),
+            "0020|0037": "1\\0\\0\\0\\1\\0",
+            "0028|0030": f"{SPACING[1]}\\{SPACING[0]}",
+        }
+        for tag, value in tags.items():
+            plane.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"{k:04d}.dcm"))
+        writer.Execute(plane)
+    return folder
+
+
+def bare_series_read(folder: Path) -> None:
+    """GDCM's listing and SimpleITK's read, unchecked."""
+    (series,) = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series))
+    reader.Execute()
 
 
 def write_specs(workdir: Path) -> dict[str, Path]:
@@ -199,9 +241,15 @@ def report(args: argparse.Namespace, workdir: Path) -> None:
     default = conversion(specs["default"], root)
     image = root / "images" / "ct.nii.gz"
     t_floor = timed(lambda: floor(image, indices), args.runs)
+    t_check = timed(
+        lambda: [check_nifti(image), check_nifti(root / "labels" / "ct.nii.gz")], args.runs
+    )
     t_all = timed(lambda: conversion(specs["all"], root), args.runs)
     t_default = timed(lambda: conversion(specs["default"], root), args.runs)
     rss = {what: measure_rss(what, workdir) for what in ("baseline", "floor", "all", "default")}
+    series = write_series(image, workdir / "series")
+    t_bare = timed(lambda: bare_series_read(series), args.runs)
+    t_series = timed(lambda: read_volume(series), args.runs)
     t_cli = None if args.no_cli else cli_build(specs["all"], root, workdir)
     volume_mb = SIZE * SIZE * args.slices * 2 / MB
 
@@ -220,6 +268,7 @@ def report(args: argparse.Namespace, workdir: Path) -> None:
             f"(x{(rss['floor'] - rss['baseline']) / volume_mb:.2f} above baseline)",
             "",
         ),
+        ("whole-file check (image + labels)", t_check, None, f"x{t_check / t_floor:.2f} floor", ""),
         (
             "conversion, slices: all",
             t_all,
@@ -237,6 +286,10 @@ def report(args: argparse.Namespace, workdir: Path) -> None:
             f"time x{t_default / t_floor:.2f} floor",
             "",
         ),
+    ]
+    rows += [
+        (f"DICOM series ({args.slices} files): listing + read", t_bare, None, "", ""),
+        ("DICOM series: read_volume (checked)", t_series, None, f"x{t_series / t_bare:.2f}", ""),
     ]
     if t_cli is not None:
         rows.append(("CLI build, slices: all (once, Prefect included)", t_cli, None, "", ""))

@@ -111,8 +111,9 @@ def _print_summary(summary: dict, out: Path) -> None:
     print("question types: " + ", ".join(f"{k} {v}" for k, v in summary["question_types"].items()))
     if summary.get("rewrite"):
         _print_rewrite(summary["rewrite"], summary["llm_usage"])
-    if any(c["skipped"] or c["failed"] for c in summary["sources"].values()):
-        print(f"skipped and failed cases, with reasons: {out / 'errors.jsonl'}")
+    errors = out / "errors.jsonl"
+    if errors.is_file() and errors.stat().st_size:  # cases, or slices of converted cases
+        print(f"skipped and failed cases and slices, with reasons: {errors}")
 
 
 def _print_rewrite(rewrite: dict, usage: dict) -> None:

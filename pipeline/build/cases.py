@@ -73,6 +73,8 @@ class ExtractedCase:
     slice_axis: str | None = None
     slice_index: int | None = None
     spacing_mm: tuple[float, float, float] | None = None  # column, row, slice
+    # The case's slices that could not be written, (slice index, why): a series' gaps
+    left_out: tuple[tuple[int, str], ...] = ()
 
 
 def label_layers(values: np.ndarray, labels: Mapping) -> dict[str, np.ndarray]:

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..geometry.slicing import (
     AXIS_OF,
+    Oriented,
     VolumeBody,
     body_threshold,
     display_slice,
@@ -31,7 +32,14 @@ from ..geometry.slicing import (
     window_range,
 )
 from ..io.images import encode_png
-from ..io.volumes import GeometryError, in_scanner_coordinates, read_labels, read_volume, voxel_view
+from ..io.volumes import (
+    GeometryError,
+    in_scanner_coordinates,
+    missing_slices,
+    read_labels,
+    read_volume,
+    voxel_view,
+)
 from ..sources.base import Case, MaskFile
 from .cases import CaseError, ExtractedCase, SourceMeta, analyse_targets, label_layers
 
@@ -93,11 +101,36 @@ def _asked(case: Case, index: int, masks: dict[str, np.ndarray], negatives: int)
     return present + sorted(absent[:negatives])
 
 
+def _leave_out(
+    case: Case,
+    missing: tuple[tuple[int, str], ...],
+    direction: tuple[float, ...],
+    axis_name: str,
+    oriented: Oriented,
+    areas: dict[str, np.ndarray],
+) -> None:
+    """A series' missing slices are never chosen (their areas become 0); slices across
+    them, along another axis, would show the gaps: refused."""
+    # the oriented axis of the series' own slices: the world axis its third index runs along
+    own = 2 - int(np.argmax(np.abs(np.asarray(direction).reshape(3, 3)[:, 2])))
+    if own != AXIS_OF[axis_name]:
+        name = next(n for n, a in AXIS_OF.items() if a == own)
+        raise CaseError(
+            f"{case.image.name} has missing slices ({missing[0][1]}); only its own "
+            f"{name} slices can be written, not {axis_name} ones"
+        )
+    for index, _ in missing:
+        at = oriented.source_index(own, index)  # the same flip both ways
+        for area in areas.values():
+            area[at] = 0
+
+
 def extract_volume(case: Case, source: SourceMeta) -> list[ExtractedCase]:
     """The chosen slices of one volume case (errors as in extract.py)."""
     settings = source.volume
     assert settings is not None
-    image = read_volume(case.image, settings.channel)
+    image = read_volume(case.image, settings.channel, settings.allow_gaps)
+    missing = missing_slices(image)
     try:
         label_arrays = [
             read_labels(m.path, image, case.image, settings.channel) for m in case.masks
@@ -110,6 +143,8 @@ def extract_volume(case: Case, source: SourceMeta) -> list[ExtractedCase]:
     axis_name = settings.slice_axis
     axis = AXIS_OF[axis_name]
     areas = _areas(case, label_views, axis, oriented.view.shape[axis])
+    if missing:
+        _leave_out(case, missing, geometry[2], axis_name, oriented, areas)
     chosen = settings.slices.choose(areas, oriented.view.shape[axis])
     threshold = body_threshold(oriented.view, source.modality)
     body = midline(oriented, threshold)
@@ -160,6 +195,7 @@ def extract_volume(case: Case, source: SourceMeta) -> list[ExtractedCase]:
                     slice_axis=axis_name,
                     slice_index=oriented.source_index(axis, index),
                     spacing_mm=(finest, finest, slice_mm),
+                    left_out=missing,
                 )
             )
     if not slices:

@@ -15,6 +15,7 @@ file and reason.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import tempfile
 from collections import Counter, deque
@@ -237,6 +238,21 @@ def _relative(path: Path, root: Path) -> str:
         return path.as_posix()
 
 
+# What a reason may not carry: an object's address (differs between runs).
+_ADDRESS = re.compile(r"\s*\(0x[0-9a-fA-F]+\)|\s+at 0x[0-9a-fA-F]+")
+
+
+def _cleaned(reason: str | None, root: Path) -> str | None:
+    """A reason as errors.jsonl keeps it: the same for the same input on any machine, so
+    paths under the data root relative to it and no object addresses."""
+    if reason is None:
+        return None
+    for folder in dict.fromkeys((root.as_posix(), root.resolve().as_posix())):
+        # the root where a path starts: not inside a longer word or path
+        reason = re.sub(rf"(?<![\w./-]){re.escape(folder.rstrip('/'))}/", "", reason)
+    return _ADDRESS.sub("", reason)
+
+
 def _check_out(config: BuildConfig) -> None:
     out = config.out
     if out.exists() and any(out.iterdir()):
@@ -296,9 +312,13 @@ class _Records:
         case_id: str | None,
         file: Path,
         reason: str | None,
+        where: tuple[str | None, int | None] | None = None,
     ) -> None:
-        counts = self.summary.sources[request.source.name]
-        setattr(counts, status, getattr(counts, status) + 1)
+        """One case's outcome, counted; or, with `where` (its slice axis and index), one
+        image left out of a converted case, reported only (the case counts as converted)."""
+        if where is None:
+            counts = self.summary.sources[request.source.name]
+            setattr(counts, status, getattr(counts, status) + 1)
         if status == "converted":
             return
         entry = {
@@ -306,12 +326,15 @@ class _Records:
             "case_id": case_id,
             "file": _relative(file, request.data_root),
             "status": status,
-            "reason": reason,
+            "reason": _cleaned(reason, request.data_root),
         }
+        if where is not None:
+            entry["slice_axis"], entry["slice_index"] = where
         self.handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
         if self.config.strict:
             self.handle.close()
-            raise BuildError(f"{request.source.name}: {entry['file']}: {reason} (--strict)")
+            place = f"{request.source.name}: {entry['file']}"
+            raise BuildError(f"{place}: {entry['reason']} (--strict)")
 
 
 def run_build(
@@ -426,27 +449,34 @@ def _assemble(
             records.add(request, "skipped", item.case_id, item.file, item.reason)
         return None
 
-    def record(job: ExtractJob, result: ExtractResult) -> frozenset[str]:
+    def record(job: ExtractJob, result: ExtractResult) -> frozenset[tuple[str, str]]:
         """Record a batch's outcomes in discovery order (so --strict stops at the first bad
-        case); returns its cases to leave out: images identical to one converted before."""
-        skip: set[str] = set()
+        case); returns its images to leave out, (case id, image id): identical to one
+        converted before, the whole case when every one of its images is."""
+        skip: set[tuple[str, str]] = set()
         for case, outcome in zip(job.cases, result.outcomes, strict=True):
             request = reach(case)  # batches hold the discovered cases, in order
             if outcome.status != "converted":
-                records.add(request, outcome.status, case.case_id, case.image, outcome.reason)
+                file = outcome.file or case.image
+                records.add(request, outcome.status, case.case_id, file, outcome.reason)
                 continue
             me = f"{request.source.name}/{case.case_id}"
-            first = owner.setdefault(outcome.image_id, me)
-            if first != me:
-                skip.add(case.case_id)
-                records.add(
-                    request,
-                    "skipped",
-                    case.case_id,
-                    case.image,
-                    f"identical image already converted as {first}",
-                )
+            earlier = {i: owner[i] for *_, i in outcome.images if owner.get(i, me) != me}
+            skip.update((case.case_id, image_id) for image_id in earlier)
+            if len(earlier) == len({i for *_, i in outcome.images}):
+                first = earlier[outcome.images[0][2]]
+                reason = f"identical image already converted as {first}"
+                records.add(request, "skipped", case.case_id, case.image, reason)
                 continue
+            axis = outcome.images[0][0]
+            for index, reason in outcome.left_out:
+                records.add(request, "skipped", case.case_id, case.image, reason, (axis, index))
+            for axis, index, image_id in outcome.images:
+                if image_id in earlier:
+                    reason = f"identical image already converted as {earlier[image_id]}"
+                    records.add(request, "skipped", case.case_id, case.image, reason, (axis, index))
+                else:
+                    owner.setdefault(image_id, me)
             records.add(request, "converted", case.case_id, case.image, None)
         return frozenset(skip)
 

@@ -33,7 +33,7 @@ from .. import schema, splits
 from ..checks.shard import CHECK_CODE, check_shard
 from ..geometry import facts, patient, relations
 from ..geometry import slicing as volume
-from ..io import dicomseg, display
+from ..io import dicomseg, dicomseries, display, nifti
 from ..io import images as imageio
 from ..io import volumes as volumeio
 from ..io.images import PixelError
@@ -75,6 +75,8 @@ EXTRACT_CODE = (
     volume,
     volumeio,
     dicomseg,
+    dicomseries,
+    nifti,
     relations,
     names,
 )
@@ -88,7 +90,11 @@ class CaseOutcome:
     case_id: str
     status: str  # "converted" | "skipped" | "failed"
     reason: str | None = None
-    image_id: str | None = None
+    file: Path | None = None  # the file at fault, where it is not the case's image
+    # Each image of a converted case (slice axis, slice index, content id): what an image
+    # identical to one converted before is found by, a slice at a time.
+    images: tuple[tuple[str | None, int | None, str], ...] = ()
+    left_out: tuple[tuple[int, str], ...] = ()  # slices of a converted case not written
 
 
 @dataclass(frozen=True)
@@ -180,13 +186,6 @@ def read_payload(path: Path) -> Iterator[list[ExtractedCase] | None]:
             yield pickle.load(handle)
 
 
-def case_image_id(images: list[ExtractedCase]) -> str:
-    """The content id of a case: its image's, or a hash of all its slices' ids."""
-    if len(images) == 1:
-        return images[0].image_id
-    return hashlib.sha256("|".join(i.image_id for i in images).encode()).hexdigest()
-
-
 def extract_batch(job: ExtractJob) -> ExtractResult:
     """Extract every case of a batch; bad cases become outcomes, never exceptions.
 
@@ -204,14 +203,15 @@ def extract_batch(job: ExtractJob) -> ExtractResult:
             except CaseError as exc:
                 outcomes.append(CaseOutcome(case.case_id, "skipped", str(exc)))
             except PixelError as exc:
-                outcomes.append(CaseOutcome(case.case_id, "failed", str(exc)))
+                outcomes.append(CaseOutcome(case.case_id, "failed", exc.problem, file=exc.path))
             except Exception as exc:  # noqa: BLE001 - any other error fails this case only
                 reason = f"{type(exc).__name__}: {exc}"
                 outcomes.append(CaseOutcome(case.case_id, "failed", reason))
             else:
                 payload.add(images)
-                image_id = case_image_id(images)
-                outcomes.append(CaseOutcome(case.case_id, "converted", None, image_id))
+                each = tuple((i.slice_axis, i.slice_index, i.image_id) for i in images)
+                left = images[0].left_out
+                outcomes.append(CaseOutcome(case.case_id, "converted", images=each, left_out=left))
                 continue
             payload.add(None)
     sha256 = payload.digest.hexdigest()
@@ -223,7 +223,8 @@ def extract_batch(job: ExtractJob) -> ExtractResult:
 @dataclass(frozen=True)
 class RenderJob:
     extract: ExtractResult
-    skip: frozenset[str]  # case ids left out (identical images converted elsewhere)
+    # (case id, image id) of the images left out: identical to ones converted elsewhere
+    skip: frozenset[tuple[str, str]]
     seed: int
     ratios: SplitRatios
     templates_dir: Path | None
@@ -274,7 +275,9 @@ def _write_rows(
     counted: dict[str, list] = {name: [] for name in STATS_COLUMNS}
     rendered_images = 0
     for images in read_payload(job.extract.payload):
-        if images is None or images[0].case.case_id in job.skip:
+        if images is not None and job.skip:
+            images = [i for i in images if (i.case.case_id, i.image_id) not in job.skip]
+        if not images:
             continue
         rows = [row for item in images for row in render_case(item, planner, job.ratios)]
         split = rows[0]["split"] if rows else None

@@ -144,6 +144,8 @@ class VolumeSettings:
     target_windows: tuple[tuple[str, Window], ...] = ()
     slices: SlicePolicy = field(default_factory=SlicePolicy)
     channel: int | None = None
+    # DICOM series: convert one with missing slices (gaps), each reported (slice_gaps: allow)
+    allow_gaps: bool = False
 
     def __post_init__(self) -> None:
         if self.slice_axis not in SLICE_AXES:
@@ -164,6 +166,7 @@ class VolumeSettings:
             },
             "slices": vars(self.slices),
             "channel": self.channel,
+            **({"slice_gaps": "allow"} if self.allow_gaps else {}),
         }
 
 

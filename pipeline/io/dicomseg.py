@@ -20,11 +20,12 @@ SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 POSITION_TOLERANCE_MM = 0.01
 
 
-def _pydicom():
+def import_pydicom():
+    """pydicom (the volumes extra), or an error that says how to install it."""
     try:
         import pydicom
     except ImportError as exc:  # pragma: no cover - exercised only without the extra
-        raise PixelError("DICOM-SEG needs pydicom: pip install 'mmrs[volumes]'") from exc
+        raise PixelError("DICOM needs pydicom: pip install 'mmrs[volumes]'") from exc
     return pydicom
 
 
@@ -33,7 +34,7 @@ def is_seg(path: Path) -> bool:
     if not path.is_file() or path.suffix.lower() not in (".dcm", ""):
         return False
     try:
-        header = _pydicom().dcmread(path, stop_before_pixels=True)
+        header = import_pydicom().dcmread(path, stop_before_pixels=True)
     except Exception:  # noqa: BLE001 - not DICOM at all
         return False
     return str(header.get("SOPClassUID", "")) == SEG_SOP_CLASS
@@ -41,7 +42,7 @@ def is_seg(path: Path) -> bool:
 
 def segment_labels(path: Path) -> dict[int, str]:
     """Segment number -> its label (SegmentLabel, lower case), from the header."""
-    header = _pydicom().dcmread(path, stop_before_pixels=True)
+    header = import_pydicom().dcmread(path, stop_before_pixels=True)
     return {
         int(item.SegmentNumber): str(item.get("SegmentLabel") or f"segment {item.SegmentNumber}")
         .strip()
@@ -51,7 +52,7 @@ def segment_labels(path: Path) -> dict[int, str]:
 
 
 def _series_uid(image_path: Path) -> str | None:
-    pydicom = _pydicom()
+    pydicom = import_pydicom()
     files = sorted(image_path.iterdir()) if image_path.is_dir() else [image_path]
     for file in files:
         try:
@@ -61,7 +62,7 @@ def _series_uid(image_path: Path) -> str | None:
     return None
 
 
-def _frame_item(dataset, frame: int, name: str):
+def _frame_item(dataset, frame: int, name: str, path: Path):
     """A functional group item of one frame (per-frame, else shared)."""
     for groups in (
         dataset.PerFrameFunctionalGroupsSequence[frame],
@@ -69,23 +70,24 @@ def _frame_item(dataset, frame: int, name: str):
     ):
         if name in groups:
             return groups[name].value[0]
-    raise PixelError(f"SEG frame {frame} has no {name}")
+    raise PixelError(f"SEG frame {frame} has no {name}", path)
 
 
 def read_seg(path: Path, image_path: Path, reference) -> np.ndarray:
     """Segment numbers on the reference image's grid, as an array [z, y, x] (0 = none)."""
-    pydicom = _pydicom()
+    pydicom = import_pydicom()
     try:
         seg = pydicom.dcmread(path)
         frames = seg.pixel_array
     except Exception as exc:  # noqa: BLE001 - any decoding problem is this file's
-        raise PixelError(f"{path.name}: cannot read DICOM-SEG ({exc})") from exc
+        raise PixelError(f"cannot read DICOM-SEG ({exc})", path) from exc
     referenced = {str(item.SeriesInstanceUID) for item in seg.get("ReferencedSeriesSequence", [])}
     series = _series_uid(image_path)
     if not referenced or series not in referenced:
         raise PixelError(
-            f"{path.name}: references series {sorted(referenced) or 'none'}, but its image "
-            f"{image_path.name} is series {series}"
+            f"references series {sorted(referenced) or 'none'}, but its image "
+            f"{image_path.name} is series {series}",
+            path,
         )
     if frames.ndim == 2:
         frames = frames[None]
@@ -95,11 +97,13 @@ def read_seg(path: Path, image_path: Path, reference) -> np.ndarray:
     labels = np.zeros((size[2], size[1], size[0]), dtype=np.uint8)
     direction = np.asarray(reference.GetDirection()).reshape(3, 3)
     for frame in range(frames.shape[0]):
-        position = _frame_item(seg, frame, "PlanePositionSequence").ImagePositionPatient
-        orientation = _frame_item(seg, frame, "PlaneOrientationSequence").ImageOrientationPatient
-        spacing = _frame_item(seg, frame, "PixelMeasuresSequence").PixelSpacing
+        position = _frame_item(seg, frame, "PlanePositionSequence", path).ImagePositionPatient
+        orientation = _frame_item(
+            seg, frame, "PlaneOrientationSequence", path
+        ).ImageOrientationPatient
+        spacing = _frame_item(seg, frame, "PixelMeasuresSequence", path).PixelSpacing
         segment = int(
-            _frame_item(seg, frame, "SegmentIdentificationSequence").ReferencedSegmentNumber
+            _frame_item(seg, frame, "SegmentIdentificationSequence", path).ReferencedSegmentNumber
         )
         index = np.asarray(
             reference.TransformPhysicalPointToContinuousIndex([float(v) for v in position])
@@ -117,12 +121,13 @@ def read_seg(path: Path, image_path: Path, reference) -> np.ndarray:
         )
         if not aligned:
             raise PixelError(
-                f"{path.name}: frame {frame + 1} at {list(position)} does not lie on a slice "
-                f"of {image_path.name}"
+                f"frame {frame + 1} at {list(position)} does not lie on a slice "
+                f"of {image_path.name}",
+                path,
             )
         layer = frames[frame].astype(bool)
         clash = layer & (labels[k] != 0) & (labels[k] != segment)
         if clash.any():
-            raise PixelError(f"{path.name}: segments overlap on slice {k}; not supported")
+            raise PixelError(f"segments overlap on slice {k}; not supported", path)
         labels[k][layer] = segment
     return labels

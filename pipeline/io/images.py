@@ -23,7 +23,18 @@ BINARY_THRESHOLD = 127
 
 
 class PixelError(ValueError):
-    """A file that cannot be read as the image or mask it should be."""
+    """A file that cannot be read as the image or mask it should be.
+
+    `path` is the file at fault (a mask's when the mask is the bad one) and `problem` what
+    is wrong with it; the message is both.
+    """
+
+    def __init__(self, problem: str, path: Path | None = None) -> None:
+        super().__init__(problem if path is None else f"{path}: {problem}")
+        self.problem, self.path = problem, path
+
+    def __reduce__(self):  # pickled with its own arguments, not the joined message
+        return type(self), (self.problem, self.path)
 
 
 @dataclass(frozen=True)
@@ -44,8 +55,12 @@ def _open(path: Path, data: bytes, pixels: bool) -> tuple[Image.Image, tuple[int
         if not pixels:
             image.draft(image.mode, (1, 1))  # JPEG: decode at the smallest DCT scale
         image.load()  # decode now: truncated and corrupt files fail here, not later
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise PixelError(f"{path}: cannot decode image ({exc})") from exc
+    except UnidentifiedImageError as exc:  # its message holds the buffer's repr
+        raise PixelError("cannot decode image (not a known image format)", path) from exc
+    except Image.DecompressionBombError as exc:
+        raise PixelError(f"cannot decode image ({exc})", path) from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise PixelError(f"cannot decode image ({exc})", path) from exc
     return image, size
 
 
@@ -60,7 +75,7 @@ def read_image(path: Path, pixels: bool = True) -> DecodedImage:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise PixelError(f"{path}: cannot read file ({exc.strerror})") from exc
+        raise PixelError(f"cannot read file ({exc.strerror})", path) from exc
     image, (width, height) = _open(path, data, pixels)
     return DecodedImage(data, image.format or "", width, height, image)
 
@@ -89,7 +104,7 @@ def _raw_values(path: Path, image: Image.Image) -> np.ndarray:
         return np.asarray(image)
     if image.mode in ("RGB", "RGBA", "LA", "CMYK", "YCbCr", "PA", "La", "RGBa"):
         return np.asarray(image.convert("L"))
-    raise PixelError(f"{path}: unsupported mask mode {image.mode!r}")
+    raise PixelError(f"unsupported mask mode {image.mode!r}", path)
 
 
 @dataclass(frozen=True)
@@ -132,10 +147,10 @@ def read_label_map(path: Path) -> np.ndarray:
     image = read_image(path).image
     if image.mode not in ("P", "L", "I", "I;16", "I;16B", "I;16L", "1"):
         raise PixelError(
-            f"{path}: a label map must be single-channel or palette, got mode {image.mode!r}"
+            f"a label map must be single-channel or palette, got mode {image.mode!r}", path
         )
     if image.format == "JPEG":
-        raise PixelError(f"{path}: a label map cannot be lossy JPEG")
+        raise PixelError("a label map cannot be lossy JPEG", path)
     return _raw_values(path, image).astype(np.int64)
 
 

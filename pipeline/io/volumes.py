@@ -13,14 +13,20 @@ spacing taken from those positions, never from SliceThickness).
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import numpy as np
 
 from .dicomseg import is_seg, read_seg
+from .dicomseries import Gaps, check_series
 from .images import PixelError
+from .nifti import NiftiError, check_nifti
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+MISSING_SLICES = "mmrs_missing_slices"  # metadata key of a series read with gaps
 # Two grids are the same when origins and spacings agree to this (mm) and directions to
 # this (cosine); a label map on another grid is resampled onto the image only when its
 # physical box lies within the image's box widened by one voxel.
@@ -46,41 +52,68 @@ def is_volume(path: Path) -> bool:
     return path.is_dir() or name.endswith(VOLUME_SUFFIXES) or name.endswith(".dcm")
 
 
-def _series_files(folder: Path) -> list[str]:
+def _series_files(folder: Path, allow_gaps: bool = False) -> tuple[list[str], Gaps | None]:
     sitk = _sitk()
     series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     if not series:
-        raise PixelError(f"{folder}: no DICOM series found")
+        raise PixelError("no DICOM series found", folder)
     if len(series) > 1:
         raise PixelError(
-            f"{folder}: holds {len(series)} DICOM series ({', '.join(series)}); "
-            f"give one series per folder"
+            f"holds {len(series)} DICOM series ({', '.join(series)}); give one series per folder",
+            folder,
         )
-    return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0]))
+    files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0]))
+    return files, check_series(folder, files, series[0], allow_gaps)
 
 
-def read_volume(path: Path, channel: int | None = None):
+def itk_reason(exc: RuntimeError, path: Path) -> str:
+    """What an ITK error says about a file, without ITK's source lines, object addresses
+    and the file's own path (the caller names it)."""
+    lines = []
+    for line in str(exc).splitlines():
+        line = re.sub(r"^.*ITK ERROR: \w+\(0x[0-9a-fA-F]+\):\s*", "", line.strip())
+        line = line.replace(f'"{path}"', "it").replace(str(path), "it")
+        if line.startswith("File cannot be read"):  # MetaImage: its data is short or corrupt
+            line = "its data cannot be read in full (truncated or corrupt)"
+        if line and not line.startswith(("Exception thrown in SimpleITK", "Reason:")):
+            lines.append(line)
+    return lines[-1] if lines else "unreadable"
+
+
+def read_volume(path: Path, channel: int | None = None, allow_gaps: bool = False):
     """A 3D scalar SimpleITK image from a file or a DICOM series folder.
 
     A 4D volume (or one with several components per voxel) needs `channel`; without it
-    that is an error naming the file, never a silent choice.
+    that is an error naming the file, never a silent choice. A series with gaps is an
+    error unless `allow_gaps`: its slices are then placed on their even grid, the missing
+    ones all NaN, and `missing_slices` of the image says where and why.
     """
     sitk = _sitk()
+    non_finite = None
     try:
         if path.is_dir():
+            files, gaps = _series_files(path, allow_gaps)
             reader = sitk.ImageSeriesReader()
-            reader.SetFileNames(_series_files(path))
+            reader.SetFileNames(files)
             image = reader.Execute()
+            if gaps is not None:
+                image = _on_grid(image, gaps)
         else:
+            if path.name.lower().endswith(NIFTI_SUFFIXES):
+                non_finite = check_nifti(path)
             image = sitk.ReadImage(str(path))
+    except NiftiError as exc:
+        raise PixelError(f"cannot read volume: {exc}", path) from exc
     except RuntimeError as exc:
-        message = str(exc).strip().splitlines()
-        raise PixelError(f"{path}: cannot read volume ({message[-1] if message else exc})") from exc
+        raise PixelError(f"cannot read volume ({itk_reason(exc, path)})", path) from exc
+    if non_finite is not None:
+        image = _with_nan(image, non_finite)
     if image.GetNumberOfComponentsPerPixel() > 1:
         if channel is None:
             raise PixelError(
-                f"{path}: {image.GetNumberOfComponentsPerPixel()} channels per voxel; "
-                f"choose one with the source's `channel` setting"
+                f"{image.GetNumberOfComponentsPerPixel()} channels per voxel; "
+                f"choose one with the source's `channel` setting",
+                path,
             )
         image = sitk.VectorIndexSelectionCast(image, channel)
     if image.GetDimension() == 4:
@@ -88,15 +121,50 @@ def read_volume(path: Path, channel: int | None = None):
         if channel is None and size[3] == 1:
             channel = 0  # a singleton fourth axis (x, y, z, 1) is a plain volume
         if channel is None:
-            raise PixelError(
-                f"{path}: 4D volume with {size[3]} channels; choose one with `channel`"
-            )
+            raise PixelError(f"4D volume with {size[3]} channels; choose one with `channel`", path)
         if not 0 <= channel < size[3]:
-            raise PixelError(f"{path}: channel {channel} out of range 0..{size[3] - 1}")
+            raise PixelError(f"channel {channel} out of range 0..{size[3] - 1}", path)
         image = sitk.Extract(image, [*size[:3], 0], [0, 0, 0, channel])
     if image.GetDimension() != 3:
-        raise PixelError(f"{path}: expected a 3D volume, got {image.GetDimension()}D")
+        raise PixelError(f"expected a 3D volume, got {image.GetDimension()}D", path)
     return image
+
+
+def _with_nan(image, non_finite: np.ndarray):
+    """The image with NaN where its NIfTI file holds non-finite floats (ITK read 0 there)."""
+    sitk = _sitk()
+    if image.GetNumberOfComponentsPerPixel() > 1:  # NIfTI stores components slowest
+        non_finite = np.moveaxis(non_finite, 0, -1)
+    values = sitk.GetArrayFromImage(image)
+    values[non_finite.reshape(values.shape)] = np.nan
+    restored = sitk.GetImageFromArray(values, isVector=image.GetNumberOfComponentsPerPixel() > 1)
+    restored.CopyInformation(image)
+    for key in image.GetMetaDataKeys():  # the header's codes (in_scanner_coordinates)
+        restored.SetMetaData(key, image.GetMetaData(key))
+    return restored
+
+
+def _on_grid(image, gaps: Gaps):
+    """A series read with gaps, its slices placed on their even grid (missing ones NaN)."""
+    sitk = _sitk()
+    values = sitk.GetArrayViewFromImage(image)  # [slice, y, x] in the reader's order
+    full = np.full((gaps.size, *values.shape[1:]), np.nan, dtype=np.float32)
+    full[list(gaps.grid)] = values
+    placed = sitk.GetImageFromArray(full)
+    placed.SetOrigin(image.GetOrigin())  # the first file's position, as the reader's
+    placed.SetDirection(image.GetDirection())
+    placed.SetSpacing((*image.GetSpacing()[:2], gaps.spacing))
+    for key in image.GetMetaDataKeys():
+        placed.SetMetaData(key, image.GetMetaData(key))
+    placed.SetMetaData(MISSING_SLICES, json.dumps(gaps.missing))
+    return placed
+
+
+def missing_slices(image) -> tuple[tuple[int, str], ...]:
+    """The slices a series read with gaps lacks: (index along its own axis, why)."""
+    if not image.HasMetaDataKey(MISSING_SLICES):
+        return ()
+    return tuple((int(k), str(why)) for k, why in json.loads(image.GetMetaData(MISSING_SLICES)))
 
 
 def in_scanner_coordinates(path: Path, image) -> bool:
@@ -188,10 +256,10 @@ def read_labels(path: Path, reference, image_path: Path, channel: int | None = N
     values = sitk.GetArrayViewFromImage(labels)
     if np.issubdtype(values.dtype, np.floating):
         if not np.isfinite(values).all():
-            raise PixelError(f"{path}: label map holds NaN or infinite values")
+            raise PixelError("label map holds NaN or infinite values", path)
         rounded = np.rint(values)
         if np.abs(values - rounded).max() > 1e-3:
-            raise PixelError(f"{path}: float label map holds non-integer values")
+            raise PixelError("float label map holds non-integer values", path)
         labels = sitk.Round(labels)
     labels = _smallest_label_type(labels)
     if not same_grid(labels, reference):

@@ -8,9 +8,11 @@ no pixels: that is the converter's job.
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import os
 import re
+import stat
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,12 +121,17 @@ class Files(Sequence[Path]):
     """Files of one folder, sorted by name; each path is made when it is asked for.
 
     A source's discovery holds its listing until its last case: as names, it costs a
-    fraction of what a list of paths would (a path keeps its parsed parts).
+    fraction of what a list of paths would (a path keeps its parsed parts). Entries that
+    match but cannot be read as files (a dangling link, a link loop) are kept apart, as
+    `unreadable`, for the source to report (`problems`).
     """
 
-    def __init__(self, folder: Path, names: Iterable[str]) -> None:
+    def __init__(
+        self, folder: Path, names: Iterable[str], unreadable: Iterable[tuple[str, str]] = ()
+    ) -> None:
         self.folder = folder
         self.names = sorted(names)
+        self.unreadable = sorted(unreadable)  # (name, why)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -134,12 +141,48 @@ class Files(Sequence[Path]):
             return [self.folder / name for name in self.names[index]]
         return self.folder / self.names[index]
 
+    def problems(self, source: str) -> Iterator[Problem]:
+        """A Problem for each entry that matched but cannot be read as a file."""
+        for name, why in self.unreadable:
+            yield Problem(source, self.folder / name, why, stem(name))
+
+
+def _why_unreadable(exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return "symbolic link loop (following it never reaches a file)"
+    if exc.errno == errno.ENOENT:
+        return "dangling symbolic link (its target does not exist)"
+    return f"cannot be read ({exc.strerror})"
+
+
+def broken(source: str, path: Path, case_id: str | None) -> Problem | None:
+    """A Problem for a path that is there but cannot be read as a file: a dangling link, a
+    link loop, a folder (links are followed). None when it is a file, or is not there."""
+    try:
+        if stat.S_ISREG(os.stat(path).st_mode):
+            return None
+        why = "not a file"
+    except OSError as exc:
+        if exc.errno == errno.ENOENT and not os.path.islink(path):
+            return None  # simply missing: the source says what it expected
+        why = _why_unreadable(exc)
+    return Problem(source, path, why, case_id)
+
 
 def _listed(folder: Path, keep: Callable[[str], bool]) -> Files:
+    names, unreadable = [], []
     with os.scandir(folder) as entries:
-        return Files(
-            folder, [entry.name for entry in entries if keep(entry.name) and entry.is_file()]
-        )
+        for entry in entries:
+            if not keep(entry.name):
+                continue
+            try:
+                if entry.is_file():  # follows links; False for a dangling one
+                    names.append(entry.name)
+                elif entry.is_symlink():
+                    os.stat(entry.path)  # a dangling link raises here; a link to a folder not
+            except OSError as exc:
+                unreadable.append((entry.name, _why_unreadable(exc)))
+    return Files(folder, names, unreadable)
 
 
 def files(folder: Path, pattern: str = "*") -> Files:
@@ -150,6 +193,33 @@ def files(folder: Path, pattern: str = "*") -> Files:
 def image_files(folder: Path) -> Files:
     """Image files directly in a folder, sorted by name."""
     return _listed(folder, lambda name: os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES)
+
+
+def walk(folder: Path) -> Iterator[Path]:
+    """Every folder under `folder` (itself first), in name order, following links to
+    folders but entering each folder once: a link loop ends where it comes back."""
+    seen: set[tuple[int, int]] = set()
+    pending = [folder]
+    while pending:
+        current = pending.pop()
+        try:
+            info = os.stat(current)
+            with os.scandir(current) as entries:
+                below = sorted(Path(e.path) for e in entries if _is_dir(e))
+        except OSError:
+            continue  # a dangling link, a loop, a folder that cannot be listed: nothing in it
+        if (info.st_dev, info.st_ino) in seen:
+            continue
+        seen.add((info.st_dev, info.st_ino))
+        yield current
+        pending.extend(reversed(below))
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()  # follows links
+    except OSError:  # a link loop
+        return False
 
 
 def find_root(data_root: Path, holds: Callable[[Path], bool], expected: str) -> Path:
@@ -178,7 +248,11 @@ def pair_by_stem(
     image_key: Callable[[Path], str] = stem,
     mask_key: Callable[[Path], str] = stem,
 ) -> Iterator[Discovered]:
-    """Pair images and masks by key; unpaired files of either side become Problems."""
+    """Pair images and masks by key; unpaired files of either side, and listed entries that
+    cannot be read as files, become Problems."""
+    for listing in (images, masks):
+        if isinstance(listing, Files):
+            yield from listing.problems(source)
     by_key: dict[str, int] = {}  # key -> the first mask's index (indices: no path is kept)
     for index, mask in enumerate(masks):
         by_key.setdefault(mask_key(mask), index)

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..geometry.slicing import VolumeSettings
-from .base import Case, Discovered, LayoutError, MaskFile, Problem, SourceInfo
+from .base import Case, Discovered, LayoutError, MaskFile, Problem, SourceInfo, broken
 
 NAME = "brats"
 LAYOUT = "<case>/<case>_flair.nii.gz + <case>_seg.nii.gz (2021) or <case>-t2f / -seg (2023+)"
@@ -51,7 +51,10 @@ def discover(data_root: Path) -> Iterator[Discovered]:
         image, seg, regions = _files(folder)  # type: ignore[misc]
         match = _TIMEPOINT.match(folder.name)
         patient = match["patient"] if match else folder.name
-        if not image.is_file():
+        problem = broken(NAME, image, folder.name) or broken(NAME, seg, folder.name)
+        if problem is not None:
+            yield problem
+        elif not image.is_file():
             yield Problem(NAME, folder, f"case has no {image.name}", folder.name)
         elif not seg.is_file():
             yield Problem(NAME, image, f"case has no {seg.name} (no ground truth)", folder.name)

@@ -20,7 +20,8 @@ LAYOUT = (
     "Dataset_BUSI_with_GT/<benign|malignant|normal>/<class> (<n>).png with "
     "<class> (<n>)_mask[_<k>].png"
 )
-_MASK = re.compile(r"(?P<image>.+)_mask(?:_\d+)?")
+# DOTALL: a file name may hold any character but "/", a newline too.
+_MASK = re.compile(r"(?P<image>.+)_mask(?:_\d+)?", re.DOTALL)
 
 
 def _holds(folder: Path) -> bool:
@@ -35,7 +36,9 @@ def discover(data_root: Path) -> Iterator[Discovered]:
             continue
         images: list[Path] = []
         masks: dict[str, list[Path]] = {}
-        for path in image_files(folder):
+        listed = image_files(folder)
+        yield from listed.problems(NAME)
+        for path in listed:
             match = _MASK.fullmatch(stem(path))
             if match:
                 masks.setdefault(match["image"], []).append(path)

@@ -12,7 +12,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..io.display import Display
-from .base import Case, Discovered, MaskFile, Problem, SourceInfo, find_root, image_files
+from .base import (
+    Case,
+    Discovered,
+    MaskFile,
+    Problem,
+    SourceInfo,
+    broken,
+    find_root,
+    image_files,
+    walk,
+)
 
 NAME = "covid_qu_ex"
 LUNGS = "lungs"
@@ -26,7 +36,9 @@ LAYOUT = (
 
 def _image_dirs(folder: Path) -> list[Path]:
     return sorted(
-        p.parent / "images" for p in folder.rglob("lung masks") if (p.parent / "images").is_dir()
+        p / "images"
+        for p in walk(folder)
+        if (p / "lung masks").is_dir() and (p / "images").is_dir()
     )
 
 
@@ -39,12 +51,19 @@ def discover(data_root: Path) -> Iterator[Discovered]:
         lungs, infection = group / "lung masks", group / "infection masks"
         targets = (LUNGS, INFECTION) if infection.is_dir() else (LUNGS,)
         names = set()
-        for image in image_files(image_dir):
+        listed = image_files(image_dir)
+        yield from listed.problems(NAME)
+        for image in listed:
             names.add(image.name)
             case_id = f"{relative.as_posix()}/{image.stem}"
             masks = [MaskFile(lungs / image.name, LUNGS)]
             if infection.is_dir():
                 masks.append(MaskFile(infection / image.name, INFECTION))
+            problems = (broken(NAME, m.path, case_id) for m in masks)
+            problem = next((p for p in problems if p is not None), None)
+            if problem is not None:
+                yield problem
+                continue
             missing = [m for m in masks if not m.path.is_file()]
             if missing:
                 yield Problem(
@@ -63,7 +82,9 @@ def discover(data_root: Path) -> Iterator[Discovered]:
             )
         for folder in (lungs, infection):
             if folder.is_dir():
-                for mask in image_files(folder):
+                masks = image_files(folder)
+                yield from (p for p in masks.problems(NAME) if p.file.name not in names)
+                for mask in masks:
                     if mask.name not in names:
                         yield Problem(
                             NAME, mask, "mask has no image", f"{relative.as_posix()}/{mask.stem}"

@@ -12,7 +12,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..io.display import Display
-from .base import Case, Discovered, MaskFile, Problem, SourceInfo, find_root, image_files, stem
+from .base import (
+    Case,
+    Discovered,
+    MaskFile,
+    Problem,
+    SourceInfo,
+    broken,
+    find_root,
+    image_files,
+    stem,
+)
 
 NAME = "montgomery"
 LUNGS = {"leftMask": "left lung", "rightMask": "right lung"}
@@ -31,11 +41,17 @@ def discover(data_root: Path) -> Iterator[Discovered]:
     root = find_root(data_root, _holds, LAYOUT)
     mask_dirs = {target: root / "ManualMask" / folder for folder, target in LUNGS.items()}
     images = image_files(root / "CXR_png")
+    yield from images.problems(NAME)
     names = {image.name for image in images}
     for image in images:
         case_id = stem(image)
         match = _PATIENT.fullmatch(case_id)
         patient = match["patient"] if match else case_id
+        problems = (broken(NAME, folder / image.name, case_id) for folder in mask_dirs.values())
+        problem = next((p for p in problems if p is not None), None)
+        if problem is not None:
+            yield problem
+            continue
         masks = tuple(
             MaskFile(folder / image.name, target)
             for target, folder in mask_dirs.items()
@@ -50,7 +66,9 @@ def discover(data_root: Path) -> Iterator[Discovered]:
         yield Case(NAME, case_id, patient, image, masks, targets=tuple(LUNGS.values()))
     for folder in mask_dirs.values():
         if folder.is_dir():
-            for mask in image_files(folder):
+            masks = image_files(folder)
+            yield from (p for p in masks.problems(NAME) if p.file.name not in names)
+            for mask in masks:
                 if mask.name not in names:
                     yield Problem(NAME, mask, "mask has no image", stem(mask))
 

@@ -13,7 +13,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..geometry.slicing import VolumeSettings
-from .base import Case, Discovered, LayoutError, MaskFile, Problem, SourceInfo, find_root, stem
+from .base import (
+    Case,
+    Discovered,
+    LayoutError,
+    MaskFile,
+    Problem,
+    SourceInfo,
+    broken,
+    find_root,
+    stem,
+)
 from .dataset_json import ct_window, modality_of, read_dataset_json, source_name, structure_name
 
 NAME = "msd"
@@ -55,7 +65,10 @@ def bind(data_root: Path) -> SourceInfo:
             if image.name.startswith("._"):
                 continue  # macOS resource forks shipped in the MSD archives
             case_id = stem(image)
-            if not image.is_file():
+            problem = broken(name, image, case_id) or broken(name, label, case_id)
+            if problem is not None:
+                yield problem
+            elif not image.is_file():
                 yield Problem(name, image, "image listed in dataset.json is missing", case_id)
             elif not label.is_file():
                 yield Problem(name, image, "image has no label file", case_id)

@@ -14,7 +14,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..geometry.slicing import VolumeSettings
-from .base import Case, Discovered, LayoutError, MaskFile, Problem, SourceInfo, find_root
+from .base import (
+    Case,
+    Discovered,
+    LayoutError,
+    MaskFile,
+    Problem,
+    SourceInfo,
+    broken,
+    find_root,
+)
 from .dataset_json import ct_window, modality_of, read_dataset_json, source_name, structure_name
 
 NAME = "nnunet"
@@ -61,12 +70,12 @@ def bind(data_root: Path) -> SourceInfo:
     window = ct_window(root.name) if modality == "ct" else "percentile"
     name = source_name(NAME, root.name)
     targets = tuple(dict.fromkeys(labels.values()))
-    pattern = re.compile(rf"(?P<case>.+)_(?P<channel>\d{{4}}){re.escape(ending)}$")
+    pattern = re.compile(rf"(?P<case>.+)_(?P<channel>\d{{4}}){re.escape(ending)}", re.DOTALL)
 
     def discover(_: Path) -> Iterator[Discovered]:
         cases: dict[str, Path] = {}
         for image in sorted((root / "imagesTr").iterdir()):
-            match = pattern.match(image.name)
+            match = pattern.fullmatch(image.name)
             if match is None:
                 if not image.name.startswith("."):
                     yield Problem(name, image, f"not <case>_<XXXX>{ending}")
@@ -75,8 +84,11 @@ def bind(data_root: Path) -> SourceInfo:
                 cases[match["case"]] = image
         for case_id, image in sorted(cases.items()):
             label = root / "labelsTr" / f"{case_id}{ending}"
-            if not label.is_file():
-                yield Problem(name, image, "image has no label file", case_id)
+            problem = broken(name, image, case_id) or broken(name, label, case_id)
+            if problem is None and not label.is_file():
+                problem = Problem(name, image, "image has no label file", case_id)
+            if problem is not None:
+                yield problem
                 continue
             masks = (MaskFile(label, labels=labels),)
             yield Case(name, case_id, case_id, image, masks, targets=targets, absent_ok=targets)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from .base import Case, Discovered, MaskFile, Problem, SourceInfo, find_root
+from .base import Case, Discovered, MaskFile, Problem, SourceInfo, broken, find_root
 
 NAME = "ph2"
 TARGET = "skin lesion"
@@ -27,7 +27,10 @@ def discover(data_root: Path) -> Iterator[Discovered]:
         case_id = folder.name
         image = folder / f"{case_id}_Dermoscopic_Image" / f"{case_id}.bmp"
         mask = folder / f"{case_id}_lesion" / f"{case_id}_lesion.bmp"
-        if not image.is_file():
+        problem = broken(NAME, image, case_id) or broken(NAME, mask, case_id)
+        if problem is not None:
+            yield problem
+        elif not image.is_file():
             yield Problem(NAME, image, "image file missing", case_id)
         elif not mask.is_file():
             yield Problem(NAME, image, f"image has no mask (expected {mask.name})", case_id)

@@ -8,7 +8,8 @@ Keys (see README.md, "Adding a dataset"):
   radiograph's: pa, ap or lateral) and display_names ({structure: name in the text}).
 Volumes (images ending .nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd, or a glob ending in "/"
 for DICOM series folders) take the same keys, no display (volumes carry their geometry),
-and window, slice_axis, slices ({mode, k, stride, min_pixels, negatives}) and channel.
+and window, slice_axis, slices ({mode, k, stride, min_pixels, negatives}), channel and
+slice_gaps (refuse, or allow: a DICOM series with missing slices converts, each reported).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from ..geometry.slicing import SlicePolicy, VolumeError, VolumeSettings, parse_w
 from ..io.dicomseg import is_seg, segment_labels
 from ..io.display import parse_display, with_projection
 from ..io.volumes import VOLUME_SUFFIXES
-from .base import Case, Discovered, MaskFile, Problem, SourceInfo, stem
+from .base import Case, Discovered, MaskFile, Problem, SourceInfo, broken, stem
 
 KEYS = {
     "name",
@@ -52,8 +53,9 @@ KEYS = {
     "slice_axis",
     "slices",
     "channel",
+    "slice_gaps",
 }
-VOLUME_KEYS = ("window", "slice_axis", "slices", "channel")
+VOLUME_KEYS = ("window", "slice_axis", "slices", "channel", "slice_gaps")
 REQUIRED = ("name", "modality", "images", "masks")
 _SPLIT_WORDS = {
     "train": "train",
@@ -155,14 +157,17 @@ def load_spec(spec_path: Path) -> SourceInfo:
         if not data_root.is_dir():
             raise SpecError(f"data root {data_root} is not a folder (spec {spec_path})")
         want_dirs = volume is not None and images_glob.endswith("/")
-        images = sorted(
+        matched = sorted(
             p
             for p in data_root.glob(images_glob.rstrip("/") if want_dirs else images_glob)
-            if (p.is_dir() if want_dirs else p.is_file())
-            and not any(fnmatch(p.name, pattern) for pattern in exclude)
+            if not any(fnmatch(p.name, pattern) for pattern in exclude)
         )
+        images = [p for p in matched if (p.is_dir() if want_dirs else p.is_file())]
         if not images:
             raise SpecError(f"data root {data_root} has no file matching images: {images_glob!r}")
+        for path in matched:
+            if path.is_symlink() and not path.exists():  # a dangling link or a link loop
+                yield broken(name, path, _case_id(data_root, path))
         used: set[Path] = set()
         for image in images:
             case = _case(data_root, image)
@@ -186,13 +191,15 @@ def load_spec(spec_path: Path) -> SourceInfo:
             parent=glob.escape(parent) if parent != "." else ".",
         )
         masks = [m for m in _glob(data_root, pattern) if m != image]
-        case_id = relative.with_name(stem(image)).as_posix()
+        case_id = _case_id(data_root, image)
         if not masks:
             return Problem(name, image, f"image has no mask (looked for {pattern!r})", case_id)
         patient = stem(image)
         if patient_regex:
             match = re.search(
-                patient_regex.replace("{stem}", re.escape(stem(image))), relative.as_posix()
+                patient_regex.replace("{stem}", re.escape(stem(image))),
+                relative.as_posix(),
+                re.DOTALL,  # a file name may hold a newline
             )
             if match is None:
                 return Problem(
@@ -201,7 +208,7 @@ def load_spec(spec_path: Path) -> SourceInfo:
             patient = match["patient_id"]
         split = None
         if split_regex:
-            match = re.search(split_regex, relative.as_posix())
+            match = re.search(split_regex, relative.as_posix(), re.DOTALL)
             word = match["split"].lower() if match else None
             split = _SPLIT_WORDS.get(word) if word else None
             if match and split is None:
@@ -239,7 +246,9 @@ def load_spec(spec_path: Path) -> SourceInfo:
     def _target(image: Path, mask: Path) -> str | None:
         if target_regex:
             pattern = target_regex.replace("{stem}", re.escape(stem(image)))
-            match = re.fullmatch(pattern, stem(mask)) or re.search(pattern, stem(mask))
+            match = re.fullmatch(pattern, stem(mask), re.DOTALL) or re.search(
+                pattern, stem(mask), re.DOTALL
+            )
             if match is None:
                 return None
             found = match["target"].replace("_", " ").strip()
@@ -286,6 +295,9 @@ def _volume_settings(spec_path: Path, spec: dict) -> VolumeSettings | None:
                 f"{', '.join(VOLUME_SUFFIXES)}, or a glob ending in / for DICOM folders)"
             )
         return None
+    gaps = spec.get("slice_gaps", "refuse")
+    if gaps not in ("refuse", "allow"):
+        raise SpecError(f"{spec_path}: slice_gaps must be refuse or allow, got {gaps!r}")
     slices = spec.get("slices") or {}
     if not isinstance(slices, dict):
         raise SpecError(f"{spec_path}: slices must be a mapping (mode, k, stride, min_pixels)")
@@ -304,9 +316,15 @@ def _volume_settings(spec_path: Path, spec: dict) -> VolumeSettings | None:
             target_windows=target_windows,
             slices=SlicePolicy(**slices),
             channel=spec.get("channel"),
+            allow_gaps=gaps == "allow",
         )
     except (VolumeError, TypeError) as exc:
         raise SpecError(f"{spec_path}: {exc}") from exc
+
+
+def _case_id(data_root: Path, image: Path) -> str:
+    """The image's path under the data root without its extensions."""
+    return image.relative_to(data_root).with_name(stem(image)).as_posix()
 
 
 def _glob(root: Path, pattern: str) -> list[Path]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from pipeline.build.run import BuildConfig, BuildError, SourceRequest, build
 from pipeline.checks.folder import validate
 from pipeline.demo import write_kvasir
 from pipeline.sources import REGISTRY
+from pipeline.sources.spec import load_spec
 
 
 @pytest.fixture()
@@ -217,3 +219,125 @@ def test_a_patient_or_image_in_two_splits_fails_validation(tmp_path: Path) -> No
     assert f"patient leakage: {patient} is in ['train', 'validation']" in result.violations
     image = train["image_id"][:16]
     assert f"identical image {image} is in ['train', 'validation']" in result.violations
+
+
+def _errors(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
+
+
+def test_reasons_are_the_same_every_run_and_name_the_bad_file(
+    broken: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No object address, no path of this machine; a bad mask is reported as the mask."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 6000)  # 80x64 pass, over twice that: a bomb
+    Image.new("L", (200, 100)).save(broken / "masks" / "demo00004.jpg")  # a decompression bomb
+    runs, manifests = [], []
+    for name in ("first", "second"):
+        build(_config(broken, tmp_path / name))
+        runs.append((tmp_path / name / "errors.jsonl").read_text())
+        manifests.append((tmp_path / name / "manifest.json").read_text())
+    assert runs[0] == runs[1] and manifests[0] == manifests[1]
+    assert str(tmp_path) not in runs[0] and not re.search("0x[0-9a-fA-F]{6}", runs[0])
+    by_file = {e["file"]: e for e in _errors(tmp_path / "first")}
+    assert by_file["images/demo00001.jpg"]["reason"] == (
+        "cannot decode image (not a known image format)"
+    )
+    bomb = by_file["masks/demo00004.jpg"]
+    assert (bomb["case_id"], bomb["status"]) == ("demo00004", "failed")
+    assert "decompression bomb" in bomb["reason"]
+
+
+def test_links_that_lead_nowhere_are_counted_and_reported(tmp_path: Path) -> None:
+    folder = write_kvasir(tmp_path, 3, size=(80, 64))
+    (folder / "images" / "loop.jpg").symlink_to("loop.jpg")
+    (folder / "images" / "gone.jpg").symlink_to("nowhere.jpg")
+    (folder / "masks" / "demo00001.jpg").unlink()
+    (folder / "masks" / "demo00001.jpg").symlink_to("../masks/demo00001.jpg")
+    (folder / "images" / "elsewhere.jpg").symlink_to(folder / "images" / "demo00002.jpg")
+    (folder / "masks" / "elsewhere.jpg").symlink_to(folder / "masks" / "demo00002.jpg")
+    out = tmp_path / "out"
+    counts = build(_config(folder, out)).sources["kvasir_seg"]
+    by_file = {e["file"]: e["reason"] for e in _errors(out)}
+    assert by_file == {
+        "images/gone.jpg": "dangling symbolic link (its target does not exist)",
+        "images/loop.jpg": "symbolic link loop (following it never reaches a file)",
+        "masks/demo00001.jpg": "symbolic link loop (following it never reaches a file)",
+        "images/demo00001.jpg": "image has no mask",
+        # a link to a file is followed: the same image as demo00002, left out as such
+        "images/elsewhere.jpg": "identical image already converted as kvasir_seg/demo00002",
+    }
+    assert (counts.discovered, counts.converted, counts.skipped) == (7, 2, 5)
+
+
+def test_a_folder_tree_with_link_loops_is_walked_once_each(tmp_path: Path) -> None:
+    from pipeline.sources.base import walk
+
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "b" / "up").symlink_to("../..")
+    (tmp_path / "a" / "self").symlink_to("self")
+    (tmp_path / "link").symlink_to("a")
+    assert [p.relative_to(tmp_path).as_posix() for p in walk(tmp_path)] == [".", "a", "a/b"]
+
+
+def test_a_newline_in_a_file_name_keeps_its_pair(tmp_path: Path) -> None:
+    from pipeline.demo import write_busi
+
+    folder = write_busi(tmp_path, 2, size=(60, 40))
+    for path in sorted((folder / "benign").iterdir()):
+        path.rename(path.with_name(path.name.replace("benign ", "benign\nscan ")))
+    found = list(REGISTRY["busi"].discover(folder))
+    assert [(type(f).__name__, f.case_id) for f in found] == [
+        ("Case", "benign\nscan (1)"),
+        ("Case", "malignant (2)"),
+    ]
+    assert [m.path.name for m in found[0].masks] == [
+        "benign\nscan (1)_mask.png",
+        "benign\nscan (1)_mask_1.png",
+    ]
+
+
+def test_slices_shared_by_two_series_are_left_out_and_reported(tmp_path: Path) -> None:
+    """Like identical images: each slice identical to one converted before is left out
+    (reported with its slice), a series whose every slice was converted is skipped."""
+    pytest.importorskip("SimpleITK")
+    import phantoms
+    import pyarrow.parquet as pq
+
+    image, labels = phantoms.phantom_arrays()
+    hu = (image - 200).astype(np.int16)  # the body at 200 HU: grey in the abdomen window
+    changed = hu.copy()
+    changed[17:] += 20  # p2 shares p1's slices below 17 (the lesion spans 13..20)
+    for name, volume in (("p1", hu), ("p2", changed), ("p3", hu)):
+        phantoms.write(phantoms.to_image(volume), tmp_path / "images" / f"{name}.nii.gz")
+        phantoms.write(phantoms.to_image(labels), tmp_path / "labels" / f"{name}.nii.gz")
+    spec = tmp_path / "ct.yaml"
+    spec.write_text(
+        "name: ct\nmodality: ct\nimages: images/*.nii.gz\nmasks: labels/{name}\n"
+        "labels: {1: lesion}\nwindow: abdomen\nslices: {mode: all, negatives: 0}\n"
+    )
+    out = tmp_path / "out"
+    summary = build(BuildConfig((SourceRequest(load_spec(spec), tmp_path),), out, progress=False))
+    counts = summary.sources["ct"]
+    assert (counts.converted, counts.skipped) == (2, 1)
+    errors = _errors(out)
+    assert errors[-1] == {
+        "source": "ct",
+        "case_id": "images/p3",
+        "file": "images/p3.nii.gz",
+        "status": "skipped",
+        "reason": "identical image already converted as ct/images/p1",
+    }
+    shared = [e for e in errors if e["case_id"] == "images/p2"]
+    assert [e["slice_index"] for e in shared] == [13, 14, 15, 16]
+    assert {(e["slice_axis"], e["status"], e["reason"]) for e in shared} == {
+        ("axial", "skipped", "identical image already converted as ct/images/p1")
+    }
+    rows = [r for s in sorted((out / "data").glob("*.parquet")) for r in pq.read_table(
+        s, columns=["case_id", "image_id", "slice_index"]).to_pylist()]  # fmt: skip
+    p2 = sorted({r["slice_index"] for r in rows if r["case_id"] == "images/p2"})
+    assert p2 == [17, 18, 19, 20]
+    cases_of: dict[str, set[str]] = {}
+    for row in rows:
+        cases_of.setdefault(row["image_id"], set()).add(row["case_id"])
+    assert all(len(cases) == 1 for cases in cases_of.values())
+    assert validate(out).ok

@@ -183,3 +183,18 @@ def test_split_regex_keeps_official_splits(tmp_path: Path) -> None:
         "Val": "validation",
         "Test": "test",
     }
+
+
+def test_images_that_are_links_to_nowhere_are_problems(tmp_path: Path) -> None:
+    _write(tmp_path / "images" / "a" / "x.png", np.zeros((8, 8), np.uint8))
+    _write(tmp_path / "masks" / "x.png", np.full((8, 8), 255, np.uint8))
+    (tmp_path / "images" / "a" / "loop.png").symlink_to("loop.png")
+    (tmp_path / "images" / "a" / "gone.png").symlink_to("../nowhere.png")
+    spec = _spec(tmp_path, 'name: s\nmodality: ct\nimages: "images/*/*.png"\n'
+                 'masks: "masks/{name}"\ntarget: t\n')  # fmt: skip
+    found = list(load_spec(spec).discover(tmp_path))
+    assert [(f.case_id, f.reason) for f in found if isinstance(f, Problem)] == [
+        ("images/a/gone", "dangling symbolic link (its target does not exist)"),
+        ("images/a/loop", "symbolic link loop (following it never reaches a file)"),
+    ]
+    assert [f.case_id for f in found if isinstance(f, Case)] == ["images/a/x"]
