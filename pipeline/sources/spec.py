@@ -151,6 +151,14 @@ def load_spec(spec_path: Path) -> SourceInfo:
         exclude = [exclude]
     name = str(spec["name"])
     images_glob, masks_pattern = str(spec["images"]), str(spec["masks"])
+    _check_glob(spec_path, "images", images_glob)
+    try:  # each placeholder as one folder name: {parent} is checked again per image
+        _check_glob(spec_path, "masks", masks_pattern.format(stem="x", name="x", parent="x"))
+    except (KeyError, IndexError, ValueError) as exc:
+        raise SpecError(
+            f"{spec_path}: masks {masks_pattern!r} may use only {{stem}}, {{name}} and "
+            f"{{parent}} ({type(exc).__name__}: {exc})"
+        ) from exc
     negatives = bool(spec.get("negatives", False))
 
     def discover(data_root: Path) -> Iterator[Discovered]:
@@ -190,6 +198,11 @@ def load_spec(spec_path: Path) -> SourceInfo:
             name=glob.escape(image.name),
             parent=glob.escape(parent) if parent != "." else ".",
         )
+        if _leaves_root(pattern):
+            raise SpecError(
+                f"{spec_path}: masks {masks_pattern!r} leaves the data root for image "
+                f"{relative.as_posix()} (as {pattern!r})"
+            )
         masks = [m for m in _glob(data_root, pattern) if m != image]
         case_id = _case_id(data_root, image)
         if not masks:
@@ -327,6 +340,33 @@ def _case_id(data_root: Path, image: Path) -> str:
     return image.relative_to(data_root).with_name(stem(image)).as_posix()
 
 
+def _check_glob(spec_path: Path, key: str, pattern: str) -> None:
+    """Refuse a glob that is absolute or whose '..' can climb above the data root."""
+    if os.path.isabs(pattern):
+        raise SpecError(
+            f"{spec_path}: {key} {pattern!r} is absolute: globs are relative to the data root"
+        )
+    if _leaves_root(pattern):
+        raise SpecError(f"{spec_path}: {key} {pattern!r} leaves the data root ('..' above it)")
+
+
+def _leaves_root(pattern: str) -> bool:
+    """Whether a relative glob can reach above the folder it starts from: a '..' at a
+    depth that '**' (which may match no folder at all) cannot guarantee."""
+    depth = 0
+    for part in pattern.split("/"):
+        if part == "..":
+            depth -= 1
+            if depth < 0:
+                return True
+        elif part not in ("", ".", "**"):
+            depth += 1
+    return False
+
+
 def _glob(root: Path, pattern: str) -> list[Path]:
-    """Files under root matching a glob pattern (a plain relative path matches itself)."""
-    return sorted(Path(os.path.normpath(p)) for p in root.glob(pattern) if p.is_file())
+    """Files under root matching a glob pattern (a plain relative path matches itself);
+    never one outside root (the pattern of unclaimed masks may reach there)."""
+    base = Path(os.path.normpath(root))
+    found = (Path(os.path.normpath(p)) for p in root.glob(pattern) if p.is_file())
+    return sorted(p for p in found if p.is_relative_to(base))

@@ -58,6 +58,44 @@ def test_bad_specs_name_the_file_and_problem(tmp_path: Path, text: str, message:
         load_spec(_spec(tmp_path, text))
 
 
+def test_globs_that_leave_the_data_root_are_refused_with_the_reason(tmp_path: Path) -> None:
+    """Absolute globs, and '..' that can climb above the data root (also through '**', which
+    may match no folder, and through {parent} for an image at the root), are refused before
+    any file outside is listed; '..' that stays inside is followed."""
+    root = tmp_path / "data"
+    pixels = np.zeros((8, 8), np.uint8)
+    pixels[2:5, 2:5] = 255
+    for folder in ("images", "masks"):
+        _write(root / "site" / folder / "a.png", pixels)
+    _write(root / "b.png", pixels)
+    _write(tmp_path / "outside" / "a.png", pixels)  # what a glob that climbs would read
+    _write(tmp_path / "masks" / "c.png", pixels)  # "**/../masks" with "**" as no folder
+    refused = {
+        'images: "/etc/*"\nmasks: "m/{stem}.png"': "images '/etc/\\*' is absolute",
+        'images: "../../../etc/*"\nmasks: "m/{stem}.png"': "leaves the data root",
+        'images: "**/../*.png"\nmasks: "m/{stem}.png"': "leaves the data root",
+        'images: "*.png"\nmasks: "../outside/{stem}.png"': "masks .* leaves the data root",
+        'images: "*.png"\nmasks: "/tmp/{stem}.png"': "is absolute",
+        'images: "*.png"\nmasks: "m/{stem}_{side}.png"': "only {stem}, {name} and {parent}",
+    }
+    for keys, message in refused.items():
+        text = f"name: x\nmodality: ct\ntarget: t\n{keys}\n"
+        with pytest.raises(SpecError, match=message):
+            load_spec(_spec(tmp_path, text))
+    nested = 'masks: "{parent}/../masks/{stem}.png"\n'
+    spec = load_spec(
+        _spec(tmp_path, f'name: x\nmodality: ct\ntarget: t\nimages: "*/images/*.png"\n{nested}')
+    )
+    [case] = spec.discover(root)
+    assert case.masks[0].path == root / "site" / "masks" / "a.png"
+    assert list(spec.discover(root)) == [case]  # the unclaimed-mask glob stays inside too
+    at_root = load_spec(
+        _spec(tmp_path, f'name: x\nmodality: ct\ntarget: t\nimages: "*.png"\n{nested}')
+    )
+    with pytest.raises(SpecError, match="leaves the data root for image b.png"):
+        list(at_root.discover(root))
+
+
 def test_several_mask_files_per_image_and_their_targets(tmp_path: Path) -> None:
     root = tmp_path / "data"
     canvas = np.zeros((60, 60), np.uint8)
