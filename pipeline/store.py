@@ -12,20 +12,24 @@ copied or moved elsewhere still serves them. Files leave a store as copies of th
 from __future__ import annotations
 
 import dataclasses
+import errno
 import fcntl
 import hashlib
 import os
 import pickle
 import shutil
+import uuid
 import warnings
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, TypeVar
 
 # Runs a stage on every job, each submitted as soon as the iterable yields it; the results
 # come in job order. What runs them is the caller's: a loop here (build.inline_runner) or
 # Prefect tasks on a task runner (flows.py).
 StageRunner = Callable[[Callable[[Any], Any], Iterable[Any]], Iterator[Any]]
+Stored = TypeVar("Stored")
 
 
 def file_digest(path: Path) -> str:
@@ -59,6 +63,50 @@ def code_digest(modules: tuple) -> str:
 def cache_key(*parts: object) -> str:
     """SHA-256 of the repr of a key's parts."""
     return hashlib.sha256(repr(parts).encode()).hexdigest()
+
+
+def private_name(path: Path, suffix: str = "tmp") -> Path:
+    """A hidden sibling of path that no other process or thread uses: builds sharing a
+    store write the same paths at the same time."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.{suffix}")
+
+
+@contextmanager
+def atomic_file(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
+    """A file written under a private name and renamed to path when the block ends without
+    error (removed when it raises): readers see all of one version or nothing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = private_name(path)
+    try:
+        with tmp.open(mode, encoding=None if "b" in mode else "utf-8") as handle:
+            yield handle
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def place_folder(staging: Path, folder: Path, stored: Callable[[], Stored | None]) -> Stored | None:
+    """Move a finished staging folder to `folder` in one rename; returns None once it is
+    there. A folder already there (another build stored the same key first) is kept when
+    stored() finds its result complete, which is then returned and staging removed; an
+    incomplete one (left by a crash) is replaced."""
+    while True:
+        try:
+            staging.replace(folder)
+            return None
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+        found = stored()
+        if found is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+            return found
+        old = private_name(folder, "old")
+        try:
+            folder.replace(old)
+        except FileNotFoundError:  # another build moved it first
+            continue
+        shutil.rmtree(old, ignore_errors=True)
 
 
 class CacheWarning(UserWarning):
@@ -107,11 +155,8 @@ def atomic_pickle(value: object, path: Path, store: Path | None = None) -> None:
     if store is not None:
         value = _rebased(value, store, STORE_ROOT)
     data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("wb") as handle:
+    with atomic_file(path) as handle:
         handle.write(_MAGIC + hashlib.sha256(data).digest() + data)
-    tmp.replace(path)
 
 
 def stored_result(path: Path, store: Path | None = None) -> object | None:

@@ -20,7 +20,6 @@ Both return small summaries; keys make them cacheable by any orchestrator (flows
 from __future__ import annotations
 
 import hashlib
-import os
 import pickle
 import shutil
 import sys
@@ -54,6 +53,8 @@ from ..store import (
     code_digest,
     file_digest,
     file_identity,
+    place_folder,
+    private_name,
     stored_result,
     verified,
 )
@@ -158,7 +159,7 @@ class PayloadWriter:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        self.tmp = private_name(path)
 
     def __enter__(self) -> PayloadWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -303,21 +304,21 @@ def render_batch(job: RenderJob) -> RenderResult:
     if stored is not None:
         return stored
     folder = job.parts(key)
-    staging = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
-    if staging.exists():
-        shutil.rmtree(staging)
+    staging = private_name(folder)
     staging.mkdir(parents=True)
-    result, written = _write_rows(job, key, staging)
-    parts = []
-    for split, path in written:
-        rows, identity, sha256 = writer.row_count(path), file_identity(path), file_digest(path)
-        check = check_shard(path, split, sha256) if job.check else None
-        parts.append(Part(split, folder / path.name, sha256, rows, identity, check))
-    rendered = replace(result, parts=tuple(parts))
-    atomic_pickle(rendered, staging / "result.pkl", job.store)
-    if folder.exists():
-        shutil.rmtree(folder)
-    staging.replace(folder)  # the whole batch appears at once
+    try:
+        result, written = _write_rows(job, key, staging)
+        parts = []
+        for split, path in written:
+            rows, identity, sha256 = writer.row_count(path), file_identity(path), file_digest(path)
+            check = check_shard(path, split, sha256) if job.check else None
+            parts.append(Part(split, folder / path.name, sha256, rows, identity, check))
+        rendered = replace(result, parts=tuple(parts))
+        atomic_pickle(rendered, staging / "result.pkl", job.store)
+        # the whole batch appears at once; another build's, when it stored it first
+        rendered = place_folder(staging, folder, lambda: job.cached(key)) or rendered
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     if not job.extract.reusable:  # freed now by this worker, not at the build's end
         job.extract.payload.unlink(missing_ok=True)
     return rendered

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from ..store import atomic_file
 from .client import Completion
 
 
@@ -42,8 +42,6 @@ class AnswerCache:
             return None  # absent, or cut short by a crash: ask again
 
     def put(self, key: str, model: str, prompt_version: str, completion: Completion) -> None:
-        path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         record = {
             "model": model,
             "prompt_version": prompt_version,
@@ -51,9 +49,8 @@ class AnswerCache:
             "input_tokens": completion.input_tokens,
             "output_tokens": completion.output_tokens,
         }
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_text(json.dumps(record, ensure_ascii=False))
-        tmp.replace(path)
+        with atomic_file(self.path(key), "w") as handle:
+            handle.write(json.dumps(record, ensure_ascii=False))
 
     def get_or_ask(
         self, key: str, model: str, prompt_version: str, ask: Callable[[], Completion]

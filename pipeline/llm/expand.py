@@ -29,7 +29,15 @@ from ..geometry import facts as facts_module
 from ..geometry.patient import PatientFrame, instances_side
 from ..qa import templates as qa
 from ..qa.templates import FAMILIES, QAPlanner, Template, TemplateSet
-from ..store import atomic_pickle, cache_key, code_digest, stored_result
+from ..store import (
+    atomic_file,
+    atomic_pickle,
+    cache_key,
+    code_digest,
+    place_folder,
+    private_name,
+    stored_result,
+)
 from . import guard
 from .paraphrase import RewriteConfig, ask, load_prompt, parse_json_reply, session
 
@@ -275,9 +283,8 @@ def write_generated(path: Path, result: ExpandResult, config: RewriteConfig, ver
         allow_unicode=True,
         width=1000,
     )
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(_header(config, version) + body)
-    tmp.replace(path)
+    with atomic_file(path, "w") as handle:
+        handle.write(_header(config, version) + body)
 
 
 def check_generated(path: Path, base: dict[str, list[dict[str, Any]]]) -> int:
@@ -313,14 +320,13 @@ def merged_templates(directory: Path, store: Path) -> Path:
     folder = store / "templates" / digest.hexdigest()
     if folder.is_dir():
         return folder
-    staging = folder.with_name(f".{folder.name}.tmp")
-    if staging.exists():
-        shutil.rmtree(staging)
+    staging = private_name(folder)
     staging.mkdir(parents=True)
-    for name, path in zip(names, files, strict=True):
-        shutil.copyfile(path, staging / name)
     try:
-        staging.replace(folder)
-    except OSError:  # another build put the same folder in place first
+        for name, path in zip(names, files, strict=True):
+            shutil.copyfile(path, staging / name)
+        # another build may have put the same folder in place first: renamed whole, it is
+        place_folder(staging, folder, lambda: folder if folder.is_dir() else None)
+    finally:
         shutil.rmtree(staging, ignore_errors=True)
     return folder

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 import uuid
@@ -53,6 +52,8 @@ from ..store import (
     code_digest,
     file_digest,
     file_identity,
+    place_folder,
+    private_name,
     stored_result,
     verified,
 )
@@ -303,18 +304,26 @@ def _rewrite_rows(
     return out
 
 
+def _stored_rewrite(job: RewriteJob, key: str) -> RewriteResult | None:
+    """The batch's final stored result, each part checked against its content hash."""
+    stored = stored_result(job.result(key), job.store)
+    if isinstance(stored, RewriteResult) and all(verified(p.path, p.sha256) for p in stored.parts):
+        return stored
+    return None
+
+
 def rewrite_batch(job: RewriteJob) -> RewriteResult:
     """Paraphrase every row of one render result (see the module docstring)."""
     key = job.key
-    stored = stored_result(job.result(key), job.store)
-    if isinstance(stored, RewriteResult) and all(verified(p.path, p.sha256) for p in stored.parts):
+    stored = _stored_rewrite(job, key)
+    if stored is not None:
         return stored
     sess = session(job.session)
     prompt = load_prompt("paraphrase")
     if prompt.version != job.prompt_version:
         raise RuntimeError(f"prompt {prompt.name} changed during the build")
     folder = job.parts(key)
-    staging = folder.with_name(f".{folder.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    staging = private_name(folder)
     staging.mkdir(parents=True)
     statuses: Counter = Counter()
     parts = []
@@ -358,12 +367,10 @@ def rewrite_batch(job: RewriteJob) -> RewriteResult:
         result = RewriteResult(key, tuple(parts), statuses, final)
         if final:
             atomic_pickle(result, staging / "result.pkl", job.store)
-        if folder.exists():
-            shutil.rmtree(folder)
-        staging.replace(folder)  # the whole batch appears at once
+        # the whole batch appears at once; another build's, when it stored it first
+        result = place_folder(staging, folder, lambda: _stored_rewrite(job, key)) or result
     finally:
-        if staging.exists():
-            shutil.rmtree(staging)
+        shutil.rmtree(staging, ignore_errors=True)
     return result
 
 
