@@ -41,7 +41,7 @@ from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 from prefect.utilities.annotations import quote  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from pipeline.build.run import BuildConfig, BuildError, parse_source_arg, run_build  # noqa: E402
+from pipeline.build.run import BuildConfig, BuildError, BuildSummary, parse_source_arg, run_build  # noqa: E402
 from pipeline.build.stages import ExtractJob, ExtractResult, RenderJob, extract_batch, render_batch  # noqa: E402
 from pipeline.checks.folder import ShardJob, ValidationResult, check_job, validate  # noqa: E402
 from pipeline.checks.shard import ShardResult  # noqa: E402
@@ -226,7 +226,9 @@ def build_mmrs(
     llm_variants: int = 2,
     llm_api_key_secret: str | None = None,
 ) -> dict:
-    """Build MMRS from sources given as "NAME_OR_SPEC=DATA_ROOT"; validate it (check).
+    """Build MMRS from sources given as "NAME_OR_SPEC=DATA_ROOT"; validate it (check) before
+    it replaces an earlier build in `out` (one that fails keeps the earlier build: the
+    result's `folder` says where the new one is).
 
     slice_axis and slices (all, largest[:K], stride[:N]) override volume sources' own.
     rewrite: none | paraphrase | expand-templates (see pipeline/llm/paraphrase.py). The LLM key
@@ -264,29 +266,35 @@ def build_mmrs(
         make_task_runner("threads", workers) as llm_threads,
     ):
         ahead = in_flight(task_runner, workers)
-        built = run_build(
-            config,
-            _on(task_runner, extract_task, "extract", progress, ahead),
-            _on(task_runner, render_task, "render", progress, ahead),
-            _on_llm(llm_threads, progress, in_flight(llm_threads, workers)),
-            api_key,
-        )
-        summary = built.as_dict()
-        _report_build(summary, out)
-        logger.info("built %s: %s rows", out, summary["rows"])
-        validation = None
-        if check:
-            result = validate(
-                config.out,
+
+        def checked(folder: Path, built: BuildSummary) -> ValidationResult:
+            """The build, validated in its staging folder: it replaces an earlier one only
+            when valid."""
+            return validate(
+                folder,
                 store=store,
                 run=_on(task_runner, check_task, "validate", progress, ahead, "shard"),
                 checked=built.checks,
                 hash_threads=workers,
                 known_hashes=built.hashes,
             )
-            _report_validation(result, out)
-            validation = result.as_dict()
-    return {"summary": summary, "validation": validation}
+
+        built = run_build(
+            config,
+            _on(task_runner, extract_task, "extract", progress, ahead),
+            _on(task_runner, render_task, "render", progress, ahead),
+            _on_llm(llm_threads, progress, in_flight(llm_threads, workers)),
+            api_key,
+            checked if check else None,
+        )
+    summary = built.as_dict()
+    _report_build(summary, out)
+    logger.info("built %s: %s rows", out, summary["rows"])
+    validation = None
+    if built.validation is not None:
+        _report_validation(built.validation, out)
+        validation = built.validation.as_dict()
+    return {"summary": summary, "validation": validation, "folder": str(built.folder)}
 
 
 def _report_build(summary: dict, out: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import sys
@@ -16,7 +17,16 @@ from pathlib import Path
 
 from . import __version__
 from .build.collector import long_lived, skip_collection_at_exit
-from .build.run import BATCH_SIZE, BuildConfig, BuildError, discover, parse_source_arg, plan_extract
+from .build.output import check_out, hold
+from .build.run import (
+    BATCH_SIZE,
+    BuildConfig,
+    BuildError,
+    check_config,
+    discover,
+    parse_source_arg,
+    plan_extract,
+)
 from .build.stages import ExtractJob, extract_batch
 from .build.workers import RUNNERS, cache_store, default_cache_dir, start_ahead, start_workers
 from .geometry.slicing import SLICE_AXES
@@ -41,16 +51,57 @@ def _source_args(args: argparse.Namespace) -> list[str]:
                     f"(or --data-root DIR with a single --source)"
                 )
             value = f"{value}={args.data_root}"
-        # fail here, before Prefect starts, on a bad name or volume option
-        parse_source_arg(value, slice_axis=args.slice_axis, slices=args.slices)
         values.append(value)
     return values
+
+
+def _checked_config(args: argparse.Namespace, sources: list[str]) -> BuildConfig:
+    """The build's configuration as far as it can be checked before Prefect starts: every
+    source, numeric and folder argument (the flow makes its own from the same arguments)."""
+    config = BuildConfig(
+        tuple(parse_source_arg(v, slice_axis=args.slice_axis, slices=args.slices)
+              for v in sources),
+        Path(args.out).expanduser(),
+        ratios=SplitRatios.parse(args.split_ratios),
+        templates_dir=Path(args.templates).expanduser() if args.templates else None,
+        overwrite=args.overwrite,
+        batch_size=args.batch_size,
+        png_level=args.png_level,
+        cache_dir=cache_store(not args.no_cache, args.cache_dir),
+    )  # fmt: skip
+    check_config(config)
+    return config
 
 
 def _prefect_console(verbose: bool) -> None:
     """Prefect's per-task log lines only with --verbose (the UI keeps them either way)."""
     if not verbose:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+class _EngineErrors(logging.Filter):
+    """Prefect's own report of an exception that ends a task or flow run (with its
+    traceback, 20 to 200 lines): the exception reaches the user as one line anyway."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        engine = record.name.startswith(("prefect.flow_runs", "prefect.task_runs"))
+        return not (engine and record.levelno >= logging.ERROR)
+
+
+ENGINE_ERRORS = _EngineErrors()
+
+
+def _engine_errors_on_console(verbose: bool) -> None:
+    """Once Prefect is imported: its engine's error reports on the console only with
+    --verbose (the UI and the API keep them either way)."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler):
+            if verbose:
+                handler.removeFilter(ENGINE_ERRORS)
+            else:
+                handler.addFilter(ENGINE_ERRORS)
 
 
 def _start_workers(args: argparse.Namespace, warm_up: Callable[[], object] | None = None) -> bool:
@@ -62,22 +113,16 @@ def _start_workers(args: argparse.Namespace, warm_up: Callable[[], object] | Non
     return False
 
 
-def _extract_ahead(args: argparse.Namespace, sources: list[str]) -> Path | None:
+def _extract_ahead(args: argparse.Namespace, config: BuildConfig) -> Path | None:
     """Give the workers started ahead the build's first batches (AHEAD_BATCHES each) to
     extract while Prefect starts; the flow's extract tasks of those batches take their
     results. Returns the scratch store to remove after the build when it has no cache."""
-    requests = [parse_source_arg(v, slice_axis=args.slice_axis, slices=args.slices)
-                for v in sources]  # fmt: skip
-    out = Path(args.out).expanduser()
-    store = cache_store(not args.no_cache, args.cache_dir)
-    scratch = None
+    out, store, scratch = config.out, config.cache_dir, None
     if store is None:
-        out.parent.mkdir(parents=True, exist_ok=True)
         store = scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.ahead-", dir=out.parent))
     try:  # discovery stops once the first batches are planned: the flow discovers them all
-        discovered = discover(BuildConfig(tuple(requests), out))
         jobs = plan_extract(
-            discovered, args.batch_size, store, reusable=scratch is None, png_level=args.png_level
+            discover(config), config.batch_size, store, scratch is None, config.png_level
         )
         ahead = list(islice(jobs, AHEAD_BATCHES * args.workers))
     except BaseException:  # a data root of the wrong layout
@@ -154,7 +199,7 @@ def _print_validation(result: dict, folder: Path) -> None:
 
 def cmd_build(args: argparse.Namespace) -> int:
     sources = _source_args(args)
-    SplitRatios.parse(args.split_ratios)  # fail before Prefect starts
+    config = _checked_config(args, sources)  # fail before Prefect starts
     llm = {
         "llm_model": args.llm_model,
         "llm_base_url": args.llm_base_url,
@@ -175,17 +220,36 @@ def cmd_build(args: argparse.Namespace) -> int:
             "that needs none)"
         )
     _prefect_console(args.verbose)
-    templates = Path(args.templates).expanduser() if args.templates else None
+    with hold(config.out):  # before anything is written beside it; the flow's build nests
+        check_out(config.out, config.overwrite)
+        result = _run_build_flow(args, config, sources, llm)
+    folder = Path(result["folder"])
+    _print_summary(result["summary"], folder)
+    _print_validation(result["validation"], folder)
+    if folder != config.out:
+        print(
+            f"{config.out} keeps the build it held: the new one failed its checks (it stays "
+            f"in {folder} until the next build into {config.out})",
+            file=sys.stderr,
+        )
+    return 0 if result["validation"]["ok"] else 1
+
+
+def _run_build_flow(
+    args: argparse.Namespace, config: BuildConfig, sources: list[str], llm: dict
+) -> dict:
+    """The build-mmrs flow for the command's arguments (with workers started ahead)."""
     scratch = None
-    if _start_workers(args, partial(load_templates, templates)):  # compiled before rendering
-        scratch = _extract_ahead(args, sources)
+    if _start_workers(args, partial(load_templates, config.templates_dir)):  # compiled early
+        scratch = _extract_ahead(args, config)
     try:
         with long_lived():  # also matplotlib, for the card: imported while workers start
             from flows import build_mmrs
 
             from .release import plots  # noqa: F401
 
-        result = build_mmrs(
+        _engine_errors_on_console(args.verbose)
+        return build_mmrs(
             sources=sources,
             out=args.out,
             seed=args.seed,
@@ -209,10 +273,6 @@ def cmd_build(args: argparse.Namespace) -> int:
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
-    out = Path(args.out).expanduser()
-    _print_summary(result["summary"], out)
-    _print_validation(result["validation"], out)
-    return 0 if result["validation"]["ok"] else 1
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -221,6 +281,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     with long_lived():
         from flows import validate_mmrs
 
+    _engine_errors_on_console(args.verbose)
     result = validate_mmrs(
         folder=args.folder,
         workers=args.workers,
@@ -242,6 +303,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
     with long_lived():
         from flows import publish_mmrs
 
+    _engine_errors_on_console(args.verbose)
     files = publish_mmrs(
         folder=args.folder,
         repo_id=args.repo_id,
@@ -304,6 +366,17 @@ def cmd_sources(args: argparse.Namespace) -> int:
     return 0
 
 
+def _count(value: str) -> int:
+    """A whole number of at least 1, for argparse."""
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {value!r}")
+    return number
+
+
 def _png_level(value: str) -> int:
     """A zlib level, 0 (none) to 9 (smallest), for argparse."""
     try:
@@ -316,7 +389,7 @@ def _png_level(value: str) -> int:
 
 
 def _runner_options(command: argparse.ArgumentParser) -> None:
-    command.add_argument("--workers", type=int, default=1, help="parallel workers (default 1)")
+    command.add_argument("--workers", type=_count, default=1, help="parallel workers (default 1)")
     command.add_argument(
         "--runner",
         choices=RUNNERS,
@@ -340,7 +413,7 @@ def _rewrite_options(command: argparse.ArgumentParser) -> None:
     llm.add_argument("--llm-model", help="model name, e.g. gpt-4.1-mini")
     llm.add_argument("--llm-base-url", help="endpoint, e.g. http://127.0.0.1:8000/v1 (vLLM)")
     llm.add_argument(
-        "--llm-concurrency", type=int, default=8, help="requests in flight (default 8)"
+        "--llm-concurrency", type=_count, default=8, help="requests in flight (default 8)"
     )
     llm.add_argument("--llm-rate-limit", type=float, metavar="RPM", help="requests per minute")
     llm.add_argument(
@@ -361,7 +434,7 @@ def _rewrite_options(command: argparse.ArgumentParser) -> None:
     )
     llm.add_argument(
         "--llm-variants",
-        type=int,
+        type=_count,
         default=2,
         help="expand-templates: variants asked per template (default 2)",
     )
@@ -406,7 +479,10 @@ def parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="replace an existing MMRS build in --out"
     )
     b.add_argument(
-        "--batch-size", type=int, default=BATCH_SIZE, help=f"cases per task (default {BATCH_SIZE})"
+        "--batch-size",
+        type=_count,
+        default=BATCH_SIZE,
+        help=f"cases per task (default {BATCH_SIZE})",
     )
     b.add_argument(
         "--png-level",
@@ -471,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
     skip_collection_at_exit()
     try:
         return args.func(args)
-    except (BuildError, ValueError, FileNotFoundError, PermissionError) as exc:
+    except (BuildError, ValueError, OSError) as exc:  # the traceback: -v (Prefect's log)
         print(f"mmrs: error: {exc}", file=sys.stderr)
         return 2
 

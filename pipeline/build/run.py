@@ -7,9 +7,10 @@ recorded in discovery order, and an image identical to one converted earlier is 
 The orchestration is written once, here; what runs each batch stage is passed in: a plain
 loop (`build`, for library use and tests) or Prefect tasks with caching on a task runner
 (flows.py, what `mmrs build` uses). The output is assembled in a staging folder beside
---out and moved into place only when complete, manifest.json last. Every discovered case
-ends as converted, skipped or failed; every one not converted is in errors.jsonl with its
-file and reason.
+--out, checked (when a check is given) and only then moved into place, manifest.json last
+(output.py: the lock on --out, what a killed build left, replacing an earlier build). Every
+discovered case ends as converted, skipped or failed; every one not converted is in
+errors.jsonl with its file and reason.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any, TypeVar
 from tqdm import tqdm
 
 from .. import __version__
+from ..checks.folder import ValidationResult
 from ..checks.shard import ShardResult
 from ..geometry.facts import MIN_COMPONENT_FRACTION
 from ..io.images import PNG_LEVEL
@@ -41,6 +43,14 @@ from ..sources.base import Case, Problem, SourceInfo
 from ..splits import SPLITS, SplitRatios
 from ..store import FileIdentity, StageRunner, code_digest, file_digest, place_file
 from .cases import SourceMeta
+from .output import (
+    BuildError,
+    check_folder_argument,
+    check_out,
+    hold,
+    move_in,
+    staging_folder,
+)
 from .stages import (
     EXTRACT_CODE,
     RENDER_CODE,
@@ -53,10 +63,6 @@ from .stages import (
 
 BATCH_SIZE = 256  # cases per extract/render task
 Item = TypeVar("Item")
-
-
-class BuildError(RuntimeError):
-    """A build that cannot go on (bad arguments, or the first bad case under --strict)."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +111,10 @@ class BuildSummary:
     # The parts' content hashes by file identity: what validate(known_hashes=...) needs to
     # hash only shards whose file changed after render.
     hashes: dict[FileIdentity, str] = field(default_factory=dict)
+    validation: ValidationResult | None = None  # of the build, before it moved in
+    # Where the build is: out, or its staging folder when it failed its checks and out
+    # kept the earlier build.
+    folder: Path | None = None
 
     def as_dict(self, usage: bool = True) -> dict[str, Any]:
         """The summary; usage=False leaves out what differs between a run and its re-run."""
@@ -142,10 +152,23 @@ def inline_runner(progress: bool, desc: str) -> StageRunner:
     return run
 
 
-def discover(config: BuildConfig) -> Iterator[tuple[SourceRequest, Case | Problem]]:
-    """Every case and problem of every source, in a deterministic order, as the sources find
-    them. The sources and their data roots are checked at once: each source starts now, up
-    to its first item, so a data root of the wrong layout fails before any work."""
+def check_config(config: BuildConfig) -> None:
+    """Refuse, before any work, what no build can run with: no source or one given twice,
+    a data root that is not a folder, a batch size below 1, a zlib level outside 0-9, an
+    output, cache or templates folder that is a file."""
+    _check_sources(config)
+    if config.batch_size < 1:
+        raise BuildError(f"--batch-size must be at least 1, got {config.batch_size}")
+    if not 0 <= config.png_level <= 9:
+        raise BuildError(f"--png-level must be a zlib level from 0 to 9, got {config.png_level}")
+    check_folder_argument(config.out, "--out")
+    if config.cache_dir is not None:
+        check_folder_argument(config.cache_dir, "--cache-dir")
+    if config.templates_dir is not None and not config.templates_dir.is_dir():
+        raise BuildError(f"--templates {config.templates_dir} is not a folder")
+
+
+def _check_sources(config: BuildConfig) -> None:
     if not config.sources:
         raise BuildError("no source given (use --source NAME_OR_SPEC=DATA_ROOT)")
     names = [r.source.name for r in config.sources]
@@ -157,6 +180,17 @@ def discover(config: BuildConfig) -> Iterator[tuple[SourceRequest, Case | Proble
             raise BuildError(
                 f"data root {request.data_root} for {request.source.name} does not exist"
             )
+        if not request.data_root.is_dir():
+            raise BuildError(
+                f"data root {request.data_root} for {request.source.name} is not a folder"
+            )
+
+
+def discover(config: BuildConfig) -> Iterator[tuple[SourceRequest, Case | Problem]]:
+    """Every case and problem of every source, in a deterministic order, as the sources find
+    them. The sources and their data roots are checked at once: each source starts now, up
+    to its first item, so a data root of the wrong layout fails before any work."""
+    _check_sources(config)
     started = [(request, _started(request)) for request in config.sources]
     return ((request, item) for request, items in started for item in items)
 
@@ -253,17 +287,6 @@ def _cleaned(reason: str | None, root: Path) -> str | None:
     return _ADDRESS.sub("", reason)
 
 
-def _check_out(config: BuildConfig) -> None:
-    out = config.out
-    if out.exists() and any(out.iterdir()):
-        if not config.overwrite:
-            raise BuildError(f"output folder {out} is not empty (pass --overwrite to replace it)")
-        if not (out / "manifest.json").is_file():
-            raise BuildError(
-                f"refusing to overwrite {out}: it is not an MMRS build (no manifest.json)"
-            )
-
-
 def plan_extract(
     discovered: Iterable[tuple[SourceRequest, Case | Problem]],
     batch_size: int,
@@ -343,18 +366,41 @@ def run_build(
     run_render: StageRunner | None = None,
     run_rewrite: StageRunner | None = None,
     api_key: str | None = None,
+    check: Callable[[Path, BuildSummary], ValidationResult] | None = None,
 ) -> BuildSummary:
     """Discover, extract, render, rewrite (if asked) and assemble a build.
 
     `api_key` is the LLM key when config.rewrite is set (default: $OPENAI_API_KEY).
+    `check` validates the assembled build in its staging folder; one that fails it does
+    not replace an earlier build in config.out (it stays in the staging folder).
     """
+    check_config(config)
     run_extract = run_extract or inline_runner(config.progress, "extract")
     run_render = run_render or inline_runner(config.progress, "render")
     run_rewrite = run_rewrite or inline_runner(config.progress, "rewrite")
     templates = load_templates(config.templates_dir)
-    discovered = discover(config)
-    _check_out(config)
-    config.out.parent.mkdir(parents=True, exist_ok=True)
+    with hold(config.out):
+        replaced = check_out(config.out, config.overwrite)
+        discovered = discover(config)
+        return _build(
+            config, templates, discovered, replaced, run_extract, run_render, run_rewrite,
+            api_key, check,
+        )  # fmt: skip
+
+
+def _build(
+    config: BuildConfig,
+    templates: TemplateSet,
+    discovered: Iterator[tuple[SourceRequest, Case | Problem]],
+    replaced: list[str] | None,
+    run_extract: StageRunner,
+    run_render: StageRunner,
+    run_rewrite: StageRunner,
+    api_key: str | None,
+    check: Callable[[Path, BuildSummary], ValidationResult] | None,
+) -> BuildSummary:
+    """run_build's work, under the output folder's lock: `replaced` lists the files of the
+    earlier build in config.out (None: there is none)."""
     # Without a cache, the store sits beside --out so its parts can be moved there.
     with (
         tempfile.TemporaryDirectory(
@@ -380,25 +426,24 @@ def run_build(
             planned,
         )  # fmt: skip
         extracted = run_extract(extract_batch, jobs)
-        staging = config.out.parent / f".{config.out.name}.partial"
-        if staging.exists():
-            shutil.rmtree(staging)
+        staging = staging_folder(config.out)
         (staging / "data").mkdir(parents=True)
+        kept = False  # staging, as the build that failed its checks
         try:
             rewrite = None if llm is None else _rewriter(llm, store, run_rewrite)
             summary = _assemble(
                 config, staging, templates, uncounted, planned, jobs, extracted, run_render,
                 rewrite,
             )  # fmt: skip
-            previous = config.out.parent / f".{config.out.name}.previous"
-            if config.out.exists():
-                config.out.replace(previous)
-            staging.replace(config.out)
-            if previous.exists():
-                shutil.rmtree(previous)
+            summary.validation = None if check is None else check(staging, summary)
+            if summary.validation is None or summary.validation.ok or replaced is None:
+                move_in(config.out, replaced)
+                summary.folder = config.out
+            else:
+                summary.folder, kept = staging, True
         finally:
-            if staging.exists():
-                shutil.rmtree(staging)
+            if not kept:
+                shutil.rmtree(staging, ignore_errors=True)
     return summary
 
 
