@@ -74,9 +74,12 @@ def _checked_config(args: argparse.Namespace, sources: list[str]) -> BuildConfig
 
 
 def _prefect_console(verbose: bool) -> None:
-    """Prefect's per-task log lines only with --verbose (the UI keeps them either way)."""
+    """Prefect's per-task log lines only with --verbose (the UI keeps them either way), and
+    its embedded server's only when they are critical (builds that share it can make it
+    report, with tracebacks, events it could not record while shutting down)."""
     if not verbose:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
 
 
 class _EngineErrors(logging.Filter):

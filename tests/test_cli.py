@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
+
 from pipeline.build import workers as orchestration
+from pipeline.build.run import BuildConfig, BuildError, SourceRequest, build
 from pipeline.build.stages import extract_batch
 from pipeline.cli import main
-from pipeline.demo import write_busi
+from pipeline.demo import write_busi, write_kvasir
+from pipeline.sources import REGISTRY
+
+PROJECT = Path(__file__).resolve().parents[1]
 
 
 def test_sources_lists_the_registry(capsys) -> None:
@@ -58,6 +66,122 @@ def test_bad_arguments_get_one_line_errors(tmp_path: Path, capsys) -> None:
     assert "DATA_ROOT" in capsys.readouterr().err
     assert main(["build", "--source", "busi=.", "--split-ratios", "0.5,0.5", "--out", "o"]) == 2
     assert "split ratios" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--batch-size", "0"], "--batch-size: must be a whole number of at least 1, got '0'"),
+        (["--batch-size", "-5"], "--batch-size: must be a whole number of at least 1"),
+        (["--workers", "0"], "--workers: must be a whole number of at least 1"),
+        (["--llm-concurrency", "0"], "--llm-concurrency: must be a whole number of at least 1"),
+    ],
+)
+def test_numeric_arguments_are_checked_before_anything_starts(
+    tmp_path: Path, capsys, extra: list[str], message: str
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["build", "--source", f"kvasir_seg={tmp_path}", "--out", str(tmp_path / "o"), *extra])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_folder_arguments_are_checked_before_anything_starts(tmp_path: Path, capsys) -> None:
+    """A file where a folder goes (output, cache, templates, data root, or a folder above
+    one of them) is a one-line error before any work, with the library's own check for
+    callers of the flow."""
+    data = write_kvasir(tmp_path, 2, size=(40, 40))
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    source, out = f"kvasir_seg={data}", str(tmp_path / "out")
+    cases = {
+        (source, str(a_file)): f"--out {a_file} is a file, not a folder",
+        (source, str(a_file / "out")): f"--out {a_file / 'out'}: {a_file} is a file, not a folder",
+        (source, out, "--cache-dir", str(a_file)): f"--cache-dir {a_file} is a file, not a folder",
+        (source, out, "--templates", str(a_file)): f"--templates {a_file} is not a folder",
+        (f"kvasir_seg={a_file}", out): f"data root {a_file} for kvasir_seg is not a folder",
+    }
+    for (source_arg, out_arg, *extra), message in cases.items():
+        assert main(["build", "--source", source_arg, "--out", out_arg, *extra, "-q"]) == 2
+        err = capsys.readouterr().err
+        assert err == f"mmrs: error: {message}\n", err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Kvasir-SEG", "a_file"]
+    request = (SourceRequest(REGISTRY["kvasir_seg"], data),)
+    with pytest.raises(BuildError, match="--batch-size must be at least 1, got 0"):
+        build(BuildConfig(request, tmp_path / "out", batch_size=0))
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "pipeline.cli", "build", "-q", *args]
+
+
+def test_errors_inside_the_flow_are_one_line_unless_verbose(
+    tmp_path: Path, prefect_api: str
+) -> None:
+    """--strict's first bad case is found inside the flow: the user gets the one line, and
+    Prefect's traceback only with -v."""
+    data = write_kvasir(tmp_path, 3, size=(40, 40))
+    (data / "images" / "demo00001.jpg").write_bytes(b"not an image")
+    env = {**os.environ, "PREFECT_API_URL": prefect_api}
+    args = ["--source", f"kvasir_seg={data}", "--out", str(tmp_path / "out"), "--strict"]
+    quiet = subprocess.run(_cli(*args), env=env, capture_output=True, text=True)
+    assert quiet.returncode == 2
+    assert quiet.stderr.startswith("mmrs: error: kvasir_seg: images/demo00001.jpg: ")
+    assert quiet.stderr.endswith("(--strict)\n")
+    assert quiet.stderr.count("\n") == 1, quiet.stderr
+    verbose = subprocess.run(_cli(*args, "-v"), env=env, capture_output=True, text=True)
+    assert verbose.returncode == 2
+    assert "Traceback" in verbose.stderr and verbose.stderr.endswith(quiet.stderr)
+
+
+def test_two_builds_at_once_one_folder_is_refused_and_one_cache_serves_both(
+    tmp_path: Path, prefect_api: str
+) -> None:
+    """Real processes: a second build into the folder a build is writing is refused at
+    once with a clear message, and the first ends well; two builds into two folders with
+    one cache, started together, both end well with the same files."""
+    data = write_kvasir(tmp_path, 16, size=(160, 128))
+    env = {**os.environ, "PREFECT_API_URL": prefect_api}
+
+    def command(out: str, cache: str) -> list[str]:
+        return _cli("--source", f"kvasir_seg={data}", "--out", str(tmp_path / out),
+                    "--cache-dir", str(tmp_path / cache), "--batch-size", "2")  # fmt: skip
+
+    first = subprocess.Popen(command("out", "cache"), env=env, stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / ".out.lock").exists():
+            assert first.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        second = subprocess.run(command("out", "cache"), env=env, capture_output=True, text=True)
+        assert first.poll() is None, "the first build ended before the second was refused"
+    finally:
+        first.wait()
+    assert second.returncode == 2
+    assert second.stderr == (
+        f"mmrs: error: another build is writing {tmp_path / 'out'} (wait for it to end, or "
+        "choose another --out)\n"
+    )
+    assert first.returncode == 0
+
+    together = [
+        subprocess.Popen(command(out, "shared"), env=env, stdout=subprocess.DEVNULL)
+        for out in ("a", "b")
+    ]
+    assert [process.wait() for process in together] == [0, 0]
+    files = [json.loads((tmp_path / out / "manifest.json").read_text())["files"] for out in "ab"]
+    assert (
+        files[0]
+        == files[1]
+        == json.loads((tmp_path / "out" / "manifest.json").read_text())["files"]
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "Kvasir-SEG",
+        "a",
+        "b",
+        "cache",
+        "out",
+        "shared",
+    ]
 
 
 def test_validate_fails_on_a_folder_that_is_not_a_build(
