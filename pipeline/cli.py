@@ -7,7 +7,6 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import sys
 import tempfile
 from collections.abc import Callable
@@ -17,7 +16,7 @@ from pathlib import Path
 
 from . import __version__
 from .build.collector import long_lived, skip_collection_at_exit
-from .build.output import check_out, hold
+from .build.output import check_folder_argument, check_out, hold, scratch_folder
 from .build.run import (
     BATCH_SIZE,
     BuildConfig,
@@ -29,7 +28,7 @@ from .build.run import (
 )
 from .build.stages import ExtractJob, extract_batch
 from .build.workers import RUNNERS, cache_store, default_cache_dir, start_ahead, start_workers
-from .geometry.slicing import SLICE_AXES
+from .geometry.slicing import SLICE_AXES, parse_slice_policy
 from .io.images import PNG_LEVEL
 from .llm.client import API_KEY_ENV
 from .llm.paraphrase import MODES, rewrite_config
@@ -69,6 +68,8 @@ def _checked_config(args: argparse.Namespace, sources: list[str]) -> BuildConfig
         png_level=args.png_level,
         cache_dir=cache_store(not args.no_cache, args.cache_dir),
     )  # fmt: skip
+    if args.slices:  # for volume sources only, but never ignored when wrong
+        parse_slice_policy(args.slices)
     check_config(config)
     return config
 
@@ -116,13 +117,14 @@ def _start_workers(args: argparse.Namespace, warm_up: Callable[[], object] | Non
     return False
 
 
-def _extract_ahead(args: argparse.Namespace, config: BuildConfig) -> Path | None:
+def _extract_ahead(
+    args: argparse.Namespace, config: BuildConfig
+) -> tempfile.TemporaryDirectory | None:
     """Give the workers started ahead the build's first batches (AHEAD_BATCHES each) to
     extract while Prefect starts; the flow's extract tasks of those batches take their
-    results. Returns the scratch store to remove after the build when it has no cache."""
-    out, store, scratch = config.out, config.cache_dir, None
-    if store is None:
-        store = scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.ahead-", dir=out.parent))
+    results. Returns the scratch store to clean up after the build when it has no cache."""
+    scratch = None if config.cache_dir is not None else scratch_folder(config.out, "ahead")
+    store = config.cache_dir or Path(scratch.name)
     try:  # discovery stops once the first batches are planned: the flow discovers them all
         jobs = plan_extract(
             discover(config), config.batch_size, store, scratch is None, config.png_level
@@ -130,7 +132,7 @@ def _extract_ahead(args: argparse.Namespace, config: BuildConfig) -> Path | None
         ahead = list(islice(jobs, AHEAD_BATCHES * args.workers))
     except BaseException:  # a data root of the wrong layout
         if scratch is not None:
-            shutil.rmtree(scratch, ignore_errors=True)
+            scratch.cleanup()
         raise
     start_ahead(args.workers, extract_batch, ahead, ExtractJob.same_batch)
     return scratch
@@ -275,10 +277,13 @@ def _run_build_flow(
         )
     finally:
         if scratch is not None:
-            shutil.rmtree(scratch, ignore_errors=True)
+            scratch.cleanup()
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    store = cache_store(not args.no_cache, args.cache_dir)
+    if store is not None:
+        check_folder_argument(store, "--cache-dir")
     _prefect_console(args.verbose)
     _start_workers(args)
     with long_lived():

@@ -85,10 +85,12 @@ def test_numeric_arguments_are_checked_before_anything_starts(
     assert exit_.value.code == 2 and message in capsys.readouterr().err
 
 
-def test_folder_arguments_are_checked_before_anything_starts(tmp_path: Path, capsys) -> None:
+def test_folder_and_slice_arguments_are_checked_before_anything_starts(
+    tmp_path: Path, capsys
+) -> None:
     """A file where a folder goes (output, cache, templates, data root, or a folder above
-    one of them) is a one-line error before any work, with the library's own check for
-    callers of the flow."""
+    one of them), and a slice policy out of range even where no source is a volume, are a
+    one-line error before any work, with the library's own check for callers of the flow."""
     data = write_kvasir(tmp_path, 2, size=(40, 40))
     a_file = tmp_path / "a_file"
     a_file.write_text("")
@@ -99,11 +101,12 @@ def test_folder_arguments_are_checked_before_anything_starts(tmp_path: Path, cap
         (source, out, "--cache-dir", str(a_file)): f"--cache-dir {a_file} is a file, not a folder",
         (source, out, "--templates", str(a_file)): f"--templates {a_file} is not a folder",
         (f"kvasir_seg={a_file}", out): f"data root {a_file} for kvasir_seg is not a folder",
+        (source, out, "--slices", "largest:0"): "slices must be all, largest[:K] or stride[:N]",
     }
     for (source_arg, out_arg, *extra), message in cases.items():
         assert main(["build", "--source", source_arg, "--out", out_arg, *extra, "-q"]) == 2
         err = capsys.readouterr().err
-        assert err == f"mmrs: error: {message}\n", err
+        assert err.startswith(f"mmrs: error: {message}") and err.count("\n") == 1, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["Kvasir-SEG", "a_file"]
     request = (SourceRequest(REGISTRY["kvasir_seg"], data),)
     with pytest.raises(BuildError, match="--batch-size must be at least 1, got 0"):

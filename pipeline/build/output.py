@@ -24,6 +24,7 @@ import glob
 import json
 import os
 import shutil
+import tempfile
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -31,6 +32,7 @@ from pathlib import Path, PurePosixPath
 
 MANIFEST = "manifest.json"
 FORMAT_PREFIX = "mmrs/"
+SCRATCH = ("store", "ahead")  # scratch folders beside out: a store without cache, ahead's
 
 
 class BuildError(RuntimeError):
@@ -38,8 +40,19 @@ class BuildError(RuntimeError):
 
 
 def sibling(out: Path, what: str) -> Path:
-    """`.<out>.<what>` beside the output folder: what a build of it keeps there."""
+    """`.<out>.<what>` beside the output folder: what a build of it keeps there (named
+    after the folder itself, for `--out .` too)."""
+    out = Path(os.path.abspath(out))
     return out.parent / f".{out.name}.{what}"
+
+
+def scratch_folder(out: Path, what: str) -> tempfile.TemporaryDirectory:
+    """A new scratch folder `.<out>.<what>-*` beside out (one of SCRATCH), removed when
+    its block ends, or by the next build of out when this one is killed."""
+    place = sibling(out, f"{what}-")
+    return tempfile.TemporaryDirectory(
+        prefix=place.name, dir=place.parent, ignore_cleanup_errors=True
+    )
 
 
 def staging_folder(out: Path) -> Path:
@@ -120,7 +133,7 @@ def hold(out: Path) -> Iterator[None]:
     """Hold the output folder's lock (nested holds by the same thread share it), and put
     right what a killed build left beside the folder. Raises BuildError at once when
     another build holds it."""
-    lock = Path(os.path.abspath(sibling(out, "lock")))
+    lock = sibling(out, "lock")
     me = threading.get_ident()
     with _HELD_LOCK:
         owner, depth = _HELD.get(lock, (me, 0))
@@ -133,7 +146,7 @@ def hold(out: Path) -> Iterator[None]:
             with _HELD_LOCK:
                 _HELD[lock] = (me, depth)
         return
-    out.parent.mkdir(parents=True, exist_ok=True)
+    lock.parent.mkdir(parents=True, exist_ok=True)
     fd = _locked(lock, out)
     with _HELD_LOCK:
         _HELD[lock] = (me, 1)
@@ -186,9 +199,10 @@ def recover(out: Path) -> None:
             shutil.rmtree(previous)
     if partial.exists():
         shutil.rmtree(partial)
-    prefix = glob.escape(f".{out.name}")
-    for scratch in [*out.parent.glob(f"{prefix}.store-*"), *out.parent.glob(f"{prefix}.ahead-*")]:
-        shutil.rmtree(scratch, ignore_errors=True)
+    for what in SCRATCH:
+        place = sibling(out, f"{what}-")
+        for scratch in place.parent.glob(glob.escape(place.name) + "*"):
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _listed(folder: Path) -> list[str]:

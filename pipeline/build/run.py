@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import tempfile
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
@@ -49,6 +48,7 @@ from .output import (
     check_out,
     hold,
     move_in,
+    scratch_folder,
     staging_folder,
 )
 from .stages import (
@@ -403,9 +403,7 @@ def _build(
     earlier build in config.out (None: there is none)."""
     # Without a cache, the store sits beside --out so its parts can be moved there.
     with (
-        tempfile.TemporaryDirectory(
-            prefix=f".{config.out.name}.store-", dir=config.out.parent
-        ) as scratch,
+        scratch_folder(config.out, "store") as scratch,
         open_rewriting(config.rewrite, api_key) as llm,
     ):
         store = config.cache_dir or Path(scratch)
