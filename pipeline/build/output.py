@@ -124,32 +124,26 @@ def check_out(out: Path, overwrite: bool) -> list[str] | None:
     return replaced
 
 
-_HELD: dict[Path, tuple[int, int]] = {}  # lock file -> (holding thread, depth) in this process
+_HELD: dict[Path, int] = {}  # lock file -> the thread of this process that holds it
 _HELD_LOCK = threading.Lock()
 
 
 @contextmanager
 def hold(out: Path) -> Iterator[None]:
-    """Hold the output folder's lock (nested holds by the same thread share it), and put
-    right what a killed build left beside the folder. Raises BuildError at once when
-    another build holds it."""
+    """Hold the output folder's lock (a hold within one of the same thread's shares it),
+    and put right what a killed build left beside the folder. Raises BuildError at once
+    when another build holds it."""
     lock = sibling(out, "lock")
     me = threading.get_ident()
     with _HELD_LOCK:
-        owner, depth = _HELD.get(lock, (me, 0))
-        if owner == me and depth:
-            _HELD[lock] = (me, depth + 1)
-    if owner == me and depth:
-        try:
-            yield
-        finally:
-            with _HELD_LOCK:
-                _HELD[lock] = (me, depth)
+        nested = _HELD.get(lock) == me
+    if nested:
+        yield
         return
     lock.parent.mkdir(parents=True, exist_ok=True)
     fd = _locked(lock, out)
     with _HELD_LOCK:
-        _HELD[lock] = (me, 1)
+        _HELD[lock] = me
     try:
         recover(out)
         yield
