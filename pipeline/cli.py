@@ -421,7 +421,7 @@ def _rewrite_options(command: argparse.ArgumentParser) -> None:
     llm.add_argument("--llm-model", help="model name, e.g. gpt-4.1-mini")
     llm.add_argument("--llm-base-url", help="endpoint, e.g. http://127.0.0.1:8000/v1 (vLLM)")
     llm.add_argument(
-        "--llm-concurrency", type=_count, default=8, help="requests in flight (default 8)"
+        "--llm-concurrency", type=int, default=8, help="requests in flight (default 8)"
     )
     llm.add_argument("--llm-rate-limit", type=float, metavar="RPM", help="requests per minute")
     llm.add_argument(
@@ -442,7 +442,7 @@ def _rewrite_options(command: argparse.ArgumentParser) -> None:
     )
     llm.add_argument(
         "--llm-variants",
-        type=_count,
+        type=int,
         default=2,
         help="expand-templates: variants asked per template (default 2)",
     )

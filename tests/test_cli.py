@@ -74,7 +74,6 @@ def test_bad_arguments_get_one_line_errors(tmp_path: Path, capsys) -> None:
         (["--batch-size", "0"], "--batch-size: must be a whole number of at least 1, got '0'"),
         (["--batch-size", "-5"], "--batch-size: must be a whole number of at least 1"),
         (["--workers", "0"], "--workers: must be a whole number of at least 1"),
-        (["--llm-concurrency", "0"], "--llm-concurrency: must be a whole number of at least 1"),
     ],
 )
 def test_numeric_arguments_are_checked_before_anything_starts(
