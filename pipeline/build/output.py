@@ -8,10 +8,11 @@ new build replaces an earlier one without touching anything else.
   `.<out>.partial` (where a build is assembled), `.<out>.previous` (the earlier build's
   files while the new one moves in: moved back, or removed once the new one is whole) and
   the scratch stores `.<out>.store-*` and `.<out>.ahead-*`.
-- A folder holds an MMRS build when its manifest.json says so (format "mmrs/...") and lists
-  the build's files. `--overwrite` replaces only such a build, and only the files its
-  manifest lists (and the manifest): anything a user added stays where it is, and a file
-  of the new build that would land on one of them is refused before anything moves.
+- A folder holds an MMRS build when its manifest.json says so (format "mmrs/1", the shape
+  `mmrs validate` reads) and lists the build's files. `--overwrite` replaces only such a
+  build, and only the files its manifest lists (and the manifest): anything a user added
+  stays where it is, and a file of the new build that would land on one of them is
+  refused before anything moves.
 - The new build moves in file by file: the earlier build's manifest leaves first, the new
   one's arrives last, so the folder claims to be a whole build only when it is one.
 """
@@ -21,7 +22,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import glob
-import json
 import os
 import shutil
 import tempfile
@@ -30,8 +30,9 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
+from ..checks.manifest import ManifestError, read_manifest
+
 MANIFEST = "manifest.json"
-FORMAT_PREFIX = "mmrs/"
 SCRATCH = ("store", "ahead")  # scratch folders beside out: a store without cache, ahead's
 
 
@@ -74,34 +75,15 @@ def check_folder_argument(path: Path, option: str) -> None:
 def built_files(folder: Path) -> list[str] | None:
     """The files the MMRS build in `folder` wrote, as its manifest lists them, manifest.json
     last; None when the folder has no manifest.json. A manifest.json that is not an MMRS
-    build's is refused (BuildError)."""
-    path = folder / MANIFEST
-    if not path.is_file():
+    build's (checks/manifest.py: its format, shape and file names inside the folder) is
+    refused (BuildError)."""
+    if not (folder / MANIFEST).is_file():
         return None
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise BuildError(f"{path} is not an MMRS build's manifest (unreadable: {exc})") from exc
-    files = manifest.get("files") if isinstance(manifest, dict) else None
-    if not (
-        isinstance(manifest, dict)
-        and str(manifest.get("format", "")).startswith(FORMAT_PREFIX)
-        and isinstance(files, dict)
-        and all(_inside(name) for name in files)
-    ):
-        raise BuildError(
-            f"{path} is not an MMRS build's manifest (it needs format {FORMAT_PREFIX}... and "
-            "the list of the build's files, each inside the folder)"
-        )
-    return [*sorted(files), MANIFEST]
-
-
-def _inside(name: object) -> bool:
-    """Whether a manifest's file name is a plain relative path inside the folder."""
-    if not isinstance(name, str) or not name or "\0" in name or "\\" in name:
-        return False
-    parts = PurePosixPath(name).parts
-    return not PurePosixPath(name).is_absolute() and not {".", ".."} & set(parts)
+        manifest = read_manifest(folder)
+    except (ManifestError, OSError) as exc:
+        raise BuildError(f"{folder / MANIFEST} is not an MMRS build's manifest ({exc})") from exc
+    return [*sorted(manifest["files"]), MANIFEST]
 
 
 def check_out(out: Path, overwrite: bool) -> list[str] | None:
