@@ -2,10 +2,11 @@
 `train-baseline` and `evaluate-baseline`.
 
 The stages are plain library functions (pipeline/); this module only wires them. Each batch
-of cases is one task (extract, render) and each Parquet shard one validation task. A
-task's cache key is its job's content key (input file hashes, configuration, the code that
-produces it), used while its result is in the store, so an unchanged re-run converts
-nothing, a template change re-renders without reading images, and a killed build resumes.
+of cases is one task (extract, render), each Parquet shard one task that writes it and one
+validation task. A task's cache key is its job's content key (input file hashes,
+configuration, the code that produces it), used while its result is in the store, so an
+unchanged re-run converts nothing, a template change re-renders without reading images, and
+a killed build resumes.
 Tasks run on the chosen task runner: threads (of this process, whose CPU-bound
 work goes to --workers worker processes when there are several), processes, or Dask (a
 LocalCluster or --dask-address). With --rewrite, the LLM stages (`rewrite-batch`,
@@ -41,8 +42,24 @@ from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 from prefect.utilities.annotations import quote  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from pipeline.build.run import BuildConfig, BuildError, BuildSummary, parse_source_arg, run_build  # noqa: E402
-from pipeline.build.stages import ExtractJob, ExtractResult, RenderJob, extract_batch, render_batch  # noqa: E402
+from pipeline.build.run import (  # noqa: E402
+    BATCH_SIZE,
+    BuildConfig,
+    BuildError,
+    BuildSummary,
+    parse_source_arg,
+    run_build,
+)
+from pipeline.build.stages import (  # noqa: E402
+    ExtractJob,
+    ExtractResult,
+    RenderJob,
+    ShardWriteJob,
+    ShardWritten,
+    extract_batch,
+    render_batch,
+    write_shard_job,
+)
 from pipeline.checks.folder import ShardJob, ValidationResult, check_job, validate  # noqa: E402
 from pipeline.checks.shard import ShardResult  # noqa: E402
 from pipeline.io.images import PNG_LEVEL  # noqa: E402
@@ -50,6 +67,7 @@ from pipeline.llm.expand import expand_family  # noqa: E402
 from pipeline.llm.paraphrase import rewrite_batch, rewrite_config  # noqa: E402
 from pipeline.release.publish import publish  # noqa: E402
 from pipeline.shards.parts import RenderResult  # noqa: E402
+from pipeline.shards.plan import MAX_SHARD_BYTES  # noqa: E402
 from pipeline.splits import SplitRatios  # noqa: E402
 from pipeline.store import StageRunner  # noqa: E402
 
@@ -84,12 +102,17 @@ def render_on_worker(job: RenderJob) -> RenderResult:
     return on_worker(render_batch, job)
 
 
+def shard_on_worker(job: ShardWriteJob) -> ShardWritten:
+    return on_worker(write_shard_job, job)
+
+
 def check_on_worker(job: ShardJob) -> ShardResult:
     return on_worker(check_job, job)
 
 
 extract_task = task(extract_on_worker, name="extract-batch", cache_policy=StoredJob())
 render_task = task(render_on_worker, name="render-batch", cache_policy=StoredJob())
+shard_task = task(shard_on_worker, name="write-shard", cache_policy=StoredJob())
 check_task = task(check_on_worker, name="check-shard", cache_policy=StoredJob())
 # Rows or families whose requests fail are recorded, not raised: retries are for I/O.
 rewrite_task = task(
@@ -204,7 +227,8 @@ def build_mmrs(
     split_ratios: str = "0.8,0.1,0.1",
     templates: str | None = None,
     overwrite: bool = False,
-    batch_size: int = 256,
+    batch_size: int = BATCH_SIZE,
+    max_shard_bytes: int = MAX_SHARD_BYTES,
     png_level: int = PNG_LEVEL,
     cache: bool = True,
     cache_dir: str | None = None,
@@ -254,6 +278,7 @@ def build_mmrs(
         overwrite=overwrite,
         progress=progress,
         batch_size=batch_size,
+        max_shard_bytes=max_shard_bytes,
         png_level=png_level,
         cache_dir=store,
         rewrite=rewriting,
@@ -286,6 +311,7 @@ def build_mmrs(
             _on_llm(llm_threads, progress, in_flight(llm_threads, workers)),
             api_key,
             checked if check else None,
+            run_shards=_on(task_runner, shard_task, "shards", progress, ahead, "shard"),
         )
     summary = built.as_dict()
     _report_build(summary, out)

@@ -17,6 +17,17 @@ measures, each in its own fresh subprocess:
   Prefect server on 127.0.0.1 serves every build (PREFECT_API_URL), as in a deployment;
   --ephemeral lets each build start Prefect's embedded API instead.
 
+The MIXED case (--mixed, default 650,200,150 cases; 0 leaves it out) is a build of three
+sources of unequal sizes in different native formats, as real sources come: PNG crops of
+varied sizes with GIF masks read through a YAML spec (the image kept, each mask encoded), PH2
+BMP dermoscopy (768x560; image and mask encoded) and BUSI grey ultrasound PNGs (image and
+0/255 mask kept). Its floor does the same bare Pillow work: decode every input, encode each
+BMP image at the build's --png-level and each mask the build encodes at its mask level
+(its decode-only floor encodes nothing). It is reported like one size of the single-source
+case, next to it.
+
+Each case also reports the shards the build wrote: how many, per split, and their sizes.
+
 Across sizes, the cost of one more image (the difference between the smallest and largest
 N, divided by the difference in N) separates the per-image ratio from the build's fixed
 cost (interpreter, imports, Prefect's flow run, the card's figures), which a larger N
@@ -79,6 +90,7 @@ if str(PROJECT) not in sys.path:
 
 from pipeline.build.run import BATCH_SIZE  # noqa: E402
 from pipeline.demo import phantom, random_lesion  # noqa: E402
+from pipeline.io.images import MASK_COMPRESS_LEVEL, PNG_LEVEL  # noqa: E402
 
 WIDTH, HEIGHT = 600, 500  # a typical ISIC 2018 image is larger; 600x500 keeps runs short
 JPEG_QUALITY = 90
@@ -146,6 +158,132 @@ def write_cases(root: Path, count: int, seed: int) -> int:
         written += (images / f"{name}.jpg").stat().st_size
         written += (truth / f"{name}_segmentation.png").stat().st_size
     return written
+
+
+# The mixed case's floor: argv[1] is the data root, whose floor.json lists every case as
+# [image, mask, encode the image, encode the mask]; argv[2] "encode" or "decode" as above.
+MIXED_FLOOR_CODE = """
+import io, json, sys, time
+from pathlib import Path
+from PIL import Image
+
+root = Path(sys.argv[1])
+encode = sys.argv[2] == "encode"
+cases = json.loads((root / "floor.json").read_text())
+start = time.perf_counter()
+kept = encoded = masks = 0
+for image_name, mask_name, encode_image, encode_mask in cases:
+    data = (root / image_name).read_bytes()
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    mask = Image.open(io.BytesIO((root / mask_name).read_bytes()))
+    mask.load()
+    if encode and encode_image:
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG", compress_level=PNG_LEVEL)
+        encoded += len(buffer.getvalue())
+    else:
+        kept += len(data)
+    if encode and encode_mask:
+        buffer = io.BytesIO()
+        mask.convert("L").save(buffer, format="PNG", compress_level=MASK_COMPRESS_LEVEL)
+        encoded += len(buffer.getvalue())
+        masks += 1
+loop = time.perf_counter() - start
+hwm = [line for line in open("/proc/self/status") if line.startswith("VmHWM:")]
+print(json.dumps({"loop_s": loop, "images": len(cases), "masks_encoded": masks,
+                  "image_bytes": kept, "mask_bytes": encoded,
+                  "vm_hwm_mb": int(hwm[0].split()[1]) / 1024}))
+""".replace("MASK_COMPRESS_LEVEL", str(MASK_COMPRESS_LEVEL)).replace("PNG_LEVEL", str(PNG_LEVEL))
+
+POLYP_SPEC = """name: bench_polyps
+modality: endoscopy
+target: polyp
+images: "images/*.png"
+masks: "masks/{stem}.gif"
+license: "CC BY 4.0"
+"""
+PH2_SIZE = (768, 560)
+BUSI_SIZE = (560, 450)
+
+
+def write_mixed(root: Path, counts: list[int], seed: int) -> tuple[int, list[str]]:
+    """Write the mixed case's three sources under root and its floor.json; returns the bytes
+    written and the build's --source values."""
+    rng, noise = random.Random(seed), np.random.default_rng(seed)
+    floor: list[tuple[str, str, bool, bool]] = []
+    polyps, ph2, busi = root / "polyps", root / "PH2Dataset" / "PH2 Dataset images", root / "BUSI"
+    (polyps / "images").mkdir(parents=True)
+    (polyps / "masks").mkdir()
+    for index in range(counts[0]):  # PNG crops of varied sizes, palette GIF masks
+        size = (rng.randrange(384, 577, 8), rng.randrange(320, 481, 8))
+        lesion = random_lesion(rng, scale=LESION_SCALE)
+        name = f"crop{index:05d}"
+        Image.fromarray(phantom(*size, [lesion], noise, rgb=True)).save(
+            polyps / "images" / f"{name}.png"
+        )
+        mask = Image.fromarray(lesion.mask(*size).astype(np.uint8), mode="P")
+        mask.putpalette([0, 0, 0, 255, 255, 255])
+        mask.save(polyps / "masks" / f"{name}.gif")
+        floor.append((f"polyps/images/{name}.png", f"polyps/masks/{name}.gif", False, True))
+    for index in range(counts[1]):  # PH2: BMP image and mask, both encoded by the build
+        case = f"IMD{index + 1:03d}"
+        folder = ph2 / case
+        (folder / f"{case}_Dermoscopic_Image").mkdir(parents=True)
+        (folder / f"{case}_lesion").mkdir()
+        lesion = random_lesion(rng, scale=LESION_SCALE)
+        image = f"{case}_Dermoscopic_Image/{case}.bmp"
+        mask = f"{case}_lesion/{case}_lesion.bmp"
+        Image.fromarray(phantom(*PH2_SIZE, [lesion], noise, rgb=True)).save(folder / image)
+        pixels = lesion.mask(*PH2_SIZE).astype(np.uint8) * 255
+        Image.fromarray(pixels, mode="L").save(folder / mask)
+        prefix = f"PH2Dataset/PH2 Dataset images/{case}"
+        floor.append((f"{prefix}/{image}", f"{prefix}/{mask}", True, True))
+    for index in range(counts[2]):  # BUSI: grey PNG with a 0/255 PNG mask, both kept
+        label = ("benign", "malignant")[index % 2]
+        (busi / label).mkdir(parents=True, exist_ok=True)
+        stem = f"{label} ({index + 1})"
+        lesion = random_lesion(rng)
+        grey = phantom(*BUSI_SIZE, [lesion], noise, rgb=True).mean(axis=2).astype(np.uint8)
+        Image.fromarray(grey, mode="L").save(busi / label / f"{stem}.png")
+        pixels = lesion.mask(*BUSI_SIZE).astype(np.uint8) * 255
+        Image.fromarray(pixels, mode="L").save(busi / label / f"{stem}_mask.png")
+        floor.append((f"BUSI/{label}/{stem}.png", f"BUSI/{label}/{stem}_mask.png", False, False))
+    (root / "polyps.yaml").write_text(POLYP_SPEC)
+    (root / "floor.json").write_text(json.dumps(floor))
+    written = sum(path.stat().st_size for path in root.rglob("*") if path.is_file())
+    sources = [f"{root / 'polyps.yaml'}={polyps}", f"ph2={root / 'PH2Dataset'}", f"busi={busi}"]
+    return written, sources
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What one benchmarked case writes, builds and floors."""
+
+    name: str
+    count: int  # cases
+    describe: str
+    floor_code: str
+    write: Any  # (root, seed) -> (input bytes, --source values)
+
+
+def single_source(count: int) -> Workload:
+    def write(root: Path, seed: int) -> tuple[int, list[str]]:
+        return write_cases(root, count, seed), [f"isic2018={root}"]
+
+    describe = f"{WIDTH}x{HEIGHT} RGB JPEG q{JPEG_QUALITY} + PNG mask, source isic2018"
+    return Workload(f"N={count}", count, describe, FLOOR_CODE, write)
+
+
+def mixed(counts: list[int]) -> Workload:
+    def write(root: Path, seed: int) -> tuple[int, list[str]]:
+        return write_mixed(root, counts, seed)
+
+    describe = (
+        f"mixed: {counts[0]} PNG crops + GIF masks via a spec, {counts[1]} PH2 BMP "
+        f"{PH2_SIZE[0]}x{PH2_SIZE[1]}, {counts[2]} BUSI grey PNG {BUSI_SIZE[0]}x{BUSI_SIZE[1]}"
+    )
+    return Workload(f"mixed {sum(counts)}", sum(counts), describe, MIXED_FLOOR_CODE, write)
 
 
 # -- measured subprocesses -------------------------------------------------------------------
@@ -424,18 +562,29 @@ class Series:
         self.runs.append(record)
 
     def median(self, key: str) -> float:
+        """The median over the runs (NaN when there are none: memory not measured)."""
+        if not self.runs:
+            return float("nan")
         return float(statistics.median(run[key] for run in self.runs))
 
 
 def build_command(
-    python: str, root: Path, out: Path, workers: int, args: argparse.Namespace
+    python: str, sources: list[str], out: Path, workers: int, args: argparse.Namespace
 ) -> list[str]:
+    given = [arg for source in sources for arg in ("--source", source)]
     return [
-        python, "-m", "pipeline.cli", "build",
-        "--source", f"isic2018={root}", "--out", str(out),
+        python, "-m", "pipeline.cli", "build", *given, "--out", str(out),
         "-q", "--overwrite", "--workers", str(workers), "--no-cache",
         "--runner", args.runner, "--batch-size", str(args.batch_size),
     ]  # fmt: skip
+
+
+def shard_sizes(folder: Path) -> list[dict[str, Any]]:
+    """Each shard of the manifest with its split, source and size on disk."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    return [
+        {**shard, "bytes": (folder / shard["path"]).stat().st_size} for shard in manifest["shards"]
+    ]
 
 
 def read_inputs(root: Path) -> None:
@@ -449,17 +598,18 @@ def read_inputs(root: Path) -> None:
                     pass
 
 
-def bench_size(
-    count: int, args: argparse.Namespace, env: dict[str, str], warm_up: bool = False
+def bench_workload(
+    workload: Workload, args: argparse.Namespace, env: dict[str, str], warm_up: bool = False
 ) -> dict[str, Any]:
-    """Every figure for one N (data written once, outside the timed runs)."""
-    python = args.python
-    with tempfile.TemporaryDirectory(prefix=f"mmrs-bench-{count}-") as tmp:
-        root, out = Path(tmp) / "isic2018", Path(tmp) / "out"
+    """Every figure for one workload (data written once, outside the timed runs)."""
+    python, label = args.python, workload.name
+    with tempfile.TemporaryDirectory(prefix="mmrs-bench-") as tmp:
+        root, out = Path(tmp) / "data", Path(tmp) / "out"
+        root.mkdir()
         started = time.perf_counter()
-        input_bytes = write_cases(root, count, args.seed)
+        input_bytes, sources = workload.write(root, args.seed)
         print(
-            f"N={count}: wrote {count} cases ({input_bytes / MB:.1f} MB) in "
+            f"{label}: wrote {workload.count} cases ({input_bytes / MB:.1f} MB) in "
             f"{time.perf_counter() - started:.1f} s",
             file=sys.stderr,
         )
@@ -471,10 +621,10 @@ def bench_size(
 
         def build(workers: int, series: Series, polled: bool) -> None:
             nonlocal manifest
-            command = build_command(python, root, out, workers, args)
+            command = build_command(python, sources, out, workers, args)
             read_inputs(root)
             measured = run_measured(command, PROJECT, args.interval, args.timeout, env, polled)
-            _check(measured, f"build N={count} workers={workers}")
+            _check(measured, f"build {label} workers={workers}")
             manifest = json.loads((out / "manifest.json").read_text())
             rows = sum(manifest["rows_per_split"].values())
             series.add(measured, rows=rows, images=manifest["images"])
@@ -485,23 +635,25 @@ def bench_size(
                 build(workers, Series(), polled=False)
         for repeat in range(args.repeats):
             for mode, series in (("encode", floor), ("decode", decode_floor)):
-                command = [python, "-c", FLOOR_CODE, str(root), mode]
+                command = [python, "-c", workload.floor_code, str(root), mode]
                 read_inputs(root)
                 measured = run_measured(command, PROJECT, args.interval, args.timeout, env, False)
-                _check(measured, f"floor ({mode}) N={count}")
+                _check(measured, f"floor ({mode}) {label}")
                 series.add(measured, **json.loads(measured.stdout.strip().splitlines()[-1]))
             for workers in args.workers:
                 build(workers, builds[workers], polled=False)
-            for workers in args.workers:
+            for workers in args.workers if args.memory else ():
                 build(workers, memory[workers], polled=True)
-            print(f"N={count}: repeat {repeat + 1}/{args.repeats} done", file=sys.stderr)
+            print(f"{label}: repeat {repeat + 1}/{args.repeats} done", file=sys.stderr)
         total_bytes, parquet_bytes = folder_bytes(out)
         image_bytes, mask_bytes, n_images, n_masks = unique_payload_bytes(out)
-        return summarise(
-            count, floor, decode_floor, builds, memory, manifest, hashes,
+        result = summarise(
+            workload.count, floor, decode_floor, builds, memory, manifest, hashes,
             (total_bytes, parquet_bytes, image_bytes, mask_bytes, n_images, n_masks),
             input_bytes,
         )  # fmt: skip
+        result.update(name=label, describe=workload.describe, shards=shard_sizes(out))
+        return result
 
 
 def summarise(
@@ -560,7 +712,7 @@ def summarise(
             "peak_pss_sum_mb": polled.median("peak_pss_sum_mb"),
             "peak_single_mb": polled.median("peak_single_mb"),
             "wait4_maxrss_mb": polled.median("wait4_maxrss_mb"),
-            "max_processes": max(run["max_processes"] for run in polled.runs),
+            "max_processes": max((run["max_processes"] for run in polled.runs), default=0),
             "runs": series.runs,
             "memory_runs": polled.runs,
         }
@@ -602,7 +754,7 @@ def print_size(result: dict[str, Any], repeats: int) -> None:
     """The table of one N."""
     floor, output = result["floor"], result["output"]
     print(
-        f"\nN = {result['n']} cases ({WIDTH}x{HEIGHT} RGB JPEG q{JPEG_QUALITY} + PNG mask), "
+        f"\n{result['name']} cases ({result['describe']}), "
         f"{result['images']} images, {result['rows']} rows; median of {repeats} run(s)"
     )
     header = (
@@ -624,8 +776,8 @@ def print_size(result: dict[str, Any], repeats: int) -> None:
         )
     print(
         f"  floor work loop in-process: {floor['loop_s']:.2f} s "
-        f"({floor['masks_encoded']} mask PNGs encoded, one per image; referring rows of "
-        f"multi-component images would add one each, none here)"
+        f"({floor['masks_encoded']} mask PNGs encoded; referring rows of multi-component "
+        f"images would add one each, none here)"
     )
     ratio = result.get("ratio_build_w1_to_floor_wall")
     if ratio is not None:
@@ -642,7 +794,7 @@ def print_size(result: dict[str, Any], repeats: int) -> None:
         print(
             f"  ratio build(w=1) wall / decode-only floor wall = "
             f"{result['ratio_build_w1_to_decode_floor_wall']:.2f}  (decode-only floor "
-            f"{result['decode_floor']['wall_s']:.2f} s: the build encodes no mask here)"
+            f"{result['decode_floor']['wall_s']:.2f} s: nothing encoded)"
         )
     speedup = result.get("speedup_w2_vs_w1")
     if speedup is not None:
@@ -662,6 +814,18 @@ def print_size(result: dict[str, Any], repeats: int) -> None:
     )
     same = "yes" if result["identical_shards_across_workers"] else "NO"
     print(f"  identical Parquet bytes for every worker count: {same}")
+    print_shards(result["shards"])
+
+
+def print_shards(shards: list[dict[str, Any]]) -> None:
+    """How many shards, and their sizes, per split and source."""
+    print(f"  shards: {len(shards)}")
+    groups: dict[tuple[str, str], list[int]] = {}
+    for shard in shards:
+        groups.setdefault((shard["split"], shard["source"]), []).append(shard["bytes"])
+    for (split, source), sizes in groups.items():
+        listed = ", ".join(f"{size / MB:.1f}" for size in sizes)
+        print(f"    {split:<11}{source:<16}{len(sizes):>3} file(s): {listed} MB")
 
 
 def per_image(results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -733,14 +897,44 @@ def _ints(text: str) -> list[int]:
     return values
 
 
+def _sizes(text: str) -> list[int]:
+    return [] if text.strip() == "0" else _ints(text)
+
+
+def _counts(text: str) -> list[int]:
+    """'650,200,150' (three case counts) or '0' (no mixed case)."""
+    values = [int(part) for part in text.replace(",", " ").split()]
+    if values == [0]:
+        return []
+    if len(values) != 3 or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected three positive case counts or 0, got {text!r}")
+    return values
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--sizes", type=_ints, default=[800, 3200], help="case counts N (default 800,3200)"
+        "--sizes",
+        type=_sizes,
+        default=[800, 3200],
+        help="case counts N of the single-source case (default 800,3200; 0 leaves it out)",
+    )
+    parser.add_argument(
+        "--mixed",
+        type=_counts,
+        default=[650, 200, 150],
+        metavar="CROPS,PH2,BUSI",
+        help="cases of each source of the mixed case (default 650,200,150; 0 leaves it out)",
     )
     parser.add_argument("--repeats", type=int, default=3, help="runs per measurement (median)")
+    parser.add_argument(
+        "--no-memory",
+        dest="memory",
+        action="store_false",
+        help="leave out the second, polled run of each build (no memory figures)",
+    )
     parser.add_argument(
         "--workers", type=_ints, default=[1, 2], help="build worker counts (default 1,2)"
     )
@@ -822,15 +1016,18 @@ def main(argv: list[str] | None = None) -> int:
         server = None if args.ephemeral else start_prefect_server(args.python, env)
         try:
             results = [
-                bench_size(count, args, env, warm_up=index == 0)
+                bench_workload(single_source(count), args, env, warm_up=index == 0)
                 for index, count in enumerate(args.sizes)
             ]
+            both = None
+            if args.mixed:
+                both = bench_workload(mixed(args.mixed), args, env, warm_up=not results)
         finally:
             if server is not None:
                 _stop_group(server, reaped=False)
     print(
         f"\nMMRS build benchmark: python {platform.python_version()}, "
-        f"{os.cpu_count()} CPU(s), source isic2018, seed {args.seed}\n"
+        f"{os.cpu_count()} CPU(s), seed {args.seed}\n"
         "wall s = whole subprocess (interpreter start and imports included) for floor and "
         "build alike; the build includes its final validation.\n"
         "Memory comes from a second, untimed run of each build: RSS/PSS sum = peak over "
@@ -838,7 +1035,7 @@ def main(argv: list[str] | None = None) -> int:
         f"every {MemoryPoller.PSS_EVERY}th sample and at new highs of the RSS sum); max proc = "
         "largest single-process VmHWM (the floor's: its own)."
     )
-    for result in results:
+    for result in [*results, *([both] if both else [])]:
         print_size(result, args.repeats)
     growth = memory_growth(results) if len(results) > 1 else None
     marginal = per_image(results) if len(results) > 1 else None
@@ -863,6 +1060,7 @@ def main(argv: list[str] | None = None) -> int:
                 "memory_growth_ratio": TARGET_MEMORY_GROWTH,
             },
             "sizes": results,
+            "mixed": both,
             "per_image": marginal,
             "memory_growth": growth,
         }

@@ -7,6 +7,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Callable
@@ -33,6 +34,7 @@ from .io.images import PNG_LEVEL
 from .llm.client import API_KEY_ENV
 from .llm.paraphrase import MODES, rewrite_config
 from .qa.templates import load_templates
+from .shards.plan import MAX_SHARD_BYTES
 from .sources import REGISTRY
 from .splits import SplitRatios
 
@@ -65,6 +67,7 @@ def _checked_config(args: argparse.Namespace, sources: list[str]) -> BuildConfig
         templates_dir=Path(args.templates).expanduser() if args.templates else None,
         overwrite=args.overwrite,
         batch_size=args.batch_size,
+        max_shard_bytes=args.max_shard_size,
         png_level=args.png_level,
         cache_dir=cache_store(not args.no_cache, args.cache_dir),
     )  # fmt: skip
@@ -72,6 +75,19 @@ def _checked_config(args: argparse.Namespace, sources: list[str]) -> BuildConfig
         parse_slice_policy(args.slices)
     check_config(config)
     return config
+
+
+_UNITS = {None: 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+
+
+def _shard_size(text: str) -> int:
+    """'500MB', '2GB' or a number of bytes (decimal units, as `datasets` counts them)."""
+    match = re.fullmatch(r"\s*(\d+)\s*([KMGT]?B)?\s*", text.upper())
+    if not match or int(match[1]) < 1:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a size (a positive number of bytes, or of KB, MB, GB or TB)"
+        )
+    return int(match[1]) * _UNITS[match[2]]
 
 
 def _prefect_console(verbose: bool) -> None:
@@ -266,6 +282,7 @@ def _run_build_flow(
             templates=args.templates,
             overwrite=args.overwrite,
             batch_size=args.batch_size,
+            max_shard_bytes=args.max_shard_size,
             png_level=args.png_level,
             cache=not args.no_cache,
             cache_dir=args.cache_dir,
@@ -490,7 +507,16 @@ def parser() -> argparse.ArgumentParser:
         "--batch-size",
         type=_count,
         default=BATCH_SIZE,
-        help=f"cases per task (default {BATCH_SIZE})",
+        help=f"most cases per task, fewer near the build's end (default {BATCH_SIZE}); "
+        "the output is the same for any",
+    )
+    b.add_argument(
+        "--max-shard-size",
+        type=_shard_size,
+        default=MAX_SHARD_BYTES,
+        metavar="SIZE",
+        help="most bytes of one Parquet shard, e.g. 500MB or 2GB (default 500MB); each "
+        "split of each source is cut into the fewest shards of at most this size",
     )
     b.add_argument(
         "--png-level",

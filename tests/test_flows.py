@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import pipeline.build.extract
+import pipeline.shards.writer
 from pipeline.demo import write_busi, write_kvasir
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -49,8 +50,22 @@ def reads(monkeypatch) -> list[Path]:
     return seen
 
 
+@pytest.fixture()
+def shard_writes(monkeypatch) -> list[Path]:
+    """Every shard the write-shard stage writes (threads run in this process)."""
+    written: list[Path] = []
+    original = pipeline.shards.writer.write_shard
+
+    def spy(path: Path, *args, **kwargs):
+        written.append(path)
+        return original(path, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline.shards.writer, "write_shard", spy)
+    return written
+
+
 def test_build_flow_then_unchanged_rerun_converts_nothing(
-    prefect_api, data, tmp_path, reads
+    prefect_api, data, tmp_path, reads, shard_writes
 ) -> None:
     from flows import build_mmrs
 
@@ -58,11 +73,13 @@ def test_build_flow_then_unchanged_rerun_converts_nothing(
     first = build_mmrs(_sources(data), str(tmp_path / "a"), batch_size=4, cache_dir=cache)
     assert first["validation"]["ok"], first["validation"]["violations"]
     assert len(reads) == 16
+    assert len(shard_writes) == len([n for n in _files(tmp_path / "a") if n.startswith("data/")])
     reads.clear()
+    shard_writes.clear()
     for name in ("b", "c"):  # the second run fills Prefect's cache records, the third uses them
         again = build_mmrs(_sources(data), str(tmp_path / name), batch_size=4, cache_dir=cache)
         assert again["summary"] == first["summary"]
-    assert reads == []
+    assert reads == [] and shard_writes == []
     assert _files(tmp_path / "a") == _files(tmp_path / "b") == _files(tmp_path / "c")
 
 
@@ -77,7 +94,7 @@ def test_a_corrupt_cached_part_is_rendered_again_under_prefects_cache(
     cache = tmp_path / "cache"
     for name in ("a", "b"):  # the second run fills Prefect's cache records
         build_mmrs(_sources(data), str(tmp_path / name), batch_size=4, cache_dir=str(cache))
-    part = sorted(cache.glob("parts/*/*.parquet"))[0]
+    part = sorted(cache.glob("parts/*/*.arrows"))[0]
     status = part.stat()
     with part.open("r+b") as handle:
         handle.seek(status.st_size // 2)
@@ -112,11 +129,12 @@ def test_template_change_rerenders_without_reading_images(
 
 @pytest.mark.parametrize("runner", ["threads", "processes", "dask"])
 def test_every_runner_gives_the_same_bytes(prefect_api, data, tmp_path, runner) -> None:
+    """Whatever the runner, workers and batch size (a unit of work, not of output)."""
     from flows import build_mmrs
 
     reference = build_mmrs(_sources(data), str(tmp_path / "one"), batch_size=4, cache=False)
     result = build_mmrs(
-        _sources(data), str(tmp_path / runner), batch_size=4, workers=2, runner=runner, cache=False
+        _sources(data), str(tmp_path / runner), batch_size=3, workers=2, runner=runner, cache=False
     )
     assert result["summary"] == reference["summary"]
     assert _files(tmp_path / "one") == _files(tmp_path / runner)

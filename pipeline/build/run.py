@@ -4,7 +4,10 @@ The build streams: sources are discovered, planned into batches and extracted as
 runner asks for more work, so it holds the cases of the batches in flight, not all of them.
 A batch is rendered as soon as it and every batch before it are extracted: outcomes are
 recorded in discovery order, and an image identical to one converted earlier is left out.
-The orchestration is written once, here; what runs each batch stage is passed in: a plain
+Batches are units of work; shards, units of output, are planned per split and source by
+size once the source's batches are rendered, and written from the rendered rows, so the
+output does not depend on the batches. The orchestration is written once, here; what runs
+each stage is passed in: a plain
 loop (`build`, for library use and tests) or Prefect tasks with caching on a task runner
 (flows.py, what `mmrs build` uses). The output is assembled in a staging folder beside
 --out, checked (when a check is given) and only then moved into place, manifest.json last
@@ -16,12 +19,13 @@ errors.jsonl with its file and reason.
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
-from itertools import islice
+from itertools import groupby, islice, takewhile
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,7 +33,7 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..checks.folder import ValidationResult
-from ..checks.shard import ShardResult
+from ..checks.shard import ShardResult, combined
 from ..geometry.facts import MIN_COMPONENT_FRACTION
 from ..io.images import PNG_LEVEL
 from ..llm.paraphrase import RewriteConfig
@@ -38,6 +42,7 @@ from ..qa.templates import TemplateSet, load_templates
 from ..release.card import render_card
 from ..release.stats import Stats
 from ..shards.parts import RenderResult
+from ..shards.plan import MAX_SHARD_BYTES, plan_shards
 from ..sources.base import Case, Problem, SourceInfo
 from ..splits import SPLITS, SplitRatios
 from ..store import FileIdentity, StageRunner, code_digest, file_digest, place_file
@@ -57,11 +62,15 @@ from .stages import (
     ExtractJob,
     ExtractResult,
     RenderJob,
+    ShardWriteJob,
     extract_batch,
     render_batch,
+    write_shard_job,
 )
 
-BATCH_SIZE = 256  # cases per extract/render task
+BATCH_SIZE = 256  # most cases per extract/render task
+BATCH_SHARE = 8  # near the build's end, a batch takes this share of the cases left
+MIN_BATCH = 16  # cases of the last batches (and fewer for the last of a source)
 Item = TypeVar("Item")
 
 
@@ -81,7 +90,8 @@ class BuildConfig:
     templates_dir: Path | None = None
     overwrite: bool = False
     progress: bool = True
-    batch_size: int = BATCH_SIZE
+    batch_size: int = BATCH_SIZE  # most cases per task: the unit of work, not of output
+    max_shard_bytes: int = MAX_SHARD_BYTES  # of one shard (the unit of output)
     png_level: int = PNG_LEVEL  # zlib level of re-encoded images
     cache_dir: Path | None = None  # None: a temporary store, removed after the build
     rewrite: RewriteConfig | None = None  # LLM rewriting (pipeline/llm/paraphrase.py); None: none
@@ -142,12 +152,12 @@ class BuildSummary:
         }
 
 
-def inline_runner(progress: bool, desc: str) -> StageRunner:
+def inline_runner(progress: bool, desc: str, unit: str = "batch") -> StageRunner:
     """Run a stage's jobs one after another in this process, each when its result is asked
     for, with a progress bar."""
 
     def run(stage: Callable[[Any], Any], jobs: Iterable[Any]) -> Iterator[Any]:
-        return map(stage, tqdm(jobs, desc=desc, unit="batch", disable=not progress))
+        return map(stage, tqdm(jobs, desc=desc, unit=unit, disable=not progress))
 
     return run
 
@@ -295,30 +305,38 @@ def plan_extract(
     png_level: int = PNG_LEVEL,
 ) -> Iterator[ExtractJob]:
     """Cases in batches of one source each, in discovery order (see ExtractJob.reusable),
-    each batch as soon as it is complete."""
+    each batch as soon as its size is known.
+
+    A batch is a unit of work only (the output is the same whatever the batches): at most
+    batch_size cases, and from the last batch_size * BATCH_SHARE cases of the build on, a
+    BATCH_SHARE-th of the cases left (at least MIN_BATCH), so that the last batches are
+    short and every worker has work to the end, whatever the sources' sizes. The batches
+    depend only on the cases, in order, and batch_size (a resumed build finds its own).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    cases = ((request, item) for request, item in discovered if isinstance(item, Case))
+    horizon = batch_size * BATCH_SHARE
+    ahead: deque[tuple[SourceRequest, Case]] = deque()  # discovered, not yet in a batch
     index = 0
-    batch: list[Case] = []
-    current: SourceRequest | None = None
-    for request, item in discovered:
-        if not isinstance(item, Case):
-            continue
-        if batch and (request is not current or len(batch) >= batch_size):
-            # No local keeps the job while this waits: its cases go once it is recorded.
-            yield ExtractJob(index, SourceMeta.of(current.source, png_level), _emptied(batch),
-                             store, reusable)  # fmt: skip
-            index += 1
-        current = request
-        batch.append(item)
-    item = None  # the last case, in the last batch: the job alone keeps it
-    if batch:
-        meta = SourceMeta.of(current.source, png_level)
-        yield ExtractJob(index, meta, _emptied(batch), store, reusable)
-
-
-def _emptied(batch: list[Case]) -> tuple[Case, ...]:
-    cases = tuple(batch)
-    batch.clear()
-    return cases
+    while True:
+        while len(ahead) < horizon:  # how far the build's end is, if it is that close
+            found = next(cases, None)
+            if found is None:
+                break
+            ahead.append(found)
+        if not ahead:
+            return
+        request = ahead[0][0]
+        size = batch_size
+        if len(ahead) < horizon:
+            size = min(size, max(MIN_BATCH, math.ceil(len(ahead) / BATCH_SHARE)))
+        size = min(size, sum(1 for _ in takewhile(lambda a, r=request: a[0] is r, ahead)))
+        meta = SourceMeta.of(request.source, png_level)
+        # No local keeps the job while this waits: its cases go once it is recorded.
+        yield ExtractJob(index, meta, tuple(ahead.popleft()[1] for _ in range(size)), store,
+                         reusable)  # fmt: skip
+        index += 1
 
 
 class _Records:
@@ -367,8 +385,9 @@ def run_build(
     run_rewrite: StageRunner | None = None,
     api_key: str | None = None,
     check: Callable[[Path, BuildSummary], ValidationResult] | None = None,
+    run_shards: StageRunner | None = None,
 ) -> BuildSummary:
-    """Discover, extract, render, rewrite (if asked) and assemble a build.
+    """Discover, extract, render, rewrite (if asked), write the shards and assemble a build.
 
     `api_key` is the LLM key when config.rewrite is set (default: $OPENAI_API_KEY).
     `check` validates the assembled build in its staging folder; one that fails it does
@@ -378,13 +397,14 @@ def run_build(
     run_extract = run_extract or inline_runner(config.progress, "extract")
     run_render = run_render or inline_runner(config.progress, "render")
     run_rewrite = run_rewrite or inline_runner(config.progress, "rewrite")
+    run_shards = run_shards or inline_runner(config.progress, "shards", "shard")
     templates = load_templates(config.templates_dir)
     with hold(config.out):
         replaced = check_out(config.out, config.overwrite)
         discovered = discover(config)
         return _build(
             config, templates, discovered, replaced, run_extract, run_render, run_rewrite,
-            api_key, check,
+            run_shards, api_key, check,
         )  # fmt: skip
 
 
@@ -396,6 +416,7 @@ def _build(
     run_extract: StageRunner,
     run_render: StageRunner,
     run_rewrite: StageRunner,
+    run_shards: StageRunner,
     api_key: str | None,
     check: Callable[[Path, BuildSummary], ValidationResult] | None,
 ) -> BuildSummary:
@@ -431,7 +452,7 @@ def _build(
             rewrite = None if llm is None else _rewriter(llm, store, run_rewrite)
             summary = _assemble(
                 config, staging, templates, uncounted, planned, jobs, extracted, run_render,
-                rewrite,
+                run_shards, store, rewrite,
             )  # fmt: skip
             summary.validation = None if check is None else check(staging, summary)
             if summary.validation is None or summary.validation.ok or replaced is None:
@@ -472,6 +493,8 @@ def _assemble(
     jobs: Iterator[ExtractJob],
     extracted: Iterable[ExtractResult],
     run_render: StageRunner,
+    run_shards: StageRunner,
+    store: Path,
     rewrite: Callable[[list[RenderResult], BuildSummary], list[RenderResult]] | None = None,
 ) -> BuildSummary:
     summary = BuildSummary(config.out)
@@ -523,7 +546,7 @@ def _assemble(
             records.add(request, "converted", case.case_id, case.image, None)
         return frozenset(skip)
 
-    sources: list[SourceMeta] = []  # of each batch
+    sources: deque[SourceMeta] = deque()  # of each batch rendered, until its shards are planned
 
     def render_jobs() -> Iterator[RenderJob]:
         """Each batch's render job, as soon as its extraction and every earlier one's is
@@ -551,19 +574,26 @@ def _assemble(
         records.handle.close()
         owner.clear()
 
-    rendered = list(run_render(render_batch, render_jobs()))
-    if rewrite is not None:
-        rendered = rewrite(rendered, summary)
-    for source, result in zip(sources, rendered, strict=True):  # a batch holds one source
+    rendered: list[RenderResult] = []
+    batches: list[SourceMeta] = []  # the source of each rendered batch
+
+    def with_sources(results: Iterable[RenderResult]) -> Iterator[tuple[SourceMeta, RenderResult]]:
+        for result in results:
+            batches.append(sources.popleft())  # a result comes after its job
+            rendered.append(result)
+            yield batches[-1], result
+
+    results = run_render(render_batch, render_jobs())
+    if rewrite is not None:  # rewrites need every batch first
+        results = rewrite(list(results), summary)
+    # Each source's shards are written once its last batch is rendered (streaming).
+    files, shards = _write_shards(
+        staging / "data", with_sources(results), store, config, run_shards, summary
+    )
+    for source, result in zip(batches, rendered, strict=True):  # a batch holds one source
         summary.sources[source.name].rows += result.stats.rows
         summary.images += result.images
-        summary.checks.update(((p.sha256, p.split), p.check) for p in result.parts if p.check)
-        summary.hashes.update((p.identity, p.sha256) for p in result.parts)
     summary.stats = Stats.total(result.stats for result in rendered)
-
-    files, shards = _link_shards(
-        staging / "data", sources, rendered, summary.hashes, config.cache_dir is None
-    )
     public = {r.source.name for r in config.sources if r.source.redistributable}
     shown = [staging / s["path"] for s in shards if s["source"] in public]
     from ..release.plots import write_plots  # matplotlib: only a build that gets this far needs it
@@ -599,46 +629,83 @@ def _write_specs(staging: Path, config: BuildConfig) -> dict[str, str]:
     return specs
 
 
-def _link_shards(
-    folder: Path,
-    sources: list[SourceMeta],
-    rendered: list[RenderResult],
-    hashes: dict[FileIdentity, str],
-    move: bool,
-) -> tuple[dict[str, str], list[dict[str, str]]]:
-    """Each part becomes data/<split>-<i>-of-<n>.parquet: moved from a store of this build
-    only (`move`), else a file of its own (store.place_file: a reflink or a copy), so that
-    no edit of an output reaches the cache. Each shard's content hash goes into `hashes`
-    under its identity.
+@dataclass(frozen=True)
+class _Shard:
+    """A shard to write: its source and split, its job, and its images' checks (None when
+    not all were checked)."""
 
-    Returns the shards' content hashes and, per shard, its split, modality and source (a
-    batch holds one source, so each shard holds one source and one modality).
+    source: SourceMeta
+    split: str
+    job: ShardWriteJob
+    checks: list[ShardResult] | None
+
+
+def _shard_jobs(
+    batches: Iterable[tuple[SourceMeta, RenderResult]], store: Path, max_bytes: int
+) -> Iterator[_Shard]:
+    """Each source's shards, as soon as its batches are rendered: per split, its images in
+    discovery order cut by size (shards/plan.py). A shard holds one source, so one modality
+    and one licence."""
+    for _, same in groupby(batches, lambda batch: batch[0].name):
+        sources, results = zip(*same, strict=True)
+        for split in SPLITS:
+            images = [(part.path, image, part.checks[i] if part.checks else None)
+                      for result in results for part in result.parts if part.split == split
+                      for i, image in enumerate(part.images)]  # fmt: skip
+            start = 0
+            for count in plan_shards([image.bytes for _, image, _ in images], max_bytes):
+                taken = images[start : start + count]
+                start += count
+                pieces = tuple((path, tuple(image for _, image, _ in group))
+                               for path, group in groupby(taken, lambda i: i[0]))  # fmt: skip
+                checks = [check for *_, check in taken]
+                yield _Shard(sources[0], split, ShardWriteJob(pieces, store),
+                             None if None in checks else checks)  # fmt: skip
+
+
+def _write_shards(
+    folder: Path,
+    batches: Iterable[tuple[SourceMeta, RenderResult]],
+    store: Path,
+    config: BuildConfig,
+    run: StageRunner,
+    summary: BuildSummary,
+) -> tuple[dict[str, str], list[dict[str, str]]]:
+    """Write every shard (in the store) and place it in folder as
+    data/<split>-<i>-of-<n>.parquet: moved from a store of this build only, else a file of
+    its own (store.place_file: a reflink or a copy), so that no edit of an output reaches
+    the cache. Record their hashes, and the checks made from their images', in the summary.
+
+    Returns the shards' content hashes and, per shard, its split, modality and source.
     """
+    planned: list[_Shard] = []
+    jobs = (shard.job for shard in _noted(_shard_jobs(batches, store, config.max_shard_bytes),
+                                           planned))  # fmt: skip
+    written = list(run(write_shard_job, jobs))
     files: dict[str, str] = {}
-    shards: list[dict[str, str]] = []
+    entries: list[dict[str, str]] = []
     for split in SPLITS:
-        parts = [
-            (source, part)
-            for source, result in zip(sources, rendered, strict=True)
-            for part in result.parts
-            if part.split == split
-        ]
-        for index, (source, part) in enumerate(parts):
-            target = folder / f"{split}-{index:05d}-of-{len(parts):05d}.parquet"
-            if move:
-                part.path.replace(target)  # the same file: its identity is the part's
+        mine = [(s, w) for s, w in zip(planned, written, strict=True) if s.split == split]
+        for index, (shard, output) in enumerate(mine):
+            name = f"{split}-{index:05d}-of-{len(mine):05d}.parquet"
+            rows = sum(image.rows for _, images in shard.job.pieces for image in images)
+            if output.rows != rows:
+                raise RuntimeError(f"shard {name}: {output.rows} rows written, {rows} rendered")
+            target = folder / name
+            if config.cache_dir is None:  # a store of this build only
+                output.path.replace(target)  # the same file: its identity is the shard's
+                identity = output.identity
             else:
-                hashes[place_file(part.path, target, part.sha256)] = part.sha256
-            files[f"data/{target.name}"] = part.sha256
-            shards.append(
-                {
-                    "path": f"data/{target.name}",
-                    "split": split,
-                    "modality": source.modality,
-                    "source": source.name,
-                }
-            )
-    return dict(sorted(files.items())), shards
+                identity = place_file(output.path, target, output.sha256)
+            files[f"data/{name}"] = output.sha256
+            summary.hashes[identity] = output.sha256
+            if shard.checks is not None:  # the shard holds the rows checked, in their order
+                check = combined(target, split, output.sha256, shard.checks)
+                summary.checks[output.sha256, split] = check
+            source = shard.source
+            entries.append({"path": f"data/{name}", "split": split,
+                            "modality": source.modality, "source": source.name})  # fmt: skip
+    return dict(sorted(files.items())), entries
 
 
 def _code_version() -> str:
@@ -680,8 +747,8 @@ def _write_manifest(
             "min_component_fraction": MIN_COMPONENT_FRACTION,
             "templates_digest": templates.digest,
             "templates": templates.count(),
-            "batch_size": config.batch_size,
             "png_level": config.png_level,
+            "max_shard_bytes": config.max_shard_bytes,
         },
         "counts": summary_dict["sources"],
         "images": summary_dict["images"],

@@ -1,20 +1,26 @@
-"""The build's two batch stages, as plain functions over picklable jobs.
+"""The build's stages, as plain functions over picklable jobs.
 
 - extract_batch: cases -> pixels and facts (the only stage that reads source files),
   written case by case into one payload file in the store, under a key made of the
   content hashes of every input file, the source's settings and the extract code; the
   payload's own content hash is recorded, and checked before it is used again.
-- render_batch: a payload -> QA rows -> one Parquet part per split, written by the worker
-  that holds the data, under a key made of the extract key, templates, seed, split ratios,
-  the duplicates to leave out and the render code. Unless told not to, the same worker
-  then checks each part it wrote as `mmrs validate` checks a shard (checks/shard.py), so the
-  build's final validation needs to check only what changed after render. Parts taken
-  again from the store are checked against their content hashes first.
+- render_batch: a payload -> QA rows -> one part per split (shards/writer.py), noting
+  where each image's rows are, written by the worker that holds the data, under a key
+  made of the extract key, templates, seed, split ratios, the duplicates to leave out and
+  the render code. Unless told not to, the same worker then checks the rows it wrote as
+  `mmrs validate` checks a shard's (checks/shard.py), image by image, so the build's final
+  validation needs to check only what changed after render. Parts taken again from the
+  store are checked against their content hashes first.
+- write_shard_job: images of parts -> one Parquet shard, planned per split by size once its
+  source's batches are rendered (shards/plan.py), under a key made of its images and the
+  writer code.
 
 `cached(key)` of each job is its stored result, verified (store.py), or None: what the
 stage function and an orchestrator's cache policy (flows.py) take from the store.
 
-Both return small summaries; keys make them cacheable by any orchestrator (flows.py).
+Batches are units of work, shards units of output: a shard's bytes depend on its rows
+only, never on the batches they were rendered in. Each stage returns a small summary;
+keys make them cacheable by any orchestrator (flows.py).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from functools import cached_property
 from pathlib import Path
 
 from .. import schema, splits
-from ..checks.shard import CHECK_CODE, check_shard
+from ..checks.shard import CHECK_CODE, ShardResult, check_table
 from ..geometry import facts, patient, relations
 from ..geometry import slicing as volume
 from ..io import dicomseg, dicomseries, display, nifti
@@ -42,12 +48,13 @@ from ..qa.templates import QAPlanner, TemplateSet, load_templates
 from ..release import stats
 from ..release.stats import COLUMNS as STATS_COLUMNS
 from ..release.stats import Stats
-from ..shards import parts, writer
+from ..shards import parts, plan, writer
 from ..shards.parts import Part, RenderResult
-from ..shards.writer import SplitWriter
+from ..shards.writer import PartWriter, Placed, read_part
 from ..sources.base import Case
 from ..splits import SplitRatios
 from ..store import (
+    FileIdentity,
     atomic_pickle,
     cache_key,
     code_digest,
@@ -82,6 +89,7 @@ EXTRACT_CODE = (
     names,
 )
 RENDER_CODE = (STAGES, render, qa, names, splits, schema, stats, writer, parts)
+SHARD_CODE = (STAGES, writer, parts, plan, schema)
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,11 +276,11 @@ def _templates(directory: Path | None, digest: str) -> TemplateSet:
 
 def _write_rows(
     job: RenderJob, key: str, staging: Path
-) -> tuple[RenderResult, list[tuple[str, Path]]]:
-    """Render a batch's rows into one Parquet part per split it has rows in, in staging;
-    returns the counts and each part with its split."""
+) -> tuple[RenderResult, list[tuple[str, Path, list[Placed]]]]:
+    """Render a batch's rows into one part per split it has rows in, in staging;
+    returns the counts and each part with its split and where each image's rows are."""
     planner = QAPlanner(_templates(job.templates_dir, job.templates_digest), job.seed)
-    writers: dict[str, SplitWriter] = {}
+    writers: dict[str, PartWriter] = {}
     counted: dict[str, list] = {name: [] for name in STATS_COLUMNS}
     rendered_images = 0
     for images in read_payload(job.extract.payload):
@@ -280,25 +288,33 @@ def _write_rows(
             images = [i for i in images if (i.case.case_id, i.image_id) not in job.skip]
         if not images:
             continue
-        rows = [row for item in images for row in render_case(item, planner, job.ratios)]
-        split = rows[0]["split"] if rows else None
         rendered_images += len(images)
-        if split is None:
-            continue
-        if split not in writers:
-            writers[split] = SplitWriter(staging, split)
-        writers[split].add_image_rows(rows)
-        for name, values in counted.items():
-            values += [row[name] for row in rows]
+        for item in images:
+            rows = render_case(item, planner, job.ratios)
+            if not rows:
+                continue
+            split = rows[0]["split"]  # a case's rows are all in its patient's split
+            if split not in writers:
+                writers[split] = PartWriter(staging / f"{split}.arrows")
+            writers[split].add_image_rows(rows)
+            for name, values in counted.items():
+                values += [row[name] for row in rows]
     stats = Stats()
     stats.add(counted)
-    written = [(split, path) for split in splits.SPLITS if split in writers
-               for path in writers[split].close()]  # fmt: skip
+    written = [(split, writers[split].path, writers[split].close())
+               for split in splits.SPLITS if split in writers]  # fmt: skip
     return RenderResult(key, (), rendered_images, stats), written
 
 
+def _checks(path: Path, split: str, images: list[Placed]) -> tuple[ShardResult, ...]:
+    """Each image's checks of a part as written, as `mmrs validate` checks a row group."""
+    groups = list(read_part(path))
+    return tuple(check_table(groups[i.row_group].slice(i.offset, i.rows), split)
+                 for i in images)  # fmt: skip
+
+
 def render_batch(job: RenderJob) -> RenderResult:
-    """Render and write one batch's rows: one Parquet part per split it has rows in."""
+    """Render and write one batch's rows: one part per split it has rows in."""
     key = job.key
     stored = job.cached(key)
     if stored is not None:
@@ -309,10 +325,10 @@ def render_batch(job: RenderJob) -> RenderResult:
     try:
         result, written = _write_rows(job, key, staging)
         parts = []
-        for split, path in written:
-            rows, identity, sha256 = writer.row_count(path), file_identity(path), file_digest(path)
-            check = check_shard(path, split, sha256) if job.check else None
-            parts.append(Part(split, folder / path.name, sha256, rows, identity, check))
+        for split, path, images in written:
+            checks = _checks(path, split, images) if job.check else None
+            sha256 = file_digest(path)
+            parts.append(Part(split, folder / path.name, sha256, tuple(images), checks))
         rendered = replace(result, parts=tuple(parts))
         atomic_pickle(rendered, staging / "result.pkl", job.store)
         # the whole batch appears at once; another build's, when it stored it first
@@ -322,3 +338,64 @@ def render_batch(job: RenderJob) -> RenderResult:
     if not job.extract.reusable:  # freed now by this worker, not at the build's end
         job.extract.payload.unlink(missing_ok=True)
     return rendered
+
+
+@dataclass(frozen=True)
+class ShardWriteJob:
+    pieces: tuple[tuple[Path, tuple[Placed, ...]], ...]  # parts and the images taken
+    store: Path
+    row_group_bytes: int = writer.ROW_GROUP_BYTES
+
+    @cached_property
+    def key(self) -> str:
+        """The shard's images (a part's path in the store names its content: its render
+        key) + the writer code. Not its name: that is known once every shard is planned."""
+        pieces = [(part.relative_to(self.store).as_posix(), images)
+                  for part, images in self.pieces]  # fmt: skip
+        return cache_key("shard", code_digest(SHARD_CODE), self.row_group_bytes, pieces)
+
+    def path(self, key: str) -> Path:
+        return self.store / "shards" / key / "shard.parquet"
+
+    def result(self, key: str) -> Path:
+        return self.store / "shards" / key / "result.pkl"
+
+    def cached(self, key: str) -> ShardWritten | None:
+        """The stored result, its shard checked against its content hash, or None."""
+        stored = stored_result(self.result(key), self.store)
+        if not isinstance(stored, ShardWritten):
+            return None
+        if verified(stored.path, stored.sha256):
+            return stored
+        shutil.rmtree(self.path(key).parent, ignore_errors=True)
+        return None
+
+
+@dataclass(frozen=True)
+class ShardWritten:
+    path: Path
+    sha256: str
+    rows: int
+    identity: FileIdentity  # of the file when it was hashed
+
+
+def write_shard_job(job: ShardWriteJob) -> ShardWritten:
+    """Write one shard from its parts' images (shards/writer.py), hashed once."""
+    key = job.key
+    stored = job.cached(key)
+    if stored is not None:
+        return stored
+    folder = job.path(key).parent
+    staging = private_name(folder)
+    staging.mkdir(parents=True)
+    try:
+        path = staging / job.path(key).name
+        writer.write_shard(path, job.pieces, job.row_group_bytes)
+        rows = writer.row_count(path)  # from the footer: what a reader will find
+        written = ShardWritten(job.path(key), file_digest(path), rows, file_identity(path))
+        atomic_pickle(written, staging / "result.pkl", job.store)
+        # a rename keeps the file's identity; another build's, when it stored it first
+        written = place_folder(staging, folder, lambda: job.cached(key)) or written
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return written

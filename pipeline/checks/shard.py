@@ -269,8 +269,16 @@ def check_row_group(
     """Every per-row check of one row group (see the module docstring), of a shard opened
     with its image columns read as dictionaries. `withheld`: rows without pixels are valid
     (the manifest withholds their source's pixels)."""
+    return check_table(parquet.read_row_group(index), split, withheld, f"row group {index}")
+
+
+def check_table(
+    table: pa.Table, split: str, withheld: bool = False, where: str = "rows"
+) -> ShardResult:
+    """Every per-row check of a table of whole images' rows, its image columns as
+    dictionaries: a shard's row group (check_row_group), or the rows of one image that a
+    build's render worker wrote (a shard's check is then combined from its images')."""
     part = ShardResult(split)
-    table = parquet.read_row_group(index)
     rows = table.drop_columns(list(schema.IMAGE_COLUMNS)).to_pylist()
     part.rows = len(rows)
     missing = {c: table.column(c).null_count for c in schema.IMAGE_COLUMNS}
@@ -282,7 +290,7 @@ def check_row_group(
     else:
         empty = ", ".join(f"{n} without {c}" for c, n in missing.items() if n)
         why = "" if withheld else " (the manifest withholds no pixels of this shard)"
-        part.violations.append(f"row group {index}: {len(rows)} rows, {empty}{why}")
+        part.violations.append(f"{where}: {len(rows)} rows, {empty}{why}")
         return part
 
     patients, row_ids = set(), set()
@@ -337,27 +345,36 @@ def check_shard(shard: Path, split: str, sha256: str, withheld: bool = False) ->
     """Every row group of a shard whose content hash is sha256; a row group that cannot be
     read is a violation. `withheld`: the manifest withholds the pixels of its source, so it
     may be all without pixels (ShardResult.withheld) or all with them."""
-    whole = ShardResult(split, sha256=sha256)
     try:
         parquet = pq.ParquetFile(shard, read_dictionary=["image.bytes", "mask.bytes"])
     except (pa.ArrowException, OSError) as exc:
-        whole.violations.append(f"not a readable Parquet file ({exc})")
-        return whole
-    patients, images, row_ids, withheld_groups = [], [], [], set()
+        unreadable = f"not a readable Parquet file ({exc})"
+        return ShardResult(split, violations=[unreadable], sha256=sha256)
+    parts = []
     with parquet:
         for index in range(parquet.num_row_groups):
             try:
-                part = check_row_group(parquet, index, split, withheld)
+                parts.append(check_row_group(parquet, index, split, withheld))
             except (pa.ArrowException, OSError, TypeError, KeyError) as exc:
-                part = ShardResult(split, violations=[f"row group {index}: {exc}"])
-            whole.rows += part.rows
-            whole.violations += part.violations
-            patients.append(part.patients)
-            images.append(part.images)
-            row_ids.append(part.row_ids)
-            withheld_groups.add(part.withheld)
-            for group, rows in part.groups.items():
-                whole.groups[group] = whole.groups.get(group, 0) + rows
+                parts.append(ShardResult(split, violations=[f"row group {index}: {exc}"]))
+    return combined(shard, split, sha256, parts)
+
+
+def combined(shard: Path, split: str, sha256: str, parts: list[ShardResult]) -> ShardResult:
+    """The result of a shard from the results of its rows, in order (its row groups', or the
+    images' a build's render workers checked): a row id in several of them is read from
+    the shard to be named."""
+    whole = ShardResult(split, sha256=sha256)
+    patients, images, row_ids, withheld_groups = [], [], [], set()
+    for part in parts:
+        whole.rows += part.rows
+        whole.violations += part.violations
+        patients.append(part.patients)
+        images.append(part.images)
+        row_ids.append(part.row_ids)
+        withheld_groups.add(part.withheld)
+        for group, rows in part.groups.items():
+            whole.groups[group] = whole.groups.get(group, 0) + rows
     whole.patients, whole.images = merged(patients), merged(images)
     whole.row_ids = merged(row_ids)
     if len(whole.row_ids) < sum(map(len, row_ids)):  # a row id in several row groups

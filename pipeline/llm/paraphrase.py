@@ -30,14 +30,13 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import jinja2
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from ..geometry.facts import FACT_COLUMNS
 from ..qa import factcheck
@@ -51,7 +50,6 @@ from ..store import (
     cache_key,
     code_digest,
     file_digest,
-    file_identity,
     place_folder,
     private_name,
     stored_result,
@@ -330,39 +328,31 @@ def rewrite_batch(job: RewriteJob) -> RewriteResult:
     model = job.config.llm.model
     try:
         # Every row of the batch first (text columns only), so one pool keeps every slot busy.
-        sources = [
-            pq.ParquetFile(part.path, read_dictionary=writer.BYTES_LEAVES)
-            for part in job.render.parts
-        ]
-        rows = [
-            row
-            for source in sources
-            for index in range(source.num_row_groups)
-            for row in source.read_row_group(
-                index, columns=list(_CONTEXT + FACT_COLUMNS)
-            ).to_pylist()
-        ]
+        sources = [list(writer.read_part(part.path)) for part in job.render.parts]
+        context = list(_CONTEXT + FACT_COLUMNS)
+        rows = [row for groups in sources for group in groups
+                for row in group.select(context).to_pylist()]  # fmt: skip
         done = iter(_rewrite_rows(sess, job.store, prompt, rows))
-        for part, source in zip(job.render.parts, sources, strict=True):
+        for part, groups in zip(job.render.parts, sources, strict=True):
+            rewritten = []
+            for table in groups:
+                group = [next(done) for _ in range(len(table))]
+                statuses.update(status for _, _, status in group)
+                columns = {
+                    "question": pa.array([q for q, _, _ in group], pa.string()),
+                    "answer": pa.array([a for _, a, _ in group], pa.string()),
+                    "rewrite": pa.array(
+                        [{"model": model, "status": s} for _, _, s in group], REWRITE
+                    ),
+                }
+                for name, values in columns.items():
+                    at = table.schema.get_field_index(name)
+                    table = table.set_column(at, table.schema.field(at), values)
+                rewritten.append(table)
             target = staging / part.path.name
-            with writer.open_shard(target) as out:
-                for index in range(source.num_row_groups):
-                    table = source.read_row_group(index)
-                    group = [next(done) for _ in range(len(table))]
-                    statuses.update(status for _, _, status in group)
-                    columns = {
-                        "question": pa.array([q for q, _, _ in group], pa.string()),
-                        "answer": pa.array([a for _, a, _ in group], pa.string()),
-                        "rewrite": pa.array(
-                            [{"model": model, "status": s} for _, _, s in group], REWRITE
-                        ),
-                    }
-                    for name, values in columns.items():
-                        at = table.schema.get_field_index(name)
-                        table = table.set_column(at, table.schema.field(at), values)
-                    out.write_table(table, row_group_size=max(1, len(table)))
-            identity, sha256 = file_identity(target), file_digest(target)
-            parts.append(Part(part.split, folder / target.name, sha256, part.rows, identity))
+            writer.write_part(target, rewritten)  # the same groups: the images stay in place
+            sha256 = file_digest(target)
+            parts.append(replace(part, path=folder / target.name, sha256=sha256, checks=None))
         final = not any(s.startswith(("failed:", "skipped:")) for s in statuses)
         result = RewriteResult(key, tuple(parts), statuses, final)
         if final:

@@ -76,8 +76,11 @@ def rebuild_command(manifest: dict[str, Any], restricted: list[dict[str, Any]]) 
     settings = [
         f"--seed {config['seed']}",
         f"--split-ratios {ratios['train']},{ratios['validation']},{ratios['test']}",
-        f"--batch-size {config['batch_size']}",
     ]
+    if "max_shard_bytes" in config:  # what cuts the shards (a build's batches do not)
+        settings.append(f"--max-shard-size {config['max_shard_bytes']}")
+    if "batch_size" in config:  # a build whose shards followed its batches
+        settings.append(f"--batch-size {config['batch_size']}")
     if "png_level" in config:
         settings.append(f"--png-level {config['png_level']}")
     return f"mmrs build {sources} --out mmrs-local {' '.join(settings)}"

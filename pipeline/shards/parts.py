@@ -1,4 +1,4 @@
-"""What a stage writes: Parquet parts with their content hashes and checks, per batch."""
+"""What a stage writes: Parquet parts, where each image's rows are in them, and checks."""
 
 from __future__ import annotations
 
@@ -7,19 +7,23 @@ from pathlib import Path
 
 from ..checks.shard import ShardResult
 from ..release.stats import Stats
-from ..store import FileIdentity
+from .writer import Placed
 
 
 @dataclass(frozen=True)
 class Part:
-    """One split's rows of one batch: a Parquet file, its content hash and its check."""
+    """One split's rows of one render job: a Parquet file, the place of each image's rows in
+    it (the unit a shard is cut at) and, when checked, each image's check."""
 
     split: str
     path: Path
-    sha256: str
-    rows: int
-    identity: FileIdentity  # of the file when it was hashed
-    check: ShardResult | None = None  # None: not checked
+    sha256: str  # of the file as written: checked before the part is taken from a store
+    images: tuple[Placed, ...]
+    checks: tuple[ShardResult, ...] | None = None  # None: not checked
+
+    @property
+    def rows(self) -> int:
+        return sum(image.rows for image in self.images)
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,12 @@ image and mask columns are dictionary-encoded with a dictionary page large enoug
 whole row group, so each distinct image and mask is stored once per row group: the folder
 stays close to the bytes of the unique images and masks it holds. The bytes columns are
 handed to Parquet as Arrow dictionary arrays (distinct values + indices), so no image is
-copied or hashed once per row. Shards are written under a staging folder and named
-`-of-<n>` only when the split is complete.
+copied or hashed once per row.
+
+Render jobs write parts (PartWriter: Arrow IPC, the build's own intermediate), noting
+where each image's rows are; a shard is written from the images of the parts it gathers
+(write_shard), into row groups of its own, so its bytes depend on its rows only, never on
+how the build divided its work.
 
 The Arrow schema is not stored in the file (it would record those columns as dictionaries);
 readers get the row contract's plain types from the Parquet types, and the `huggingface`
@@ -15,17 +19,19 @@ key that restores the Image features is written as file metadata.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..schema import IMAGE_COLUMNS, SCHEMA, schema_with_features
 
 ROW_GROUP_BYTES = 4 * 2**20  # unique image + mask bytes buffered per row group (writing or
 # checking one holds a few copies of it at once: kept small, so a worker's peak stays low)
-SHARD_BYTES = 256 * 2**20  # start a new shard past this size
 
 BYTES_LEAVES = [f"{column}.bytes" for column in IMAGE_COLUMNS]
 _STATISTICS = [
@@ -88,7 +94,8 @@ def _table(rows: list[dict[str, Any]]) -> pa.Table:
 
 
 def open_shard(path: Path, row_group_bytes: int = ROW_GROUP_BYTES) -> pq.ParquetWriter:
-    """A Parquet writer with the layout and options of every MMRS shard."""
+    """A Parquet writer with the layout and options of every MMRS shard, whose row groups
+    hold about row_group_bytes of distinct image and mask bytes."""
     writer = pq.ParquetWriter(
         path,
         WRITTEN_SCHEMA,
@@ -102,68 +109,144 @@ def open_shard(path: Path, row_group_bytes: int = ROW_GROUP_BYTES) -> pq.Parquet
     return writer
 
 
-class SplitWriter:
-    """Streams the rows of one split into shards, an image's rows at a time."""
+@dataclass(frozen=True)
+class Placed:
+    """Where one image's rows are in a part: its row group, first row there, rows, and its
+    distinct image and mask bytes."""
 
-    def __init__(
-        self,
-        folder: Path,
-        split: str,
-        row_group_bytes: int = ROW_GROUP_BYTES,
-        shard_bytes: int = SHARD_BYTES,
-    ) -> None:
-        self.folder = folder
-        self.split = split
+    row_group: int
+    offset: int
+    rows: int
+    bytes: int
+
+
+class PartWriter:
+    """The rows of one split written by one render job, an image's rows at a time, in
+    groups of about ROW_GROUP_BYTES; where each image went is recorded, so that a shard can
+    take any run of images from it (write_shard).
+
+    A part is read once or twice by the build's own processes, so it is written as an
+    Arrow IPC stream (each group a record batch with its own dictionaries): no encoding,
+    and read back in place, from a memory map."""
+
+    def __init__(self, path: Path, row_group_bytes: int = ROW_GROUP_BYTES) -> None:
+        self.path = path
         self.row_group_bytes = row_group_bytes
-        self.shard_bytes = shard_bytes
-        self.shards: list[Path] = []
+        self.placed: list[Placed] = []
+        self._groups = 0
         self._buffer: list[dict[str, Any]] = []
         self._buffered_bytes = 0
-        self._writer: pq.ParquetWriter | None = None
+        self._file: pa.NativeFile | None = None
+        self._writer: pa.ipc.RecordBatchStreamWriter | None = None
 
     def add_image_rows(self, rows: list[dict[str, Any]]) -> None:
-        """Add every row of one image (they stay in one row group)."""
-        unique: dict[int, int] = {}
+        """Add every row of one image (they stay in one group)."""
+        unique: dict[bytes, int] = {}  # distinct by content, as the shard stores them
         for row in rows:
             for column in IMAGE_COLUMNS:
                 data = row[column]["bytes"]
-                unique[id(data)] = len(data)
+                unique[data] = len(data)
+        size = sum(unique.values())
+        self.placed.append(Placed(self._groups, len(self._buffer), len(rows), size))
         self._buffer.extend(rows)
-        self._buffered_bytes += sum(unique.values())
+        self._buffered_bytes += size
         if self._buffered_bytes >= self.row_group_bytes:
             self._flush()
-
-    def _open_shard(self) -> pq.ParquetWriter:
-        path = self.folder / f".{self.split}-{len(self.shards):05d}.parquet.tmp"
-        self.shards.append(path)
-        return open_shard(path, self.row_group_bytes)
 
     def _flush(self) -> None:
         if not self._buffer:
             return
         if self._writer is None:
-            self._writer = self._open_shard()
-        table = _table(self._buffer)
-        self._writer.write_table(table, row_group_size=len(self._buffer))
+            self._file = pa.OSFile(str(self.path), "wb")
+            self._writer = pa.ipc.new_stream(self._file, WRITTEN_SCHEMA)
+        self._writer.write_table(_table(self._buffer))
         self._buffer, self._buffered_bytes = [], 0
-        if self.shards[-1].stat().st_size >= self.shard_bytes:
-            self._writer.close()
-            self._writer = None
+        self._groups += 1
 
-    def close(self) -> list[Path]:
-        """Flush, close and give each shard its final name; returns the final paths."""
+    def close(self) -> list[Placed]:
+        """Flush and close; returns where each image's rows are, in order."""
         self._flush()
         if self._writer is not None:
             self._writer.close()
-            self._writer = None
-        total = len(self.shards)
-        final = []
-        for index, path in enumerate(self.shards):
-            target = self.folder / f"{self.split}-{index:05d}-of-{total:05d}.parquet"
-            path.replace(target)
-            final.append(target)
-        self.shards = final
-        return final
+            self._file.close()
+            self._writer = self._file = None
+        return self.placed
+
+
+def read_part(path: Path) -> Iterator[pa.Table]:
+    """Each group of a part (PartWriter), in order, read in place (the map lasts as long as
+    a table of it does)."""
+    for batch in pa.ipc.open_stream(pa.memory_map(str(path))):
+        yield pa.Table.from_batches([batch])
+
+
+def write_part(path: Path, groups: Iterable[pa.Table]) -> None:
+    """A part of the given groups (tables of WRITTEN_SCHEMA), each kept a group."""
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, WRITTEN_SCHEMA) as out:
+        for group in groups:
+            out.write_table(group.combine_chunks())
+
+
+def _image_column(chunks: list[pa.StructArray], field: pa.Field) -> pa.StructArray:
+    """An image column of rows taken from several row groups, as one dictionary array of its
+    distinct values in order of first use (each row group's dictionary holds values of rows
+    not taken; only the values used are copied, and hashed, once)."""
+    values, indices, paths = [], [], []
+    taken = 0
+    for struct in chunks:
+        data = struct.field("bytes")
+        used = pc.unique(data.indices)  # in order of first use
+        values.append(data.dictionary.take(used))
+        indices.append(pc.add(pc.index_in(data.indices, value_set=used), taken))
+        paths.append(struct.field("path"))
+        taken += len(used)
+    distinct = pc.dictionary_encode(pa.concat_arrays(values))  # equal values stored once
+    data = pa.DictionaryArray.from_arrays(
+        distinct.indices.take(pa.concat_arrays(indices)), distinct.dictionary
+    )
+    return pa.StructArray.from_arrays([data, pa.concat_arrays(paths)], fields=list(field.type))
+
+
+def _gathered(tables: list[pa.Table]) -> pa.Table:
+    """Images' rows from several row groups as one table of WRITTEN_SCHEMA, one chunk each."""
+    plain = pa.concat_tables([t.drop_columns(list(IMAGE_COLUMNS)) for t in tables])
+    plain = plain.combine_chunks()
+    arrays = []
+    for field in WRITTEN_SCHEMA:
+        if field.name in IMAGE_COLUMNS:
+            chunks = [chunk for t in tables for chunk in t.column(field.name).chunks]
+            arrays.append(_image_column(chunks, field))
+        else:
+            arrays.append(plain.column(field.name).combine_chunks())
+    return pa.Table.from_arrays(arrays, schema=WRITTEN_SCHEMA)
+
+
+def write_shard(
+    path: Path,
+    pieces: Iterable[tuple[Path, Sequence[Placed]]],
+    row_group_bytes: int = ROW_GROUP_BYTES,
+) -> None:
+    """Write a shard from images of parts (PartWriter), in order: each piece is a part and
+    the images to take from it. An image's rows stay in one row group, which closes once it
+    holds row_group_bytes of distinct image and mask bytes; so the shard's bytes depend
+    only on its rows, never on which parts they came from."""
+    buffered: list[pa.Table] = []
+    size = 0
+    with open_shard(path, row_group_bytes) as writer:
+        for part, images in pieces:
+            groups, index = read_part(part), -1
+            for image in images:
+                while index < image.row_group:
+                    group, index = next(groups), index + 1
+                buffered.append(group.slice(image.offset, image.rows))
+                size += image.bytes
+                if size >= row_group_bytes:
+                    table = _gathered(buffered)
+                    writer.write_table(table, row_group_size=len(table))
+                    buffered, size = [], 0
+        if buffered:
+            table = _gathered(buffered)
+            writer.write_table(table, row_group_size=len(table))
 
 
 def row_count(path: Path) -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.build.run import BuildConfig, SourceRequest, build, run_build
+from pipeline.build.run import BATCH_SHARE, BuildConfig, SourceRequest, build, run_build
 from pipeline.checks.folder import SHARD_NAME, validate
 from pipeline.demo import write_busi, write_kvasir, write_montgomery
 from pipeline.sources import REGISTRY
@@ -193,14 +193,15 @@ def _counted(source_name: str, found: list) -> object:
 def test_discovery_goes_only_as_far_as_the_batches_asked_for(
     demo_root: Path, tmp_path: Path
 ) -> None:
-    """Cases are discovered as the extract stage asks for batches, not all before it."""
+    """Cases are discovered as the extract stage asks for batches, not all before it: at
+    most BATCH_SHARE batches of the largest size ahead (to see how close the end is)."""
     found: list = []
     source = _counted("kvasir_seg", found)
     config = BuildConfig(
         sources=(SourceRequest(source, demo_root / "Kvasir-SEG"),),
         out=tmp_path / "out",
         progress=False,
-        batch_size=4,
+        batch_size=1,
     )
     discovered_at_extract: list[int] = []
 
@@ -210,8 +211,9 @@ def test_discovery_goes_only_as_far_as_the_batches_asked_for(
             yield stage(job)
 
     summary = run_build(config, extract)
-    # 12 cases: a batch is complete when the first case of the next one is found
-    assert discovered_at_extract == [5, 9, 12]
+    # 12 cases, batches of 1, each planned with the next BATCH_SHARE cases found
+    assert BATCH_SHARE == 8
+    assert discovered_at_extract == [8, 9, 10, 11] + [12] * 8
     assert summary.sources["kvasir_seg"].converted == 12
 
 
@@ -242,3 +244,119 @@ def test_a_later_source_of_the_wrong_layout_fails_before_any_extraction(
         run_build(config, extract)
     assert extracted == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["not_busi"]
+
+
+def _manifest(folder: Path) -> dict:
+    return json.loads((folder / "manifest.json").read_text())
+
+
+def test_the_output_is_the_same_for_any_batch_size(
+    demo_root: Path, built: Path, tmp_path: Path
+) -> None:
+    """Batches are units of work only: the files, manifest included, do not depend on them."""
+    for size in (1, 5):
+        out = tmp_path / f"batch{size}"
+        build(_config(demo_root, out, batch_size=size))
+        assert _manifest(out) == _manifest(built)
+        assert (out / "manifest.json").read_bytes() == (built / "manifest.json").read_bytes()
+
+
+def test_each_split_of_a_small_source_is_one_shard(built: Path) -> None:
+    shards = _manifest(built)["shards"]
+    kinds = [(s["source"], s["split"]) for s in shards]
+    assert len(kinds) == len(set(kinds))  # one shard each
+    rows = _rows(built)
+    assert set(kinds) == {(r["source"], r["split"]) for r in rows}
+    for shard in shards:  # each shard holds one source (one modality, one licence)
+        table = pq.read_table(built / shard["path"], columns=["source", "modality", "split"])
+        assert set(table.column("source").to_pylist()) == {shard["source"]}
+        assert set(table.column("modality").to_pylist()) == {shard["modality"]}
+        assert set(table.column("split").to_pylist()) == {shard["split"]}
+
+
+def _image_bytes(path: Path) -> list[int]:
+    """The distinct image and mask bytes of each image of a shard, in order."""
+    table = pq.read_table(path, columns=["image_id", "image", "mask"]).to_pylist()
+    images: dict[str, set[bytes]] = {}
+    for row in table:
+        images.setdefault(row["image_id"], set()).update(
+            (row["image"]["bytes"], row["mask"]["bytes"])
+        )
+    return [sum(len(b) for b in values) for values in images.values()]
+
+
+def test_shards_are_the_fewest_within_the_maximum(demo_root: Path, built: Path, tmp_path: Path):
+    out = tmp_path / "small-shards"
+    most = 150_000
+    summary = build(_config(demo_root, out, max_shard_bytes=most, batch_size=3))
+    assert validate(out, checked=summary.checks).ok
+    shards = _manifest(out)["shards"]
+    assert _rows(out) == _rows(built)  # the same rows in the same order, in more files
+    groups: dict[tuple[str, str], list[list[int]]] = {}
+    for shard in shards:
+        sizes = _image_bytes(out / shard["path"])
+        groups.setdefault((shard["source"], shard["split"]), []).append(sizes)
+        assert sum(sizes) <= most or len(sizes) == 1
+    assert any(len(files) > 1 for files in groups.values())
+    for files in groups.values():
+        total = sum(map(sum, files))
+        assert len(files) == max(1, -(-total // most))  # the fewest that hold the split
+    assert {sha for sha, _ in summary.checks} == {
+        sha for name, sha in _manifest(out)["files"].items() if name.startswith("data/")
+    }  # every shard's check came from its row groups' checks, none was made again
+
+
+def test_batches_shrink_near_the_builds_end(tmp_path: Path) -> None:
+    """At most batch_size cases; near the build's end a share of what is left, so the last
+    tasks are short whatever the sources' sizes; never two sources in one batch."""
+    from pipeline.build.run import MIN_BATCH, plan_extract
+    from pipeline.sources.base import Case, Problem
+
+    requests = [SourceRequest(REGISTRY[name], tmp_path) for name in ("kvasir_seg", "busi")]
+    discovered = [
+        (request, Case(request.source.name, f"c{i}", f"p{i}", tmp_path / f"{i}.png", ()))
+        for request, count in zip(requests, (900, 150), strict=True)
+        for i in range(count)
+    ]
+    discovered.insert(3, (requests[0], Problem("kvasir_seg", tmp_path / "x", "unreadable")))
+    jobs = list(plan_extract(iter(discovered), 64, tmp_path))
+    sizes = [(job.source.name, len(job.cases)) for job in jobs]
+    assert [job.index for job in jobs] == list(range(len(jobs)))
+    cases = [case for _, case in discovered if isinstance(case, Case)]
+    assert [case for job in jobs for case in job.cases] == cases
+    assert all(size <= 64 for _, size in sizes)
+    assert sizes[:5] == [("kvasir_seg", 64)] * 5  # the end is further than 8 batches
+    kvasir = [size for name, size in sizes if name == "kvasir_seg"]
+    busi = [size for name, size in sizes if name == "busi"]
+    assert sum(kvasir) == 900 and sum(busi) == 150
+    assert all(a >= b for a, b in zip(busi, busi[1:], strict=False))
+    assert busi[:2] == [19, 17]  # 150 left: an eighth of it, then of the 131 left
+    assert busi[-3:-1] == [MIN_BATCH, MIN_BATCH] and busi[-1] <= MIN_BATCH
+    # The same cases give the same batches (a resumed build finds its own).
+    again = list(plan_extract(iter(discovered), 64, tmp_path))
+    assert [j.cases for j in again] == [j.cases for j in jobs]
+
+
+def test_a_sources_shards_are_written_once_its_batches_are_rendered(
+    demo_root: Path, tmp_path: Path
+) -> None:
+    """Shards stream: the first sources' are written while the last source renders."""
+    events: list[str] = []
+
+    def render(stage, jobs):
+        for job in jobs:
+            result = stage(job)
+            events.append("render")
+            yield result
+
+    def shards(stage, jobs):
+        for job in jobs:
+            events.append("shard")
+            yield stage(job)
+
+    config = _config(demo_root, tmp_path / "out", batch_size=2)
+    summary = run_build(config, run_render=render, run_shards=shards)
+    assert validate(tmp_path / "out", checked=summary.checks).ok
+    last = max(i for i, event in enumerate(events) if event == "render")
+    assert "shard" in events[:last]  # kvasir's and busi's before montgomery's last batch
+    assert events.count("shard") == len(_manifest(tmp_path / "out")["shards"])

@@ -81,12 +81,27 @@ def test_a_changed_byte_in_a_cached_part_is_dropped_and_rendered_again(
 ) -> None:
     cache = tmp_path / "cache"
     _build(root, tmp_path / "a", cache)
-    part = sorted(cache.glob("parts/*/*.parquet"))[0]
+    part = sorted(cache.glob("parts/*/*.arrows"))[0]
     _flip_byte(part, part.stat().st_size // 2)  # same inode, size and mtime
     extractions.clear()
     with pytest.warns(CacheWarning, match=f"{part.name}: content differs from the hash"):
         _build(root, tmp_path / "b", cache)
     assert extractions == []  # only the render of that batch ran again
+    assert _shards(tmp_path / "b") == _shards(tmp_path / "a")
+    assert validate(tmp_path / "b").ok
+
+
+def test_a_changed_byte_in_a_cached_shard_is_dropped_and_written_again(
+    root: Path, tmp_path: Path, extractions: list[str]
+) -> None:
+    cache = tmp_path / "cache"
+    _build(root, tmp_path / "a", cache)
+    shard = sorted(cache.glob("shards/*/shard.parquet"))[0]
+    _flip_byte(shard, shard.stat().st_size // 2)
+    extractions.clear()
+    with pytest.warns(CacheWarning, match=f"{shard.name}: content differs from the hash"):
+        _build(root, tmp_path / "b", cache)
+    assert extractions == []  # only that shard was written again
     assert _shards(tmp_path / "b") == _shards(tmp_path / "a")
     assert validate(tmp_path / "b").ok
 
