@@ -50,7 +50,7 @@ from ..release.stats import COLUMNS as STATS_COLUMNS
 from ..release.stats import Stats
 from ..shards import parts, plan, writer
 from ..shards.parts import Part, RenderResult
-from ..shards.writer import PartWriter, Placed, read_part
+from ..shards.writer import PartWriter, Placed, gathered, read_part
 from ..sources.base import Case
 from ..splits import SplitRatios
 from ..store import (
@@ -309,7 +309,8 @@ def _write_rows(
 def _checks(path: Path, split: str, images: list[Placed]) -> tuple[ShardResult, ...]:
     """Each image's checks of a part as written, as `mmrs validate` checks a row group."""
     groups = list(read_part(path))
-    return tuple(check_table(groups[i.row_group].slice(i.offset, i.rows), split)
+    # Each image's rows with its own values only (a group's dictionaries hold every image's).
+    return tuple(check_table(gathered([groups[i.row_group].slice(i.offset, i.rows)]), split)
                  for i in images)  # fmt: skip
 
 

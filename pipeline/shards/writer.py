@@ -207,7 +207,7 @@ def _image_column(chunks: list[pa.StructArray], field: pa.Field) -> pa.StructArr
     return pa.StructArray.from_arrays([data, pa.concat_arrays(paths)], fields=list(field.type))
 
 
-def _gathered(tables: list[pa.Table]) -> pa.Table:
+def gathered(tables: list[pa.Table]) -> pa.Table:
     """Images' rows from several row groups as one table of WRITTEN_SCHEMA, one chunk each."""
     plain = pa.concat_tables([t.drop_columns(list(IMAGE_COLUMNS)) for t in tables])
     plain = plain.combine_chunks()
@@ -241,11 +241,11 @@ def write_shard(
                 buffered.append(group.slice(image.offset, image.rows))
                 size += image.bytes
                 if size >= row_group_bytes:
-                    table = _gathered(buffered)
+                    table = gathered(buffered)
                     writer.write_table(table, row_group_size=len(table))
                     buffered, size = [], 0
         if buffered:
-            table = _gathered(buffered)
+            table = gathered(buffered)
             writer.write_table(table, row_group_size=len(table))
 
 
