@@ -80,7 +80,7 @@ def test_overwrite_replaces_only_an_mmrs_builds_own_files(data: Path, tmp_path: 
     build(_config(data, out))
     old = json.loads((out / "manifest.json").read_text())["files"]
     _with_user_files(out)
-    build(_config(data, out, overwrite=True, seed=1, batch_size=2))
+    build(_config(data, out, overwrite=True, seed=1, max_shard_bytes=1))  # a shard per image
     new = json.loads((out / "manifest.json").read_text())["files"]
     assert set(new) != set(old)  # other shard names: the earlier build's are gone
     tree = _tree(out)
