@@ -645,22 +645,29 @@ def _shard_jobs(
 ) -> Iterator[_Shard]:
     """Each source's shards, as soon as its batches are rendered: per split, its images in
     discovery order cut by size (shards/plan.py). A shard holds one source, so one modality
-    and one licence."""
+    and one licence. Its check is its groups' (render checks a part group by group) when it
+    holds whole groups only; else None, and validation checks it."""
     for _, same in groupby(batches, lambda batch: batch[0].name):
         sources, results = zip(*same, strict=True)
         for split in SPLITS:
-            images = [(part.path, image, part.checks[i] if part.checks else None)
-                      for result in results for part in result.parts if part.split == split
-                      for i, image in enumerate(part.images)]  # fmt: skip
+            parts = [part for result in results for part in result.parts if part.split == split]
+            images = [(part, image) for part in parts for image in part.images]
             start = 0
-            for count in plan_shards([image.bytes for _, image, _ in images], max_bytes):
+            for count in plan_shards([image.bytes for _, image in images], max_bytes):
                 taken = images[start : start + count]
                 start += count
-                pieces = tuple((path, tuple(image for _, image, _ in group))
-                               for path, group in groupby(taken, lambda i: i[0]))  # fmt: skip
-                checks = [check for *_, check in taken]
-                yield _Shard(sources[0], split, ShardWriteJob(pieces, store),
-                             None if None in checks else checks)  # fmt: skip
+                pieces = tuple((part.path, tuple(image for _, image in group))
+                               for part, group in groupby(taken, lambda i: i[0]))  # fmt: skip
+                checks: list[ShardResult] | None = []
+                for part, group in groupby(taken, lambda i: (i[0], i[1].row_group)):
+                    whole = sum(1 for _ in group) == sum(
+                        1 for image in part[0].images if image.row_group == part[1]
+                    )
+                    if checks is None or not part[0].checks or not whole:
+                        checks = None
+                        continue
+                    checks.append(part[0].checks[part[1]])
+                yield _Shard(sources[0], split, ShardWriteJob(pieces, store), checks)
 
 
 def _write_shards(

@@ -50,7 +50,7 @@ from ..release.stats import COLUMNS as STATS_COLUMNS
 from ..release.stats import Stats
 from ..shards import parts, plan, writer
 from ..shards.parts import Part, RenderResult
-from ..shards.writer import PartWriter, Placed, gathered, read_part
+from ..shards.writer import PartWriter, Placed, read_part
 from ..sources.base import Case
 from ..splits import SplitRatios
 from ..store import (
@@ -306,12 +306,9 @@ def _write_rows(
     return RenderResult(key, (), rendered_images, stats), written
 
 
-def _checks(path: Path, split: str, images: list[Placed]) -> tuple[ShardResult, ...]:
-    """Each image's checks of a part as written, as `mmrs validate` checks a row group."""
-    groups = list(read_part(path))
-    # Each image's rows with its own values only (a group's dictionaries hold every image's).
-    return tuple(check_table(gathered([groups[i.row_group].slice(i.offset, i.rows)]), split)
-                 for i in images)  # fmt: skip
+def _checks(path: Path, split: str) -> tuple[ShardResult, ...]:
+    """Each group's checks of a part as written, as `mmrs validate` checks a row group."""
+    return tuple(check_table(group, split) for group in read_part(path))
 
 
 def render_batch(job: RenderJob) -> RenderResult:
@@ -327,7 +324,7 @@ def render_batch(job: RenderJob) -> RenderResult:
         result, written = _write_rows(job, key, staging)
         parts = []
         for split, path, images in written:
-            checks = _checks(path, split, images) if job.check else None
+            checks = _checks(path, split) if job.check else None
             sha256 = file_digest(path)
             parts.append(Part(split, folder / path.name, sha256, tuple(images), checks))
         rendered = replace(result, parts=tuple(parts))

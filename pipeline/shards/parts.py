@@ -12,14 +12,14 @@ from .writer import Placed
 
 @dataclass(frozen=True)
 class Part:
-    """One split's rows of one render job: a Parquet file, the place of each image's rows in
-    it (the unit a shard is cut at) and, when checked, each image's check."""
+    """One split's rows of one render job: a file of groups of images, the place of each
+    image's rows in it (the unit a shard is cut at) and, when checked, each group's check."""
 
     split: str
     path: Path
     sha256: str  # of the file as written: checked before the part is taken from a store
     images: tuple[Placed, ...]
-    checks: tuple[ShardResult, ...] | None = None  # None: not checked
+    checks: tuple[ShardResult, ...] | None = None  # of each group; None: not checked
 
     @property
     def rows(self) -> int:

@@ -301,9 +301,11 @@ def test_shards_are_the_fewest_within_the_maximum(demo_root: Path, built: Path, 
     for files in groups.values():
         total = sum(map(sum, files))
         assert len(files) == max(1, -(-total // most))  # the fewest that hold the split
-    assert {sha for sha, _ in summary.checks} == {
+    # A shard of whole groups of a part takes their checks; one cut inside a group is
+    # checked by the validation (as above).
+    assert {sha for sha, _ in summary.checks} <= {
         sha for name, sha in _manifest(out)["files"].items() if name.startswith("data/")
-    }  # every shard's check came from its row groups' checks, none was made again
+    }
 
 
 def test_batches_shrink_near_the_builds_end(tmp_path: Path) -> None:
