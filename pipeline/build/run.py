@@ -69,8 +69,8 @@ from .stages import (
 )
 
 BATCH_SIZE = 256  # most cases per extract/render task
-BATCH_SHARE = 8  # near the build's end, a batch takes this share of the cases left
-MIN_BATCH = 16  # cases of the last batches (and fewer for the last of a source)
+BATCH_SHARE = 4  # near the build's end, a batch takes this share of the cases left
+MIN_BATCH = 32  # cases of the last batches (and fewer for the last of a source)
 Item = TypeVar("Item")
 
 

@@ -212,8 +212,8 @@ def test_discovery_goes_only_as_far_as_the_batches_asked_for(
 
     summary = run_build(config, extract)
     # 12 cases, batches of 1, each planned with the next BATCH_SHARE cases found
-    assert BATCH_SHARE == 8
-    assert discovered_at_extract == [8, 9, 10, 11] + [12] * 8
+    assert BATCH_SHARE == 4
+    assert discovered_at_extract == list(range(4, 13)) + [12] * 3
     assert summary.sources["kvasir_seg"].converted == 12
 
 
@@ -332,7 +332,7 @@ def test_batches_shrink_near_the_builds_end(tmp_path: Path) -> None:
     busi = [size for name, size in sizes if name == "busi"]
     assert sum(kvasir) == 900 and sum(busi) == 150
     assert all(a >= b for a, b in zip(busi, busi[1:], strict=False))
-    assert busi[:2] == [19, 17]  # 150 left: an eighth of it, then of the 131 left
+    assert busi[:2] == [38, MIN_BATCH]  # 150 left: a quarter of it, then at least 32
     assert busi[-3:-1] == [MIN_BATCH, MIN_BATCH] and busi[-1] <= MIN_BATCH
     # The same cases give the same batches (a resumed build finds its own).
     again = list(plan_extract(iter(discovered), 64, tmp_path))
