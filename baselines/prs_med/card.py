@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
+
+from pipeline.release.publish import REPO_ID
 
 from .checkpoint import CONFIG, STATE, WEIGHTS, read_config
 
 CARD = "README.md"
-REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 def _metrics_table(document: dict[str, Any]) -> str:

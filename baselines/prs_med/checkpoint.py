@@ -77,7 +77,7 @@ def read_config(folder: Path) -> dict[str, Any]:
 def load_weights(model: PRSMed, folder: Path) -> None:
     """Load a checkpoint's weights into a model built from the same preset."""
     weights = load_file(Path(folder) / WEIGHTS)
-    expected = saved_weights(model).keys()
+    expected = {name for name, param in model.named_parameters() if param.requires_grad}
     missing = sorted(set(expected) - set(weights))
     unexpected = sorted(set(weights) - set(dict(model.named_parameters())))
     if missing or unexpected:

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
-from .prompt import IGNORE, encode_example, encode_prompt
+from .prompt import IGNORE, encode_example
 
 # SAM's pixel statistics (0-255 RGB): pretrained encoders expect them, random ones don't mind.
 PIXEL_MEAN = np.array([123.675, 116.28, 103.53], dtype=np.float32)
@@ -89,7 +89,6 @@ class RowDataset(Dataset):
         mask_size: int,
         image_tokens: int,
         max_answer_tokens: int,
-        with_answers: bool = True,
     ) -> None:
         self.rows = rows
         self.tokenizer = tokenizer
@@ -97,30 +96,27 @@ class RowDataset(Dataset):
         self.mask_size = mask_size
         self.image_tokens = image_tokens
         self.max_answer_tokens = max_answer_tokens
-        self.with_answers = with_answers
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         row = self.rows[int(index)]
-        item: dict[str, Any] = {
+        encoded = encode_example(
+            self.tokenizer,
+            row["question"],
+            row["answer"],
+            self.image_tokens,
+            self.max_answer_tokens,
+        )
+        return {
             "index": int(index),
             "pixel_values": image_array(row["image"], self.image_size),
             "mask": mask_array(row["mask"], self.mask_size),
+            "ids": encoded.ids,
+            "labels": encoded.labels,
+            "prompt_length": encoded.prompt_length,
         }
-        if self.with_answers:
-            encoded = encode_example(
-                self.tokenizer,
-                row["question"],
-                row["answer"],
-                self.image_tokens,
-                self.max_answer_tokens,
-            )
-            item.update(ids=encoded.ids, labels=encoded.labels, prompt_length=encoded.prompt_length)
-        else:
-            item["ids"] = encode_prompt(self.tokenizer, row["question"], self.image_tokens)
-        return item
 
 
 def collate_train(items: Sequence[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -146,7 +142,7 @@ def collate_train(items: Sequence[dict[str, Any]], pad_id: int) -> dict[str, tor
 
 
 def collate_prompts(items: Sequence[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Left-padded prompts for generation."""
+    """Left-padded prompts for generation (items: pixel_values and ids)."""
     length = max(len(item["ids"]) for item in items)
     ids = torch.full((len(items), length), pad_id, dtype=torch.long)
     attention = torch.zeros((len(items), length), dtype=torch.long)
@@ -155,9 +151,7 @@ def collate_prompts(items: Sequence[dict[str, Any]], pad_id: int) -> dict[str, t
         ids[row, length - n :] = torch.tensor(item["ids"])
         attention[row, length - n :] = 1
     return {
-        "index": torch.tensor([item["index"] for item in items]),
         "pixel_values": torch.from_numpy(np.stack([item["pixel_values"] for item in items])),
-        "masks": torch.from_numpy(np.stack([item["mask"] for item in items])),
         "input_ids": ids,
         "attention_mask": attention,
     }

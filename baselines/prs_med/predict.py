@@ -14,7 +14,7 @@ from pipeline.geometry.facts import compute_facts
 
 from ..scoring.metrics import binarise, resize_prob
 from .checkpoint import load_checkpoint
-from .data import MASK_SCALE, collate_prompts, image_array
+from .data import collate_prompts, image_array
 from .prompt import encode_prompt
 
 
@@ -39,15 +39,11 @@ class Predictor:
         self.device = pick_device(device)
         self.model, self.tokenizer, self.config = load_checkpoint(checkpoint, self.device)
         self.preset = self.model.preset
-        grid = self.model.sam.config.prompt_encoder_config.image_embedding_size
-        self.mask_size = grid * MASK_SCALE
 
     def encode(self, image: Image.Image, question: str) -> dict:
         """One row's model inputs (runs in DataLoader workers)."""
         return {
-            "index": 0,
             "pixel_values": image_array(image, self.preset.image_size),
-            "mask": np.zeros((self.mask_size, self.mask_size), dtype=np.float32),
             "ids": encode_prompt(self.tokenizer, question, self.model.image_tokens),
         }
 

@@ -36,6 +36,7 @@ from .data import (
     manifest_sha256,
 )
 from .model import PRSMed, build_model
+from .predict import pick_device
 from .presets import Preset
 from .tokenizer import load_tokenizer, train_tokenizer
 
@@ -85,9 +86,7 @@ def training_sources(folder: Path) -> list[dict[str, Any]]:
 def _accelerator(device: str, preset: Preset):
     from accelerate import Accelerator
 
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available")
-    cpu = device == "cpu" or not torch.cuda.is_available()
+    cpu = pick_device(device) == "cpu"
     precision = "no" if cpu else preset.mixed_precision
     return Accelerator(cpu=cpu, mixed_precision=precision)
 
