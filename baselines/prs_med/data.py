@@ -120,25 +120,35 @@ class RowDataset(Dataset):
 
 
 def collate_train(items: Sequence[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded sequences with labels, masks from the lengths."""
-    length = max(len(item["ids"]) for item in items)
-    ids = torch.full((len(items), length), pad_id, dtype=torch.long)
+    """Left-padded prompts (as `collate_prompts`, what inference reads) and right-padded
+    answers with their labels; masks come from the lengths."""
+    prompts = collate_prompts(
+        [{**item, "ids": item["ids"][: item["prompt_length"]]} for item in items], pad_id
+    )
+    length = max(len(item["ids"]) - item["prompt_length"] for item in items)
+    answers = torch.full((len(items), length), pad_id, dtype=torch.long)
     labels = torch.full((len(items), length), IGNORE, dtype=torch.long)
     attention = torch.zeros((len(items), length), dtype=torch.long)
     for row, item in enumerate(items):
-        n = len(item["ids"])
-        ids[row, :n] = torch.tensor(item["ids"])
-        labels[row, :n] = torch.tensor(item["labels"])
+        start = item["prompt_length"]
+        n = len(item["ids"]) - start
+        answers[row, :n] = torch.tensor(item["ids"][start:])
+        labels[row, :n] = torch.tensor(item["labels"][start:])
         attention[row, :n] = 1
     return {
+        **prompts,
         "index": torch.tensor([item["index"] for item in items]),
-        "pixel_values": torch.from_numpy(np.stack([item["pixel_values"] for item in items])),
         "masks": torch.from_numpy(np.stack([item["mask"] for item in items])),
-        "input_ids": ids,
-        "attention_mask": attention,
+        "answer_ids": answers,
+        "answer_mask": attention,
         "labels": labels,
-        "prompt_lengths": torch.tensor([item["prompt_length"] for item in items]),
     }
+
+
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The arguments of the model's training forward, from a `collate_train` batch."""
+    keys = ("pixel_values", "input_ids", "attention_mask", "answer_ids", "answer_mask", "labels")
+    return {key: batch[key] for key in keys}
 
 
 def collate_prompts(items: Sequence[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:

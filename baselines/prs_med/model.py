@@ -2,18 +2,23 @@
 
 image -> SAM vision encoder -> image embedding (C x h x w)
   -> pooled to a grid, projected (LLaVA's two-layer MLP) -> image tokens in the LM's input
-LM (causal, LoRA where the preset says) reads [bos] [image tokens] prompt [answer]
+LM (causal, LoRA where the preset says) reads [bos] [image tokens] prompt
 fusion: the image embedding's tokens attend to the LM's last hidden states of the PROMPT
-  (key padding mask: padding and answer positions are never attended), residual + norm
+  (key padding mask: padding is never attended), residual + norm
 SAM mask decoder: the fused embedding, with the LM's state at the prompt's last token as
   its sparse prompt -> mask logits (4h x 4w)
+answer: the LM goes on from the prompt (its KV cache) through `mask_tokens` tokens read off
+  the predicted mask, then the answer: what it says is conditioned on what it segments
+  (`mask_tokens = 0` is the paper's design, the answer read off the prompt alone)
 
-The mask branch reads only prompt states, which a causal LM computes without seeing the
-answer: the states it gets at training (teacher forcing) are the states it gets at inference.
+Prompts are LEFT-padded in training as at inference, with positions counted from each
+row's first real token, so the mask branch reads exactly the states it reads at inference,
+and the answer follows the same positions in both.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +34,7 @@ from .prompt import IGNORE, image_slot
 class Output:
     mask_logits: torch.Tensor  # (B, 4h, 4w)
     lm_loss: torch.Tensor  # (B,) mean cross-entropy over each row's labelled tokens
+    answer_logits: torch.Tensor | None  # (B, A, vocab): position i predicts labels[:, i]
 
 
 class PRSMed(nn.Module):
@@ -49,6 +55,15 @@ class PRSMed(nn.Module):
         self.fusion = nn.MultiheadAttention(channels, max(1, channels // 32), batch_first=True)
         self.fusion_norm = nn.LayerNorm(channels)
         self.seg_query = nn.Linear(hidden, channels)
+        self.cache_argument = _cache_argument(lm)
+        self.mask_tokens = preset.mask_tokens
+        if self.mask_tokens:
+            cells = preset.mask_grid**2
+            self.mask_projector = nn.Sequential(
+                nn.Linear(2 * cells + 1, hidden),
+                nn.GELU(),
+                nn.Linear(hidden, self.mask_tokens * hidden),
+            )
 
     # --- the parts -------------------------------------------------------------------
     def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -59,14 +74,28 @@ class PRSMed(nn.Module):
         return self.sam.vision_encoder(pixel_values).last_hidden_state
 
     def lm_embeddings(
-        self, input_ids: torch.Tensor, image: torch.Tensor, image_start: torch.Tensor
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, image: torch.Tensor
     ) -> torch.Tensor:
-        """The LM's input embeddings with each row's image tokens at image_start[row]."""
+        """The LM's input embeddings of left-padded prompts, each row's image tokens in
+        its image slots (right after its BOS)."""
         embeds = self.lm.get_input_embeddings()(input_ids)
         tokens = self.projector(self.pool(image).flatten(2).transpose(1, 2)).to(embeds.dtype)
-        positions = image_start[:, None] + torch.arange(self.image_tokens, device=embeds.device)
+        start = (attention_mask.shape[1] - attention_mask.sum(1)) + self.slot
+        positions = start[:, None] + torch.arange(self.image_tokens, device=embeds.device)
         index = positions[:, :, None].expand(-1, -1, embeds.shape[-1])
         return embeds.scatter(1, index, tokens)
+
+    def mask_embeddings(self, mask_logits: torch.Tensor) -> torch.Tensor:
+        """The predicted mask as `mask_tokens` LM tokens (B, M, hidden): a two-layer MLP
+        reads the share of each grid cell the mask covers, the same cells normalised to
+        sum to 1 (where the mask lies, whatever its size) and its log area."""
+        prob = torch.sigmoid(mask_logits.detach().float())[:, None]
+        cells = F.adaptive_avg_pool2d(prob, self.preset.mask_grid).flatten(1)
+        area = cells.mean(1, keepdim=True)
+        where = cells / cells.sum(1, keepdim=True).clamp(min=1e-6)
+        features = torch.cat([cells, where * cells.shape[1] ** 0.5, area.clamp(min=1e-4).log()], 1)
+        tokens = self.mask_projector(features.to(self.mask_projector[0].weight.dtype))
+        return tokens.reshape(len(tokens), self.mask_tokens, -1)
 
     def segment(
         self,
@@ -101,25 +130,57 @@ class PRSMed(nn.Module):
         )
         return masks[:, 0, 0]
 
-    # --- training: right-padded prompt + answer ------------------------------------------
+    # --- the prompt, shared by training and inference -----------------------------------
+    def read_prompt(self, pixel_values, input_ids, attention_mask):
+        """Mask logits of LEFT-padded prompts, with the LM's output (its KV cache when the
+        preset generates answers), the prompt embeddings and the positions."""
+        image = self.encode_image(pixel_values)
+        embeds = self.lm_embeddings(input_ids, attention_mask, image)
+        positions = (attention_mask.cumsum(1) - 1).clamp(min=0)
+        out = self.lm(
+            inputs_embeds=embeds,
+            attention_mask=attention_mask,
+            position_ids=positions,
+            output_hidden_states=True,
+            use_cache=self.preset.answers == "generate",
+            logits_to_keep=1,  # only the last prompt token's logits are ever read
+        )
+        last = torch.full_like(positions[:, 0], input_ids.shape[1] - 1)
+        mask_logits = self.segment(image, _states(out, embeds), attention_mask.bool(), last)
+        return mask_logits, out, embeds, positions
+
+    # --- training: left-padded prompts, right-padded answers (teacher forcing) -----------
     def forward(
         self,
         pixel_values: torch.Tensor,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
-        prompt_lengths: torch.Tensor,
+        answer_ids: torch.Tensor,
+        answer_mask: torch.Tensor,
         labels: torch.Tensor,
     ) -> Output:
-        image = self.encode_image(pixel_values)
-        start = torch.full_like(prompt_lengths, self.slot)
-        embeds = self.lm_embeddings(input_ids, image, start)
-        out = self.lm(
-            inputs_embeds=embeds, attention_mask=attention_mask, output_hidden_states=True
+        """labels: (B, A) the answer's ids and EOS, IGNORE on its padding."""
+        mask_logits, out, _, positions = self.read_prompt(pixel_values, input_ids, attention_mask)
+        if self.preset.answers != "generate":
+            return Output(mask_logits, mask_logits.new_zeros(len(mask_logits)), None)
+        tail = self.lm.get_input_embeddings()(answer_ids)
+        tail_mask = answer_mask
+        if self.mask_tokens:
+            tail = torch.cat([self.mask_embeddings(mask_logits).to(tail.dtype), tail], 1)
+            tail_mask = torch.cat([answer_mask.new_ones(len(tail), self.mask_tokens), tail_mask], 1)
+        steps = torch.arange(1, tail.shape[1] + 1, device=positions.device)
+        cache = out["cache"] if "cache" in out else out["past_key_values"]
+        answer = self.lm(
+            inputs_embeds=tail,
+            attention_mask=torch.cat([attention_mask, tail_mask], 1),
+            position_ids=positions[:, -1:] + steps,
+            **{self.cache_argument: cache},
         )
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        prompt_mask = positions[None, :] < prompt_lengths[:, None]
-        mask_logits = self.segment(image, _states(out, embeds), prompt_mask, prompt_lengths - 1)
-        return Output(mask_logits, row_lm_loss(out.logits, labels))
+        # the prompt's last logits predict the first tail token; the answer's own ids are
+        # predicted from the last mask token on
+        logits = torch.cat([out.logits[:, -1:], answer.logits], 1)
+        logits = logits[:, self.mask_tokens : self.mask_tokens + labels.shape[1]]
+        return Output(mask_logits, row_lm_loss(logits, labels), logits)
 
     # --- inference: left-padded prompts ---------------------------------------------------
     @torch.no_grad()
@@ -132,17 +193,17 @@ class PRSMed(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Mask logits and (when the preset generates answers) the greedy answer ids.
 
-        input_ids are LEFT-padded prompts, as `encode_prompt` gives them.
+        input_ids are LEFT-padded prompts, as `collate_prompts` gives them.
         """
-        image = self.encode_image(pixel_values)
-        start = (attention_mask.shape[1] - attention_mask.sum(1)) + self.slot
-        embeds = self.lm_embeddings(input_ids, image, start)
-        last = torch.full_like(start, input_ids.shape[1] - 1)
+        mask_logits, _, embeds, _ = self.read_prompt(pixel_values, input_ids, attention_mask)
         if self.preset.answers != "generate":
-            out = self.lm(
-                inputs_embeds=embeds, attention_mask=attention_mask, output_hidden_states=True
+            return mask_logits, None
+        if self.mask_tokens:
+            tokens = self.mask_embeddings(mask_logits).to(embeds.dtype)
+            embeds = torch.cat([embeds, tokens], 1)
+            attention_mask = torch.cat(
+                [attention_mask, attention_mask.new_ones(len(tokens), self.mask_tokens)], 1
             )
-            return self.segment(image, _states(out, embeds), attention_mask.bool(), last), None
         generated = self.lm.generate(
             inputs_embeds=embeds,
             attention_mask=attention_mask,
@@ -151,11 +212,14 @@ class PRSMed(nn.Module):
             num_beams=1,
             pad_token_id=self.lm.config.pad_token_id,
             eos_token_id=self.lm.config.eos_token_id,
-            output_hidden_states=True,
-            return_dict_in_generate=True,
         )
-        states = generated.hidden_states[0][-1]  # the first step: the whole prompt
-        return self.segment(image, states, attention_mask.bool(), last), generated.sequences
+        return mask_logits, generated
+
+
+def _cache_argument(lm: nn.Module) -> str:
+    """The LM's keyword for a KV cache (transformers 5 renamed `past_key_values` `cache`)."""
+    base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
 def _states(out, embeds: torch.Tensor) -> torch.Tensor:
@@ -165,13 +229,12 @@ def _states(out, embeds: torch.Tensor) -> torch.Tensor:
 
 
 def row_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Each row's mean next-token cross-entropy over its labelled tokens (0 if none)."""
-    shifted = labels[:, 1:]
+    """Each row's mean cross-entropy over its labelled tokens (0 if none); logits[:, i]
+    predicts labels[:, i]."""
     losses = F.cross_entropy(
-        logits[:, :-1].float().transpose(1, 2), shifted, ignore_index=IGNORE, reduction="none"
+        logits.float().transpose(1, 2), labels, ignore_index=IGNORE, reduction="none"
     )
-    counts = (shifted != IGNORE).sum(1)
-    return losses.sum(1) / counts.clamp(min=1)
+    return losses.sum(1) / (labels != IGNORE).sum(1).clamp(min=1)
 
 
 def build_model(preset: Preset, tokenizer) -> PRSMed:

@@ -71,6 +71,10 @@ class Preset:
     lora: dict[str, Any] | None = None  # peft LoraConfig fields; None trains the LM whole
     freeze_encoder: bool = False
     lm_image_grid: int = 4  # the image reaches the LM as grid x grid pooled tokens
+    # the answer reads the predicted mask as this many LM tokens (0: the paper's design, the
+    # answer reads the prompt alone), from the mask pooled to mask_grid x mask_grid cells
+    mask_tokens: int = 0
+    mask_grid: int = 16
     answers: str = "generate"  # "generate": the LM answers; "template": rendered from the mask
     lm_loss_weight: float = 1.0
     tokenizer_vocab: int = 2048  # for a tokenizer trained on the build (lm is None)
@@ -109,6 +113,7 @@ PRESETS: dict[str, Preset] = {
             image_size=128,
             sam=_TINY_SAM,
             lm_config=_TINY_LM,
+            mask_tokens=4,
         ),
         Preset(
             name="mask-only",
@@ -135,6 +140,7 @@ PRESETS: dict[str, Preset] = {
             warmup_steps=200,
             mixed_precision="bf16",
             num_workers=8,
+            mask_tokens=4,
         ),
         Preset(
             name="full",
@@ -152,6 +158,7 @@ PRESETS: dict[str, Preset] = {
             warmup_steps=500,
             mixed_precision="bf16",
             num_workers=8,
+            mask_tokens=4,
         ),
     )
 }

@@ -34,6 +34,7 @@ from .data import (
     collate_train,
     load_split,
     manifest_sha256,
+    model_inputs,
 )
 from .model import PRSMed, build_model
 from .predict import pick_device
@@ -147,13 +148,7 @@ def validate(model: PRSMed, loader: DataLoader, accelerator, lm_weight: float) -
     totals = {"val_mask_loss": 0.0, "val_lm_loss": 0.0, "val_dice": 0.0}
     count = 0
     for batch in loader:
-        out = model(
-            batch["pixel_values"],
-            batch["input_ids"],
-            batch["attention_mask"],
-            batch["prompt_lengths"],
-            batch["labels"],
-        )
+        out = model(**model_inputs(batch))
         rows = accelerator.gather_for_metrics(
             torch.stack(
                 [
@@ -299,13 +294,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         for batch in train_loader:
             started = time.perf_counter()
             waiting += started - fetched
-            out_ = model(
-                batch["pixel_values"],
-                batch["input_ids"],
-                batch["attention_mask"],
-                batch["prompt_lengths"],
-                batch["labels"],
-            )
+            out_ = model(**model_inputs(batch))
             seg = mask_loss(out_.mask_logits.float(), batch["masks"]).mean()
             lm = out_.lm_loss.mean()
             loss = seg + preset.lm_loss_weight * lm

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from baselines.prs_med.checkpoint import load_checkpoint, save_checkpoint
-from baselines.prs_med.data import collate_prompts, collate_train
+from baselines.prs_med.data import collate_prompts, collate_train, model_inputs
 from baselines.prs_med.model import build_model
 from baselines.prs_med.presets import _TINY_LM, _TINY_SAM, resolve
-from baselines.prs_med.prompt import encode_example, encode_prompt
+from baselines.prs_med.prompt import IGNORE, encode_example, encode_prompt
 from baselines.prs_med.tokenizer import train_tokenizer
 
 QUESTIONS = [
@@ -55,13 +55,7 @@ def _items(tokenizer, model, pairs, pixels):
 def _forward(model, items, pad):
     batch = collate_train(items, pad)
     with torch.no_grad():
-        return model(
-            batch["pixel_values"],
-            batch["input_ids"],
-            batch["attention_mask"],
-            batch["prompt_lengths"],
-            batch["labels"],
-        )
+        return model(**model_inputs(batch))
 
 
 def _predict(model, items, pad):
@@ -88,6 +82,34 @@ def test_a_row_gives_the_same_outputs_alone_and_batched_with_a_longer_row(tokeni
     assert ids_alone[0].tolist() == ids_both[0].tolist()
     # and the mask branch sees at inference exactly what it saw in training
     assert torch.allclose(alone.mask_logits[0], mask_alone[0], atol=1e-5)
+
+
+def test_generation_reads_the_answer_as_training_does(tokenizer) -> None:
+    """Teacher forcing the greedy answer: each position's argmax is the generated token (the
+    mask tokens and positions are the same in both)."""
+    model = _model(tokenizer)
+    assert model.mask_tokens > 0
+    pad = tokenizer.pad_token_id
+    items = _items(tokenizer, model, QUESTIONS, torch.randn(2, 3, 128, 128))
+    _, generated = _predict(model, items, pad)
+    forced = []
+    for item, ids in zip(items, generated.tolist(), strict=True):
+        if tokenizer.eos_token_id in ids:
+            ids = ids[: ids.index(tokenizer.eos_token_id) + 1]
+        prompt = item["prompt"]
+        forced.append(
+            {
+                **item,
+                "ids": prompt + ids,
+                "labels": [IGNORE] * len(prompt) + ids,
+                "prompt_length": len(prompt),
+                "answer": ids,
+            }
+        )
+    out = _forward(model, forced, pad)
+    for row, item in enumerate(forced):
+        n = len(item["answer"])
+        assert out.answer_logits[row, :n].argmax(-1).tolist() == item["answer"]
 
 
 def test_padding_is_never_attended_by_the_fusion(tokenizer) -> None:

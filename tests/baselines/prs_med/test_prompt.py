@@ -45,16 +45,22 @@ def test_labels_cover_the_answer_and_eos_only() -> None:
         for i, e in enumerate((short, long))
     ]
     batch = collate_train(items, pad_id=tok.pad_token_id)
-    labels, attention = batch["labels"], batch["attention_mask"]
     slot = image_slot(tok)
+    width = batch["input_ids"].shape[1]
     for row, example in enumerate((short, long)):
         n, p = len(example.ids), example.prompt_length
-        assert (labels[row, :p] == IGNORE).all()  # BOS, image slots, prompt
-        assert (labels[row, slot : slot + 4] == IGNORE).all()
-        assert (labels[row, n:] == IGNORE).all()  # padding
-        assert (attention[row, n:] == 0).all() and (attention[row, :n] == 1).all()
-        assert labels[row, n - 1] == tok.eos_token_id  # EOS is learned
-        assert (labels[row, p:n] == torch.tensor(example.ids[p:])).all()
+        assert (torch.tensor(example.labels[:p]) == IGNORE).all()  # BOS, image slots, prompt
+        assert example.labels[slot : slot + 4] == [IGNORE] * 4
+        assert example.labels[n - 1] == tok.eos_token_id  # EOS is learned
+        # prompts are left-padded, as inference pads them; answers right-padded
+        assert batch["input_ids"][row, width - p :].tolist() == example.ids[:p]
+        assert (batch["attention_mask"][row, : width - p] == 0).all()
+        assert (batch["attention_mask"][row, width - p :] == 1).all()
+        answer, labels = batch["answer_ids"][row], batch["labels"][row]
+        assert answer[: n - p].tolist() == example.ids[p:] == labels[: n - p].tolist()
+        assert (labels[n - p :] == IGNORE).all()  # padding
+        assert (batch["answer_mask"][row, : n - p] == 1).all()
+        assert (batch["answer_mask"][row, n - p :] == 0).all()
 
 
 def test_answers_are_cut_to_the_limit_and_still_end_with_eos() -> None:
