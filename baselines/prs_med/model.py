@@ -88,8 +88,12 @@ class PRSMed(nn.Module):
     def mask_embeddings(self, mask_logits: torch.Tensor) -> torch.Tensor:
         """The predicted mask as `mask_tokens` LM tokens (B, M, hidden): a two-layer MLP
         reads the share of each grid cell the mask covers, the same cells normalised to
-        sum to 1 (where the mask lies, whatever its size) and its log area."""
-        prob = torch.sigmoid(mask_logits.detach().float())[:, None]
+        sum to 1 (where the mask lies, whatever its size) and its log area.
+
+        Not detached: the answer's loss reaches the mask through them. (Detached, the LM
+        no longer needs the target's place in its prompt states, the decoder's prompt
+        loses it, and a tiny run learned to segment both lungs whichever one was asked.)"""
+        prob = torch.sigmoid(mask_logits.float())[:, None]
         cells = F.adaptive_avg_pool2d(prob, self.preset.mask_grid).flatten(1)
         area = cells.mean(1, keepdim=True)
         where = cells / cells.sum(1, keepdim=True).clamp(min=1e-6)

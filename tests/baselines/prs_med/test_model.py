@@ -112,6 +112,15 @@ def test_generation_reads_the_answer_as_training_does(tokenizer) -> None:
         assert out.answer_logits[row, :n].argmax(-1).tolist() == item["answer"]
 
 
+def test_the_answers_loss_reaches_the_mask_through_the_mask_tokens(tokenizer) -> None:
+    model = _model(tokenizer).train()
+    items = _items(tokenizer, model, QUESTIONS, torch.randn(2, 3, 128, 128))
+    model(**model_inputs(collate_train(items, tokenizer.pad_token_id))).lm_loss.sum().backward()
+    decoder = model.sam.mask_decoder.output_hypernetworks_mlps[0].layers[-1].weight
+    assert decoder.grad is not None and decoder.grad.abs().sum() > 0
+    assert model.mask_projector[0].weight.grad.abs().sum() > 0
+
+
 def test_padding_is_never_attended_by_the_fusion(tokenizer) -> None:
     """Changing the padding's token ids changes nothing (masks come from the lengths)."""
     model = _model(tokenizer)
