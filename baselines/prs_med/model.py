@@ -55,6 +55,8 @@ class PRSMed(nn.Module):
         self.fusion = nn.MultiheadAttention(channels, max(1, channels // 32), batch_first=True)
         self.fusion_norm = nn.LayerNorm(channels)
         self.seg_query = nn.Linear(hidden, channels)
+        if preset.pooled_prompt:
+            self.pooled_query = nn.Linear(hidden, channels)
         self.cache_argument = _cache_argument(lm)
         self.mask_tokens = preset.mask_tokens
         if self.mask_tokens:
@@ -122,13 +124,17 @@ class PRSMed(nn.Module):
         )
         fused = self.fusion_norm(queries + attended).transpose(1, 2)
         fused = fused.reshape(batch, channels, height, width)
-        query = self.seg_query(states[torch.arange(batch, device=states.device), last])
+        queries = [self.seg_query(states[torch.arange(batch, device=states.device), last])]
+        if self.preset.pooled_prompt:
+            weights = prompt_mask.to(states.dtype)[:, :, None]
+            pooled = (states * weights).sum(1) / weights.sum(1)
+            queries.append(self.pooled_query(pooled))
         dense = self.sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
         positional = self.sam.get_image_wide_positional_embeddings()
         masks, _ = self.sam.mask_decoder(
             image_embeddings=fused,
             image_positional_embeddings=positional.expand(batch, -1, -1, -1),
-            sparse_prompt_embeddings=query[:, None, None, :],
+            sparse_prompt_embeddings=torch.stack(queries, 1)[:, None],
             dense_prompt_embeddings=dense.expand(batch, -1, height, width),
             multimask_output=False,
         )

@@ -75,6 +75,9 @@ class Preset:
     # answer reads the prompt alone), from the mask pooled to mask_grid x mask_grid cells
     mask_tokens: int = 0
     mask_grid: int = 16
+    # the decoder's sparse prompt also reads the mean of the prompt's states, where each
+    # word is one linear step away (the last state must first learn to attend to it)
+    pooled_prompt: bool = False
     answers: str = "generate"  # "generate": the LM answers; "template": rendered from the mask
     lm_loss_weight: float = 1.0
     tokenizer_vocab: int = 2048  # for a tokenizer trained on the build (lm is None)
@@ -114,6 +117,7 @@ PRESETS: dict[str, Preset] = {
             sam=_TINY_SAM,
             lm_config=_TINY_LM,
             mask_tokens=4,
+            pooled_prompt=True,
         ),
         Preset(
             name="mask-only",
@@ -124,6 +128,7 @@ PRESETS: dict[str, Preset] = {
             lm_config={**_TINY_LM, "num_hidden_layers": 0},
             answers="template",
             lm_loss_weight=0.0,
+            pooled_prompt=True,
         ),
         Preset(
             name="small",
@@ -141,6 +146,7 @@ PRESETS: dict[str, Preset] = {
             mixed_precision="bf16",
             num_workers=8,
             mask_tokens=4,
+            pooled_prompt=True,
         ),
         Preset(
             name="full",
@@ -159,6 +165,7 @@ PRESETS: dict[str, Preset] = {
             mixed_precision="bf16",
             num_workers=8,
             mask_tokens=4,
+            pooled_prompt=True,
         ),
     )
 }

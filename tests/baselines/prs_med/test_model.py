@@ -197,3 +197,19 @@ def test_a_checkpoint_of_another_preset_is_refused(tokenizer, tmp_path) -> None:
     path.write_text(json.dumps(config))
     with pytest.raises(ValueError, match="do not fit the preset"):
         load_checkpoint(tmp_path / "ckpt")
+
+
+def test_a_checkpoint_from_before_mask_tokens_loads_as_the_papers_design(
+    tokenizer, tmp_path
+) -> None:
+    """Presets written before `mask_tokens` and `pooled_prompt` existed lack them."""
+    model = _model(tokenizer, mask_tokens=0, pooled_prompt=False)
+    preset = model.preset.to_dict()
+    del preset["mask_tokens"], preset["pooled_prompt"]
+    save_checkpoint(tmp_path / "ckpt", model, tokenizer, {"preset": preset})
+    loaded, _, _ = load_checkpoint(tmp_path / "ckpt")
+    assert loaded.mask_tokens == 0 and not loaded.preset.pooled_prompt
+    items = _items(tokenizer, model, QUESTIONS, torch.randn(2, 3, 128, 128))
+    pad = tokenizer.pad_token_id
+    before, after = _predict(model, items, pad), _predict(loaded, items, pad)
+    assert torch.equal(before[0], after[0]) and before[1].tolist() == after[1].tolist()
