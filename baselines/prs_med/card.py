@@ -54,6 +54,11 @@ def model_card_text(config: dict[str, Any], document: dict[str, Any] | None, nam
         "- answers: "
         + (
             "generated (greedy)"
+            + (
+                f", reading the predicted mask as {preset['mask_tokens']} tokens"
+                if preset.get("mask_tokens")
+                else ""
+            )
             if preset["answers"] == "generate"
             else "rendered from the predicted mask through the question's template"
         ),

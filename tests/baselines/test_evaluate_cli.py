@@ -82,6 +82,7 @@ def test_evaluate_scores_every_system_on_the_same_rows(
     assert list((out / "plots").glob("*.png"))
     card = (runs["tiny"] / "README.md").read_text()
     assert "apache-2.0" in card and "| metric | prior | tiny | mask-only |" in card
+    assert "reading the predicted mask as 4 tokens" in card
     assert (
         json.loads((runs["tiny"] / "config.json").read_text())["dataset"]["manifest_sha256"] in card
     )
