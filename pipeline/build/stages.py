@@ -140,7 +140,10 @@ class ExtractJob:
         return self.store / "extract" / f"{key}.result.pkl"
 
     def cached(self, key: str) -> ExtractResult | None:
-        """The stored result, its payload checked against its content hash, or None."""
+        """The stored result, its payload checked against its content hash, or None (always
+        in a store of this build only: its results are not hashed)."""
+        if not self.reusable:
+            return None
         stored = stored_result(self.result(key), self.store)
         if not isinstance(stored, ExtractResult):
             return None
@@ -156,28 +159,34 @@ class ExtractResult:
     payload: Path
     outcomes: tuple[CaseOutcome, ...]
     reusable: bool = True  # False: read once, by its render job, which then deletes it
-    payload_sha256: str = ""  # the payload's content hash, made as it was written
+    payload_sha256: str = ""  # the payload's content hash, made as it was written (reusable)
 
 
 class PayloadWriter:
     """A batch's payload, written one case at a time: one pickle per case (None for a case
     not converted), so neither stage holds a whole batch's pixels. Readers see all of the
     file or none of it: it is written under a temporary name, renamed when the block ends
-    without error and removed when it ends with one."""
+    without error and removed when it ends with one. With `hashed`, its content hash is
+    made as it is written (`sha256`); else that is empty."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, hashed: bool = True) -> None:
         self.path = path
         self.tmp = private_name(path)
+        self.digest = hashlib.sha256() if hashed else None
 
     def __enter__(self) -> PayloadWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.handle = self.tmp.open("wb")
-        self.digest = hashlib.sha256()
         return self
+
+    @property
+    def sha256(self) -> str:
+        return "" if self.digest is None else self.digest.hexdigest()
 
     def add(self, images: list[ExtractedCase] | None) -> None:
         data = pickle.dumps(images, protocol=pickle.HIGHEST_PROTOCOL)
-        self.digest.update(data)
+        if self.digest is not None:
+            self.digest.update(data)
         self.handle.write(data)
 
     def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
@@ -205,7 +214,8 @@ def extract_batch(job: ExtractJob) -> ExtractResult:
     if stored is not None:
         return stored
     outcomes = []
-    with PayloadWriter(job.payload(key)) as payload:
+    # A store of this build only is never searched again: nothing there needs a hash.
+    with PayloadWriter(job.payload(key), hashed=job.reusable) as payload:
         for case in job.cases:
             try:
                 images = extract_case(case, job.source)
@@ -223,8 +233,7 @@ def extract_batch(job: ExtractJob) -> ExtractResult:
                 outcomes.append(CaseOutcome(case.case_id, "converted", images=each, left_out=left))
                 continue
             payload.add(None)
-    sha256 = payload.digest.hexdigest()
-    result = ExtractResult(key, payload.path, tuple(outcomes), job.reusable, sha256)
+    result = ExtractResult(key, payload.path, tuple(outcomes), job.reusable, payload.sha256)
     atomic_pickle(result, job.result(key), job.store)  # written last: marks the batch complete
     return result
 
@@ -256,7 +265,10 @@ class RenderJob:
         return self.parts(key) / "result.pkl"
 
     def cached(self, key: str) -> RenderResult | None:
-        """The stored result, each part checked against its content hash, or None."""
+        """The stored result, each part checked against its content hash, or None (always
+        in a store of this build only: its parts are not hashed)."""
+        if not self.extract.reusable:
+            return None
         stored = stored_result(self.result(key), self.store)
         if not isinstance(stored, RenderResult):
             return None
@@ -276,9 +288,10 @@ def _templates(directory: Path | None, digest: str) -> TemplateSet:
 
 def _write_rows(
     job: RenderJob, key: str, staging: Path
-) -> tuple[RenderResult, list[tuple[str, Path, list[Placed]]]]:
+) -> tuple[RenderResult, list[tuple[str, Path, list[Placed], str]]]:
     """Render a batch's rows into one part per split it has rows in, in staging;
-    returns the counts and each part with its split and where each image's rows are."""
+    returns the counts and each part with its split, where each image's rows are and its
+    content hash (empty in a store of this build only)."""
     planner = QAPlanner(_templates(job.templates_dir, job.templates_digest), job.seed)
     writers: dict[str, PartWriter] = {}
     counted: dict[str, list] = {name: [] for name in STATS_COLUMNS}
@@ -294,14 +307,15 @@ def _write_rows(
             if not rows:
                 continue
             split = rows[0]["split"]  # a case's rows are all in its patient's split
-            if split not in writers:
-                writers[split] = PartWriter(staging / f"{split}.arrows")
+            if split not in writers:  # hashed as written where the store is searched again
+                path = staging / f"{split}.arrows"
+                writers[split] = PartWriter(path, hashed=job.extract.reusable)
             writers[split].add_image_rows(rows)
             for name, values in counted.items():
                 values += [row[name] for row in rows]
     stats = Stats()
     stats.add(counted)
-    written = [(split, writers[split].path, writers[split].close())
+    written = [(split, writers[split].path, writers[split].close(), writers[split].sha256 or "")
                for split in splits.SPLITS if split in writers]  # fmt: skip
     return RenderResult(key, (), rendered_images, stats), written
 
@@ -323,9 +337,8 @@ def render_batch(job: RenderJob) -> RenderResult:
     try:
         result, written = _write_rows(job, key, staging)
         parts = []
-        for split, path, images in written:
+        for split, path, images, sha256 in written:
             checks = _checks(path, split) if job.check else None
-            sha256 = file_digest(path)
             parts.append(Part(split, folder / path.name, sha256, tuple(images), checks))
         rendered = replace(result, parts=tuple(parts))
         atomic_pickle(rendered, staging / "result.pkl", job.store)
@@ -378,7 +391,7 @@ class ShardWritten:
 
 
 def write_shard_job(job: ShardWriteJob) -> ShardWritten:
-    """Write one shard from its parts' images (shards/writer.py), hashed once."""
+    """Write one shard from its parts' images (shards/writer.py), hashed as it is written."""
     key = job.key
     stored = job.cached(key)
     if stored is not None:
@@ -388,9 +401,9 @@ def write_shard_job(job: ShardWriteJob) -> ShardWritten:
     staging.mkdir(parents=True)
     try:
         path = staging / job.path(key).name
-        writer.write_shard(path, job.pieces, job.row_group_bytes)
+        sha256 = writer.write_shard(path, job.pieces, job.row_group_bytes)
         rows = writer.row_count(path)  # from the footer: what a reader will find
-        written = ShardWritten(job.path(key), file_digest(path), rows, file_identity(path))
+        written = ShardWritten(job.path(key), sha256, rows, file_identity(path))
         atomic_pickle(written, staging / "result.pkl", job.store)
         # a rename keeps the file's identity; another build's, when it stored it first
         written = place_folder(staging, folder, lambda: job.cached(key)) or written

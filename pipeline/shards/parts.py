@@ -17,7 +17,8 @@ class Part:
 
     split: str
     path: Path
-    sha256: str  # of the file as written: checked before the part is taken from a store
+    sha256: str  # of the file as written, checked before the part is taken from a store
+    # (empty in a store of this build only, never searched again)
     images: tuple[Placed, ...]
     checks: tuple[ShardResult, ...] | None = None  # of each group; None: not checked
 

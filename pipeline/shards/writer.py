@@ -19,6 +19,7 @@ key that restores the Image features is written as file metadata.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,16 +55,37 @@ def _compression() -> dict[str, str]:
     return {leaf: "none" if leaf in BYTES_LEAVES else "zstd" for leaf in leaves}
 
 
+def _distinct(values: list[bytes]) -> tuple[list[bytes], list[int]]:
+    """The distinct values (by content) in order of first use, and each value's index among
+    them. An image's rows share its bytes objects, so a value is looked up by identity
+    first, then compared only with values of its length: no value is hashed."""
+    distinct: list[bytes] = []
+    by_object: dict[int, int] = {}
+    by_length: dict[int, list[int]] = {}
+    indices = []
+    for value in values:
+        index = by_object.get(id(value))  # the values are alive: an id stays theirs
+        if index is None:
+            same = by_length.setdefault(len(value), [])
+            index = next((i for i in same if distinct[i] == value), None)
+            if index is None:
+                index = len(distinct)
+                distinct.append(value)
+                same.append(index)
+            by_object[id(value)] = index
+        indices.append(index)
+    return distinct, indices
+
+
 def _dictionary(values: list[bytes]) -> pa.DictionaryArray:
     """Values that repeat (an image's rows share its bytes) as distinct values + indices.
 
     Distinct by content: Parquet's dictionary writer needs unique values (equal masks of
-    different rows included), and a bytes object computes its hash once.
+    different rows included).
     """
-    slots: dict[bytes, int] = {}
-    indices = [slots.setdefault(value, len(slots)) for value in values]
+    distinct, indices = _distinct(values)
     return pa.DictionaryArray.from_arrays(
-        pa.array(indices, pa.int32()), pa.array(list(slots), pa.binary())
+        pa.array(indices, pa.int32()), pa.array(distinct, pa.binary())
     )
 
 
@@ -93,7 +115,42 @@ def _table(rows: list[dict[str, Any]]) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=WRITTEN_SCHEMA)
 
 
-def open_shard(path: Path, row_group_bytes: int = ROW_GROUP_BYTES) -> pq.ParquetWriter:
+class HashedFile:
+    """A file written through, its SHA-256 made from the bytes as they pass: what is
+    written need not be read back to be hashed."""
+
+    def __init__(self, path: Path) -> None:
+        self._handle = path.open("wb")
+        self._digest = hashlib.sha256()
+
+    @property
+    def closed(self) -> bool:
+        return self._handle.closed
+
+    def write(self, data: Any) -> int:
+        self._digest.update(data)
+        return self._handle.write(data)
+
+    def tell(self) -> int:
+        return self._handle.tell()
+
+    def flush(self) -> None:
+        self._handle.flush()
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> HashedFile:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def hexdigest(self) -> str:
+        return self._digest.hexdigest()
+
+
+def open_shard(path: Path | HashedFile, row_group_bytes: int = ROW_GROUP_BYTES) -> pq.ParquetWriter:
     """A Parquet writer with the layout and options of every MMRS shard, whose row groups
     hold about row_group_bytes of distinct image and mask bytes."""
     writer = pq.ParquetWriter(
@@ -127,11 +184,17 @@ class PartWriter:
 
     A part is read once or twice by the build's own processes, so it is written as an
     Arrow IPC stream (each group a record batch with its own dictionaries): no encoding,
-    and read back in place, from a memory map."""
+    and read back in place, from a memory map. With `hashed`, its SHA-256 is made as it is
+    written (`sha256` once closed)."""
 
-    def __init__(self, path: Path, row_group_bytes: int = ROW_GROUP_BYTES) -> None:
+    def __init__(
+        self, path: Path, row_group_bytes: int = ROW_GROUP_BYTES, hashed: bool = False
+    ) -> None:
         self.path = path
         self.row_group_bytes = row_group_bytes
+        self.hashed = hashed
+        self.sha256: str | None = None
+        self._hashing: HashedFile | None = None
         self.placed: list[Placed] = []
         self._groups = 0
         self._buffer: list[dict[str, Any]] = []
@@ -141,12 +204,8 @@ class PartWriter:
 
     def add_image_rows(self, rows: list[dict[str, Any]]) -> None:
         """Add every row of one image (they stay in one group)."""
-        unique: dict[bytes, int] = {}  # distinct by content, as the shard stores them
-        for row in rows:
-            for column in IMAGE_COLUMNS:
-                data = row[column]["bytes"]
-                unique[data] = len(data)
-        size = sum(unique.values())
+        values = [row[column]["bytes"] for row in rows for column in IMAGE_COLUMNS]
+        size = sum(map(len, _distinct(values)[0]))  # distinct by content, as a shard stores them
         self.placed.append(Placed(self._groups, len(self._buffer), len(rows), size))
         self._buffer.extend(rows)
         self._buffered_bytes += size
@@ -157,7 +216,11 @@ class PartWriter:
         if not self._buffer:
             return
         if self._writer is None:
-            self._file = pa.OSFile(str(self.path), "wb")
+            if self.hashed:
+                self._hashing = HashedFile(self.path)
+                self._file = pa.PythonFile(self._hashing, mode="w")
+            else:
+                self._file = pa.OSFile(str(self.path), "wb")
             self._writer = pa.ipc.new_stream(self._file, WRITTEN_SCHEMA)
         self._writer.write_table(_table(self._buffer))
         self._buffer, self._buffered_bytes = [], 0
@@ -170,6 +233,8 @@ class PartWriter:
             self._writer.close()
             self._file.close()
             self._writer = self._file = None
+        if self._hashing is not None:
+            self.sha256 = self._hashing.hexdigest()
         return self.placed
 
 
@@ -187,23 +252,56 @@ def write_part(path: Path, groups: Iterable[pa.Table]) -> None:
             out.write_table(group.combine_chunks())
 
 
+def _used(dictionary: pa.Array, used: pa.Array) -> pa.Array:
+    """The values of a dictionary at the indices used, in their order: the dictionary itself
+    or a slice of it (no copy) when they are all of it or a run of it, as a run of images
+    of a part uses."""
+    first = used[0].as_py() if len(used) else 0
+    if used.equals(pa.array(range(first, first + len(used)), used.type)):
+        return dictionary.slice(first, len(used))
+    return dictionary.take(used)
+
+
+def _value(values: list[pa.Array], where: tuple[int, int]) -> pa.Buffer:
+    """The bytes of one value (chunk, place) of values, in place."""
+    return values[where[0]][where[1]].as_buffer()
+
+
 def _image_column(chunks: list[pa.StructArray], field: pa.Field) -> pa.StructArray:
     """An image column of rows taken from several row groups, as one dictionary array of its
-    distinct values in order of first use (each row group's dictionary holds values of rows
-    not taken; only the values used are copied, and hashed, once)."""
+    distinct values in order of first use.
+
+    Each row group's dictionary holds distinct values (PartWriter), and values of rows not
+    taken. Only the values used are kept; one that another chunk uses too is found among
+    those of its length, so no value is hashed, and the distinct values are copied once
+    (not at all when the rows are one row group's or a run of one)."""
     values, indices, paths = [], [], []
-    taken = 0
-    for struct in chunks:
+    kept: list[tuple[int, int]] = []  # each distinct value: (chunk, place in its values)
+    by_length: dict[int, list[int]] = {}
+    for number, struct in enumerate(chunks):
         data = struct.field("bytes")
         used = pc.unique(data.indices)  # in order of first use
-        values.append(data.dictionary.take(used))
-        indices.append(pc.add(pc.index_in(data.indices, value_set=used), taken))
+        values.append(_used(data.dictionary, used))
+        final = []  # each used value's index among the distinct ones
+        for place, length in enumerate(pc.binary_length(values[-1]).to_pylist()):
+            same = by_length.setdefault(length, [])
+            value = values[-1][place].as_buffer()
+            found = next((k for k in same if _value(values, kept[k]).equals(value)), None)
+            if found is None:
+                found = len(kept)
+                kept.append((number, place))
+                same.append(found)
+            final.append(found)
+        local = pc.index_in(data.indices, value_set=used)
+        indices.append(pa.array(final, pa.int32()).take(local))
         paths.append(struct.field("path"))
-        taken += len(used)
-    distinct = pc.dictionary_encode(pa.concat_arrays(values))  # equal values stored once
-    data = pa.DictionaryArray.from_arrays(
-        distinct.indices.take(pa.concat_arrays(indices)), distinct.dictionary
-    )
+    if len(values) == 1 and len(kept) == len(values[0]):
+        distinct = values[0]
+    elif len(kept) == sum(map(len, values)):  # no value used by two chunks
+        distinct = pa.concat_arrays(values)
+    else:
+        distinct = pa.concat_arrays([values[chunk].slice(place, 1) for chunk, place in kept])
+    data = pa.DictionaryArray.from_arrays(pa.concat_arrays(indices), distinct)
     return pa.StructArray.from_arrays([data, pa.concat_arrays(paths)], fields=list(field.type))
 
 
@@ -225,14 +323,15 @@ def write_shard(
     path: Path,
     pieces: Iterable[tuple[Path, Sequence[Placed]]],
     row_group_bytes: int = ROW_GROUP_BYTES,
-) -> None:
+) -> str:
     """Write a shard from images of parts (PartWriter), in order: each piece is a part and
     the images to take from it. An image's rows stay in one row group, which closes once it
     holds row_group_bytes of distinct image and mask bytes; so the shard's bytes depend
-    only on its rows, never on which parts they came from."""
+    only on its rows, never on which parts they came from. Returns the shard's SHA-256,
+    made as it was written."""
     buffered: list[pa.Table] = []
     size = 0
-    with open_shard(path, row_group_bytes) as writer:
+    with HashedFile(path) as sink, open_shard(sink, row_group_bytes) as writer:
         for part, images in pieces:
             groups, index = read_part(part), -1
             for image in images:
@@ -247,6 +346,7 @@ def write_shard(
         if buffered:
             table = gathered(buffered)
             writer.write_table(table, row_group_size=len(table))
+    return sink.hexdigest()
 
 
 def row_count(path: Path) -> int:

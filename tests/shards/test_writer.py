@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 from pathlib import Path
 from typing import Any
@@ -52,8 +53,9 @@ def test_a_shard_is_the_same_whatever_the_parts(tmp_path: Path) -> None:
         folder = tmp_path / str(number)
         folder.mkdir()
         shard = folder / "shard.parquet"
-        write_shard(shard, _parts(folder, images, cuts, part_groups), row_group_bytes=100_000)
+        sha256 = write_shard(shard, _parts(folder, images, cuts, part_groups), 100_000)
         written.append(shard.read_bytes())
+        assert sha256 == hashlib.sha256(written[-1]).hexdigest()  # made as it was written
     # A shard may also take a run of images from the middle of a part.
     folder = tmp_path / "middle"
     folder.mkdir()
@@ -78,10 +80,11 @@ def test_a_shard_is_the_same_whatever_the_parts(tmp_path: Path) -> None:
 def test_a_part_notes_where_each_image_is_and_its_bytes(tmp_path: Path) -> None:
     rng = random.Random(1)
     images = [_image_rows(i, rng) for i in range(12)]
-    writer = PartWriter(tmp_path / "part.arrows", row_group_bytes=40_000)
+    writer = PartWriter(tmp_path / "part.arrows", row_group_bytes=40_000, hashed=True)
     for rows in images:
         writer.add_image_rows(rows)
     placed = writer.close()
+    assert writer.sha256 == hashlib.sha256(writer.path.read_bytes()).hexdigest()
     groups = [group.to_pylist() for group in read_part(writer.path)]
     assert 1 < len(groups) < len(images)
     for rows, image in zip(images, placed, strict=True):
@@ -90,3 +93,26 @@ def test_a_part_notes_where_each_image_is_and_its_bytes(tmp_path: Path) -> None:
         assert [r["image"] for r in found] == [r["image"] for r in rows]
         distinct = {r["image"]["bytes"] for r in rows} | {r["mask"]["bytes"] for r in rows}
         assert image.bytes == sum(len(b) for b in distinct)
+
+
+def test_equal_values_of_different_parts_are_stored_once_per_row_group(tmp_path: Path) -> None:
+    rng = random.Random(2)
+    shared = rng.randbytes(700)  # a mask many images have, as equal copies of one another
+    images = [_image_rows(i, rng) for i in range(40)]
+    for index, rows in enumerate(images):
+        if index % 3 == 0:
+            for row in rows:
+                row["mask"] = {"bytes": bytes(bytearray(shared)), "path": None}
+    written = []
+    for number, cuts in enumerate([[], [1, 2, 3, 4, 5, 20], list(range(1, 40))]):
+        folder = tmp_path / str(number)
+        folder.mkdir()
+        write_shard(folder / "shard.parquet", _parts(folder, images, cuts, 20_000), 10**9)
+        written.append((folder / "shard.parquet").read_bytes())
+    assert all(data == written[0] for data in written)
+    parquet = pq.ParquetFile(tmp_path / "0" / "shard.parquet", read_dictionary=BYTES_LEAVES)
+    assert parquet.num_row_groups == 1
+    masks = parquet.read_row_group(0).column("mask").combine_chunks().field("bytes")
+    assert masks.dictionary.to_pylist().count(shared) == 1
+    read = pq.read_table(tmp_path / "2" / "shard.parquet").column("mask").to_pylist()
+    assert [m["bytes"] for m in read] == [r["mask"]["bytes"] for rows in images for r in rows]
