@@ -41,6 +41,41 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+class HashedFile:
+    """A file written through, its SHA-256 made from the bytes as they pass: what is
+    written need not be read back to be hashed."""
+
+    def __init__(self, path: Path) -> None:
+        self._handle = path.open("wb")
+        self._digest = hashlib.sha256()
+
+    @property
+    def closed(self) -> bool:
+        return self._handle.closed
+
+    def write(self, data: Any) -> int:
+        self._digest.update(data)
+        return self._handle.write(data)
+
+    def tell(self) -> int:
+        return self._handle.tell()
+
+    def flush(self) -> None:
+        self._handle.flush()
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> HashedFile:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def hexdigest(self) -> str:
+        return self._digest.hexdigest()
+
+
 # Device, inode, size and modification time (ns): a file rewritten or replaced gets a new
 # one; a hard link or a rename keeps it. What lets a content hash be known without reading.
 FileIdentity = tuple[int, int, int, int]

@@ -25,7 +25,6 @@ keys make them cacheable by any orchestrator (flows.py).
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import shutil
 import sys
@@ -55,6 +54,7 @@ from ..sources.base import Case
 from ..splits import SplitRatios
 from ..store import (
     FileIdentity,
+    HashedFile,
     atomic_pickle,
     cache_key,
     code_digest,
@@ -172,22 +172,20 @@ class PayloadWriter:
     def __init__(self, path: Path, hashed: bool = True) -> None:
         self.path = path
         self.tmp = private_name(path)
-        self.digest = hashlib.sha256() if hashed else None
+        self.hashed = hashed
 
     def __enter__(self) -> PayloadWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.handle = self.tmp.open("wb")
+        self.handle = HashedFile(self.tmp) if self.hashed else self.tmp.open("wb")
         return self
 
     @property
     def sha256(self) -> str:
-        return "" if self.digest is None else self.digest.hexdigest()
+        return self.handle.hexdigest() if isinstance(self.handle, HashedFile) else ""
 
     def add(self, images: list[ExtractedCase] | None) -> None:
-        data = pickle.dumps(images, protocol=pickle.HIGHEST_PROTOCOL)
-        if self.digest is not None:
-            self.digest.update(data)
-        self.handle.write(data)
+        # into the file: an image's bytes are written as they are, not copied into a pickle
+        pickle.dump(images, self.handle, protocol=pickle.HIGHEST_PROTOCOL)
 
     def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
         self.handle.close()

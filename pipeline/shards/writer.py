@@ -19,7 +19,6 @@ key that restores the Image features is written as file metadata.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..schema import IMAGE_COLUMNS, SCHEMA, schema_with_features
+from ..store import HashedFile
 
 ROW_GROUP_BYTES = 4 * 2**20  # unique image + mask bytes buffered per row group (writing or
 # checking one holds a few copies of it at once: kept small, so a worker's peak stays low)
@@ -113,41 +113,6 @@ def _table(rows: list[dict[str, Any]]) -> pa.Table:
         else:
             arrays.append(pa.array([row[field.name] for row in rows], field.type))
     return pa.Table.from_arrays(arrays, schema=WRITTEN_SCHEMA)
-
-
-class HashedFile:
-    """A file written through, its SHA-256 made from the bytes as they pass: what is
-    written need not be read back to be hashed."""
-
-    def __init__(self, path: Path) -> None:
-        self._handle = path.open("wb")
-        self._digest = hashlib.sha256()
-
-    @property
-    def closed(self) -> bool:
-        return self._handle.closed
-
-    def write(self, data: Any) -> int:
-        self._digest.update(data)
-        return self._handle.write(data)
-
-    def tell(self) -> int:
-        return self._handle.tell()
-
-    def flush(self) -> None:
-        self._handle.flush()
-
-    def close(self) -> None:
-        self._handle.close()
-
-    def __enter__(self) -> HashedFile:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.close()
-
-    def hexdigest(self) -> str:
-        return self._digest.hexdigest()
 
 
 def open_shard(path: Path | HashedFile, row_group_bytes: int = ROW_GROUP_BYTES) -> pq.ParquetWriter:
