@@ -28,7 +28,14 @@ from .build.run import (
     plan_extract,
 )
 from .build.stages import ExtractJob, extract_batch
-from .build.workers import RUNNERS, cache_store, default_cache_dir, start_ahead, start_workers
+from .build.workers import (
+    RUNNERS,
+    cache_store,
+    default_cache_dir,
+    start_ahead,
+    start_workers,
+    without_heartbeats,
+)
 from .geometry.slicing import SLICE_AXES, parse_slice_policy
 from .io.images import PNG_LEVEL
 from .llm.client import API_KEY_ENV
@@ -270,28 +277,29 @@ def _run_build_flow(
             from .release import plots  # noqa: F401
 
         _engine_errors_on_console(args.verbose)
-        return build_mmrs(
-            sources=sources,
-            out=args.out,
-            seed=args.seed,
-            workers=args.workers,
-            runner=args.runner,
-            dask_address=args.dask_address,
-            strict=args.strict,
-            split_ratios=args.split_ratios,
-            templates=args.templates,
-            overwrite=args.overwrite,
-            batch_size=args.batch_size,
-            max_shard_bytes=args.max_shard_size,
-            png_level=args.png_level,
-            cache=not args.no_cache,
-            cache_dir=args.cache_dir,
-            progress=not args.quiet,
-            slice_axis=args.slice_axis,
-            slices=args.slices,
-            rewrite=args.rewrite,
-            **llm,
-        )
+        with without_heartbeats():
+            return build_mmrs(
+                sources=sources,
+                out=args.out,
+                seed=args.seed,
+                workers=args.workers,
+                runner=args.runner,
+                dask_address=args.dask_address,
+                strict=args.strict,
+                split_ratios=args.split_ratios,
+                templates=args.templates,
+                overwrite=args.overwrite,
+                batch_size=args.batch_size,
+                max_shard_bytes=args.max_shard_size,
+                png_level=args.png_level,
+                cache=not args.no_cache,
+                cache_dir=args.cache_dir,
+                progress=not args.quiet,
+                slice_axis=args.slice_axis,
+                slices=args.slices,
+                rewrite=args.rewrite,
+                **llm,
+            )
     finally:
         if scratch is not None:
             scratch.cleanup()
@@ -307,15 +315,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
         from flows import validate_mmrs
 
     _engine_errors_on_console(args.verbose)
-    result = validate_mmrs(
-        folder=args.folder,
-        workers=args.workers,
-        runner=args.runner,
-        dask_address=args.dask_address,
-        cache=not args.no_cache,
-        cache_dir=args.cache_dir,
-        progress=not args.quiet,
-    )
+    with without_heartbeats():
+        result = validate_mmrs(
+            folder=args.folder,
+            workers=args.workers,
+            runner=args.runner,
+            dask_address=args.dask_address,
+            cache=not args.no_cache,
+            cache_dir=args.cache_dir,
+            progress=not args.quiet,
+        )
     if args.json:
         print(json.dumps(result, indent=2))
     else:

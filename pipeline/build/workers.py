@@ -45,6 +45,24 @@ def apply_prefect_defaults() -> None:
         os.environ.setdefault(key, value)
 
 
+HEARTBEAT_SETTINGS = ("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "PREFECT_RUNNER_HEARTBEAT_FREQUENCY")
+
+
+@contextmanager
+def without_heartbeats() -> Iterator[None]:
+    """Flow runs started in this block, in this thread, send no heartbeats, unless the
+    environment sets their frequency (HEARTBEAT_SETTINGS). For a flow the command runs in
+    its own process, which sees its own end: Prefect's heartbeat thread sleeps in steps of
+    a second, and the end of each run waits for it (half a second on average)."""
+    if any(name in os.environ for name in HEARTBEAT_SETTINGS):
+        yield
+        return
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
+
+
 def default_cache_dir() -> Path:
     """$MMRS_CACHE_DIR, else $XDG_CACHE_HOME/mmrs, else ~/.cache/mmrs."""
     if os.environ.get("MMRS_CACHE_DIR"):

@@ -98,3 +98,19 @@ def test_workers_start_with_the_fork_servers_modules_frozen() -> None:
         assert pool is not None
         counts = [pool.submit(gc.get_freeze_count).result() for _ in range(2)]
     assert all(count > 1000 for count in counts)  # every module the fork server imported
+
+
+def test_flows_run_in_the_command_send_no_heartbeats_unless_asked(monkeypatch) -> None:
+    from prefect.settings import get_current_settings
+
+    from pipeline.build.workers import HEARTBEAT_SETTINGS, without_heartbeats
+
+    for name in HEARTBEAT_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    before = get_current_settings().flows.heartbeat_frequency
+    with without_heartbeats():
+        assert get_current_settings().flows.heartbeat_frequency is None
+    assert get_current_settings().flows.heartbeat_frequency == before
+    monkeypatch.setenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "60")  # the user's setting wins
+    with without_heartbeats():
+        assert get_current_settings().flows.heartbeat_frequency is not None
