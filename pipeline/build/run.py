@@ -24,6 +24,7 @@ import re
 import shutil
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from itertools import groupby, islice, takewhile
 from pathlib import Path
@@ -576,29 +577,37 @@ def _assemble(
 
     rendered: list[RenderResult] = []
     batches: list[SourceMeta] = []  # the source of each rendered batch
+    counted: list[Future[dict[str, Path]]] = []  # the figures of the rows' counts
 
     def with_sources(results: Iterable[RenderResult]) -> Iterator[tuple[SourceMeta, RenderResult]]:
         for result in results:
             batches.append(sources.popleft())  # a result comes after its job
             rendered.append(result)
             yield batches[-1], result
+        # Every batch is rendered: the figures of the rows' counts are drawn while the last
+        # source's shards are written (the gallery needs the shards).
+        summary.stats = Stats.total(result.stats for result in rendered)
+        from ..release.plots import write_count_plots  # matplotlib: only a build this far
+
+        counted.append(drawing.submit(write_count_plots, summary.stats, staging / "plots"))
 
     results = run_render(render_batch, render_jobs())
     if rewrite is not None:  # rewrites need every batch first
         results = rewrite(list(results), summary)
-    # Each source's shards are written once its last batch is rendered (streaming).
-    files, shards = _write_shards(
-        staging / "data", with_sources(results), store, config, run_shards, summary
-    )
+    with ThreadPoolExecutor(1, thread_name_prefix="mmrs-figures") as drawing:
+        # Each source's shards are written once its last batch is rendered (streaming).
+        files, shards = _write_shards(
+            staging / "data", with_sources(results), store, config, run_shards, summary
+        )
+        figures = counted[0].result()
     for source, result in zip(batches, rendered, strict=True):  # a batch holds one source
         summary.sources[source.name].rows += result.stats.rows
         summary.images += result.images
-    summary.stats = Stats.total(result.stats for result in rendered)
     public = {r.source.name for r in config.sources if r.source.redistributable}
-    shown = [staging / s["path"] for s in shards if s["source"] in public]
-    from ..release.plots import write_plots  # matplotlib: only a build that gets this far needs it
+    figures["gallery"] = staging / "plots" / "gallery.png"
+    from ..release.plots import gallery
 
-    figures = write_plots(summary.stats, staging / "plots", shown)
+    gallery([staging / s["path"] for s in shards if s["source"] in public], figures["gallery"])
     card = render_card(
         summary.as_dict(usage=False), [r.source for r in config.sources], config.seed,
         config.ratios, shards, templates.count(), _code_version(),

@@ -114,17 +114,25 @@ def gallery(shards: list[Path], path: Path, count: int = 6) -> None:
     _save(figure, path)
 
 
-def write_plots(stats: Stats, out: Path, shown: list[Path]) -> dict[str, Path]:
-    """Every figure into out/ (the gallery from the `shown` shards); returns them by name."""
+def write_count_plots(stats: Stats, out: Path) -> dict[str, Path]:
+    """The figures of the rows' counts (all but the gallery) into out/; returns them by name.
+
+    Pyplot keeps its figures in one registry: one thread at a time may draw."""
     out.mkdir(parents=True, exist_ok=True)
     figures = {
         "zones": out / "zones.png",
         "question_types": out / "question_types.png",
         "sizes": out / "sizes.png",
-        "gallery": out / "gallery.png",
     }
     zone_heatmaps(stats, figures["zones"])
     question_types(stats, figures["question_types"])
     size_histogram(stats, figures["sizes"])
+    return figures
+
+
+def write_plots(stats: Stats, out: Path, shown: list[Path]) -> dict[str, Path]:
+    """Every figure into out/ (the gallery from the `shown` shards); returns them by name."""
+    figures = write_count_plots(stats, out)
+    figures["gallery"] = out / "gallery.png"
     gallery(shown, figures["gallery"])
     return figures

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
+import threading
 import weakref
 from dataclasses import replace
 from pathlib import Path
@@ -362,3 +363,38 @@ def test_a_sources_shards_are_written_once_its_batches_are_rendered(
     last = max(i for i, event in enumerate(events) if event == "render")
     assert "shard" in events[:last]  # kvasir's and busi's before montgomery's last batch
     assert events.count("shard") == len(_manifest(tmp_path / "out")["shards"])
+
+
+def test_the_count_figures_are_drawn_while_the_last_shards_are_written(
+    demo_root: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """Once every batch is rendered, the figures of the rows' counts are drawn beside the
+    last source's shards; the gallery, which reads shards, after them."""
+    import pipeline.release.plots as plots
+
+    events: list[str] = []
+    draw, gallery = plots.write_count_plots, plots.gallery
+
+    def drawn(stats, out):
+        events.append(f"counts on {threading.current_thread().name}")
+        return draw(stats, out)
+
+    def shown(shards, path):
+        events.append("gallery")
+        gallery(shards, path)
+
+    def shards(stage, jobs):
+        for job in jobs:
+            events.append("shard")
+            yield stage(job)
+
+    monkeypatch.setattr(plots, "write_count_plots", drawn)
+    monkeypatch.setattr(plots, "gallery", shown)
+    config = _config(demo_root, tmp_path / "out", batch_size=2)
+    run_build(config, run_shards=shards)
+    counts = next(i for i, event in enumerate(events) if event.startswith("counts"))
+    assert events[counts].startswith("counts on mmrs-figures")  # beside the shards' writing
+    assert counts > events.index("shard")  # once the last source is rendered: after others'
+    assert events.index("gallery") == len(events) - 1
+    files = _manifest(tmp_path / "out")["files"]
+    assert {"plots/zones.png", "plots/sizes.png", "plots/gallery.png"} <= set(files)
