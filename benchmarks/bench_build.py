@@ -40,9 +40,12 @@ run starts with them in the page cache, whatever the run before it left there.
 Timing: wall clock of the WHOLE subprocess (fork/exec, interpreter start and imports
 included) for both floor and build, so `ratio = build wall (workers=1) / floor wall`. The
 floor's own work loop, timed inside its process with time.perf_counter, is reported as
-well, with `build wall / floor loop` as a stricter second ratio. Ratios and speed-up are
-taken between medians; their range over the repeats (each repeat runs the floors, then
-every build, back to back, then every build again for its memory) is printed with them.
+well, with `build wall / floor loop` as a stricter second ratio, and the CPU time (user +
+system, from os.wait4: the process and the descendants it reaped, so a build's worker
+processes, not a Prefect server it talks to) with `build cpu / floor cpu`, which other load
+on the machine moves less than wall time. Ratios and speed-up are taken between medians;
+their range over the repeats (each repeat runs the floors, then every build, back to back,
+then every build again for its memory) is printed with them.
 
 Memory: each repeat runs every build a second time, untimed, while /proc of the subprocess
 and all its descendants is polled (default every 50 ms): peak of the summed VmRSS, peak of
@@ -291,9 +294,10 @@ def mixed(counts: list[int]) -> Workload:
 
 @dataclass
 class Measured:
-    """One subprocess run: wall time, exit status, output and memory peaks (MB)."""
+    """One subprocess run: wall time, CPU time, exit status, output and memory peaks (MB)."""
 
     wall_s: float
+    cpu_s: float  # user + system of the process and the descendants it reaped
     returncode: int
     stdout: str
     stderr: str
@@ -483,6 +487,7 @@ def run_measured(
         err.seek(0)
         return Measured(
             wall_s=wall,
+            cpu_s=usage.ru_utime + usage.ru_stime,
             returncode=proc.returncode,
             stdout=out.read().decode(errors="replace"),
             stderr=err.read().decode(errors="replace"),
@@ -678,6 +683,7 @@ def summarise(
         "input_bytes": input_bytes,
         "floor": {
             "wall_s": floor.median("wall_s"),
+            "cpu_s": floor.median("cpu_s"),
             "loop_s": floor.median("loop_s"),
             "vm_hwm_mb": floor.median("vm_hwm_mb"),
             "masks_encoded": floor.runs[0]["masks_encoded"],
@@ -706,6 +712,7 @@ def summarise(
         wall, polled = series.median("wall_s"), memory[workers]
         result["build"][str(workers)] = {
             "wall_s": wall,
+            "cpu_s": series.median("cpu_s"),
             "images_per_s": count / wall,
             "rows_per_s": rows / wall,
             "peak_rss_sum_mb": polled.median("peak_rss_sum_mb"),
@@ -721,6 +728,7 @@ def summarise(
         result["ratio_build_w1_to_floor_wall"] = one["wall_s"] / result["floor"]["wall_s"]
         result["ratio_build_w1_to_floor_wall_per_repeat"] = _per_repeat(one, result["floor"])
         result["ratio_build_w1_to_floor_loop"] = one["wall_s"] / result["floor"]["loop_s"]
+        result["ratio_build_w1_to_floor_cpu"] = one["cpu_s"] / result["floor"]["cpu_s"]
         result["ratio_build_w1_to_decode_floor_wall"] = (
             one["wall_s"] / result["decode_floor"]["wall_s"]
         )
@@ -758,18 +766,18 @@ def print_size(result: dict[str, Any], repeats: int) -> None:
         f"{result['images']} images, {result['rows']} rows; median of {repeats} run(s)"
     )
     header = (
-        f"  {'':<20}{'wall s':>9}{'images/s':>10}{'rows/s':>10}"
+        f"  {'':<20}{'wall s':>9}{'cpu s':>8}{'images/s':>10}{'rows/s':>10}"
         f"{'RSS sum MB':>12}{'PSS sum MB':>12}{'max proc MB':>13}"
     )
     print(header)
     print(
-        f"  {'floor (Pillow only)':<20}{floor['wall_s']:>9.2f}"
+        f"  {'floor (Pillow only)':<20}{floor['wall_s']:>9.2f}{floor['cpu_s']:>8.2f}"
         f"{result['n'] / floor['wall_s']:>10.1f}{'':>10}{'':>12}{'':>12}"
         f"{floor['vm_hwm_mb']:>13.0f}"
     )
     for workers, build in result["build"].items():
         print(
-            f"  {'build workers=' + workers:<20}{build['wall_s']:>9.2f}"
+            f"  {'build workers=' + workers:<20}{build['wall_s']:>9.2f}{build['cpu_s']:>8.2f}"
             f"{build['images_per_s']:>10.1f}{build['rows_per_s']:>10.1f}"
             f"{build['peak_rss_sum_mb']:>12.0f}{build['peak_pss_sum_mb']:>12.0f}"
             f"{build['peak_single_mb']:>13.0f}"
@@ -790,6 +798,11 @@ def print_size(result: dict[str, Any], repeats: int) -> None:
             f"  ratio build(w=1) wall / floor loop  = "
             f"{result['ratio_build_w1_to_floor_loop']:.2f}  (stricter: no interpreter start "
             f"in the floor)"
+        )
+        print(
+            f"  ratio build(w=1) cpu / floor cpu    = "
+            f"{result['ratio_build_w1_to_floor_cpu']:.2f}  (user + system: less moved by "
+            f"other load on the machine than wall time)"
         )
         print(
             f"  ratio build(w=1) wall / decode-only floor wall = "
