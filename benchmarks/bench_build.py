@@ -41,9 +41,10 @@ Timing: wall clock of the WHOLE subprocess (fork/exec, interpreter start and imp
 included) for both floor and build, so `ratio = build wall (workers=1) / floor wall`. The
 floor's own work loop, timed inside its process with time.perf_counter, is reported as
 well, with `build wall / floor loop` as a stricter second ratio, and the CPU time (user +
-system, from os.wait4: the process and the descendants it reaped, so a build's worker
-processes, not a Prefect server it talks to) with `build cpu / floor cpu`, which other load
-on the machine moves less than wall time. Ratios and speed-up are taken between medians;
+system, from os.wait4: the process and the children it reaped; not a Prefect server it talks
+to, nor the worker processes of a build with several, which its fork server starts) with
+`build cpu / floor cpu` at one worker, which other load on the machine moves less than wall
+time. Ratios and speed-up are taken between medians;
 their range over the repeats (each repeat runs the floors, then every build, back to back,
 then every build again for its memory) is printed with them.
 
@@ -297,7 +298,7 @@ class Measured:
     """One subprocess run: wall time, CPU time, exit status, output and memory peaks (MB)."""
 
     wall_s: float
-    cpu_s: float  # user + system of the process and the descendants it reaped
+    cpu_s: float  # user + system of the process and the children it reaped (see Timing)
     returncode: int
     stdout: str
     stderr: str
