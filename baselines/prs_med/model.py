@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -124,24 +125,26 @@ class PRSMed(nn.Module):
         )
         fused = self.fusion_norm(queries + attended).transpose(1, 2)
         fused = fused.reshape(batch, channels, height, width)
-        queries = [self.seg_query(states[torch.arange(batch, device=states.device), last])]
+        sparse = [self.seg_query(states[torch.arange(batch, device=states.device), last])]
         if self.preset.pooled_prompt:
             weights = prompt_mask.to(states.dtype)[:, :, None]
             pooled = (states * weights).sum(1) / weights.sum(1)
-            queries.append(self.pooled_query(pooled))
+            sparse.append(self.pooled_query(pooled))
         dense = self.sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
         positional = self.sam.get_image_wide_positional_embeddings()
         masks, _ = self.sam.mask_decoder(
             image_embeddings=fused,
             image_positional_embeddings=positional.expand(batch, -1, -1, -1),
-            sparse_prompt_embeddings=torch.stack(queries, 1)[:, None],
+            sparse_prompt_embeddings=torch.stack(sparse, 1)[:, None],
             dense_prompt_embeddings=dense.expand(batch, -1, height, width),
             multimask_output=False,
         )
         return masks[:, 0, 0]
 
     # --- the prompt, shared by training and inference -----------------------------------
-    def read_prompt(self, pixel_values, input_ids, attention_mask):
+    def read_prompt(
+        self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, Any, torch.Tensor, torch.Tensor]:
         """Mask logits of LEFT-padded prompts, with the LM's output (its KV cache when the
         preset generates answers), the prompt embeddings and the positions."""
         image = self.encode_image(pixel_values)
