@@ -106,29 +106,33 @@ def _prefect_console(verbose: bool) -> None:
         os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
 
 
-class _EngineErrors(logging.Filter):
+class _EngineNoise(logging.Filter):
     """Prefect's own report of an exception that ends a task or flow run (with its
-    traceback, 20 to 200 lines): the exception reaches the user as one line anyway."""
+    traceback, 20 to 200 lines): the exception reaches the user as one line anyway. And
+    its background services' note, at exit, that they are still sending items ("Still
+    processing items: N items remaining..."): they send them before the process ends."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         engine = record.name.startswith(("prefect.flow_runs", "prefect.task_runs"))
-        return not (engine and record.levelno >= logging.ERROR)
+        if engine and record.levelno >= logging.ERROR:
+            return False
+        return not str(record.msg).startswith("Still processing items")
 
 
-ENGINE_ERRORS = _EngineErrors()
+ENGINE_NOISE = _EngineNoise()
 
 
 def _engine_errors_on_console(verbose: bool) -> None:
-    """Once Prefect is imported: its engine's error reports on the console only with
-    --verbose (the UI and the API keep them either way)."""
+    """Once Prefect is imported: its engine's error reports and shutdown notes on the
+    console only with --verbose (the UI and the API keep the reports either way)."""
     from prefect.logging.handlers import PrefectConsoleHandler
 
     for handler in logging.getLogger().handlers:
         if isinstance(handler, PrefectConsoleHandler):
             if verbose:
-                handler.removeFilter(ENGINE_ERRORS)
+                handler.removeFilter(ENGINE_NOISE)
             else:
-                handler.addFilter(ENGINE_ERRORS)
+                handler.addFilter(ENGINE_NOISE)
 
 
 def _start_workers(args: argparse.Namespace, warm_up: Callable[[], object] | None = None) -> bool:
