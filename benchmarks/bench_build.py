@@ -108,6 +108,15 @@ TARGET_SPEEDUP = 1.7
 TARGET_BYTES_RATIO = 1.25
 TARGET_MEMORY_GROWTH = 1.10  # "flat": peak at the largest N within 10 % of the smallest
 
+# The end of every floor script: its loop's time, what it did, and its peak RSS.
+FLOOR_REPORT = """
+loop = time.perf_counter() - start
+hwm = [line for line in open("/proc/self/status") if line.startswith("VmHWM:")]
+print(json.dumps({"loop_s": loop, "images": len(CASES), "masks_encoded": masks,
+                  "image_bytes": kept, "mask_bytes": encoded,
+                  "vm_hwm_mb": int(hwm[0].split()[1]) / 1024}))
+"""
+
 # Runs in a fresh interpreter: argv[1] is the data root, argv[2] "encode" (one mask PNG per
 # image) or "decode" (no output encoded). Only the loop is timed inside.
 FLOOR_CODE = """
@@ -134,12 +143,8 @@ for path in images:
         mask.convert("L").save(buffer, format="PNG")  # one target mask PNG per image
         encoded += len(buffer.getvalue())
         masks += 1
-loop = time.perf_counter() - start
-hwm = [line for line in open("/proc/self/status") if line.startswith("VmHWM:")]
-print(json.dumps({"loop_s": loop, "images": len(images), "masks_encoded": masks,
-                  "image_bytes": kept, "mask_bytes": encoded,
-                  "vm_hwm_mb": int(hwm[0].split()[1]) / 1024}))
 """.replace("INPUT_DIR", repr(INPUT_DIR)).replace("TRUTH_DIR", repr(TRUTH_DIR))
+FLOOR_CODE += FLOOR_REPORT.replace("CASES", "images")
 
 
 # -- synthetic data --------------------------------------------------------------------------
@@ -193,12 +198,8 @@ for image_name, mask_name, encode_image, encode_mask in cases:
         mask.convert("L").save(buffer, format="PNG", compress_level=MASK_COMPRESS_LEVEL)
         encoded += len(buffer.getvalue())
         masks += 1
-loop = time.perf_counter() - start
-hwm = [line for line in open("/proc/self/status") if line.startswith("VmHWM:")]
-print(json.dumps({"loop_s": loop, "images": len(cases), "masks_encoded": masks,
-                  "image_bytes": kept, "mask_bytes": encoded,
-                  "vm_hwm_mb": int(hwm[0].split()[1]) / 1024}))
 """.replace("MASK_COMPRESS_LEVEL", str(MASK_COMPRESS_LEVEL)).replace("PNG_LEVEL", str(PNG_LEVEL))
+MIXED_FLOOR_CODE += FLOOR_REPORT.replace("CASES", "cases")
 
 POLYP_SPEC = """name: bench_polyps
 modality: endoscopy
