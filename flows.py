@@ -2,8 +2,9 @@
 `train-baseline` and `evaluate-baseline`.
 
 The stages are plain library functions (pipeline/); this module only wires them. Each batch
-of cases is one task (extract, render), each Parquet shard one task that writes it and one
-validation task. A task's cache key is its job's content key (input file hashes,
+of cases is one task (extract, render; or convert, both at once, in a build without a
+cache), each Parquet shard one task that writes it and one validation task. A task's cache
+key is its job's content key (input file hashes,
 configuration, the code that produces it), used while its result is in the store, so an
 unchanged re-run converts nothing, a template change re-renders without reading images, and
 a killed build resumes.
@@ -51,11 +52,14 @@ from pipeline.build.run import (  # noqa: E402
     run_build,
 )
 from pipeline.build.stages import (  # noqa: E402
+    Converted,
+    ConvertJob,
     ExtractJob,
     ExtractResult,
     RenderJob,
     ShardWriteJob,
     ShardWritten,
+    convert_batch,
     extract_batch,
     render_batch,
     write_shard_job,
@@ -98,6 +102,10 @@ def extract_on_worker(job: ExtractJob) -> ExtractResult:
     return on_worker(extract_batch, job)
 
 
+def convert_on_worker(job: ConvertJob) -> Converted:
+    return on_worker(convert_batch, job)
+
+
 def render_on_worker(job: RenderJob) -> RenderResult:
     return on_worker(render_batch, job)
 
@@ -111,6 +119,7 @@ def check_on_worker(job: ShardJob) -> ShardResult:
 
 
 extract_task = task(extract_on_worker, name="extract-batch", cache_policy=StoredJob())
+convert_task = task(convert_on_worker, name="convert-batch", cache_policy=StoredJob())
 render_task = task(render_on_worker, name="render-batch", cache_policy=StoredJob())
 shard_task = task(shard_on_worker, name="write-shard", cache_policy=StoredJob())
 check_task = task(check_on_worker, name="check-shard", cache_policy=StoredJob())
@@ -122,22 +131,30 @@ expand_task = task(
     expand_family, name="expand-templates", cache_policy=StoredJob(), retries=2,
     retry_delay_seconds=5,
 )  # fmt: skip
-LLM_TASKS = {rewrite_batch: rewrite_task, expand_family: expand_task}
+# Each stage's task, with the name and unit of its progress bar.
+STAGE_TASKS = {
+    extract_batch: (extract_task, "extract", "batch"),
+    convert_batch: (convert_task, "convert", "batch"),
+    render_batch: (render_task, "render", "batch"),
+    write_shard_job: (shard_task, "shards", "shard"),
+    check_job: (check_task, "validate", "shard"),
+    rewrite_batch: (rewrite_task, "rewrite_batch", "batch"),
+    expand_family: (expand_task, "expand_family", "family"),
+}
 
 
-def _on(
-    task_runner, prefect_task, desc: str, progress: bool, ahead: int, unit: str = "batch"
-) -> StageRunner:
-    """A stage runner that keeps `ahead` jobs submitted to the task runner beyond the one
-    whose result its caller waits for: the workers always have their next jobs, and the
-    jobs are taken from their iterator (for extract: discovery) only that far ahead.
-    Results in job order."""
+def _on(task_runner, progress: bool, ahead: int) -> StageRunner:
+    """A stage runner that runs each stage's jobs as its task (STAGE_TASKS) and keeps
+    `ahead` jobs submitted to the task runner beyond the one whose result its caller waits
+    for: the workers always have their next jobs, and the jobs are taken from their
+    iterator (for extract: discovery) only that far ahead. Results in job order."""
 
     # A job holds every case of its batch: quoted, Prefect does not walk it for futures.
     # Threads only: Dask delivers the quote as a plain tuple.
     wrap = quote if isinstance(task_runner, ThreadPoolTaskRunner) else (lambda job: job)
 
     def run(stage: Callable[[Any], Any], jobs: Iterable[Any]) -> Iterator[Any]:
+        prefect_task, desc, unit = STAGE_TASKS[stage]
         submitted = (
             task_runner.submit(prefect_task, parameters={"job": wrap(job)}) for job in jobs
         )
@@ -170,17 +187,6 @@ def _taken(futures: deque, bar: tqdm) -> Any:
     return result
 
 
-def _on_llm(task_runner, progress: bool, ahead: int):
-    """The LLM stages' runner: each stage function to its own task."""
-
-    def run(stage: Callable[[Any], Any], jobs: Iterable[Any]) -> Iterator[Any]:
-        unit = "family" if stage is expand_family else "batch"
-        task_run = _on(task_runner, LLM_TASKS[stage], stage.__name__, progress, ahead, unit)
-        return task_run(stage, jobs)
-
-    return run
-
-
 def _report_validation(result: ValidationResult, folder: str) -> None:
     lines = [f"# Validation of `{folder}`", "", f"- rows: {result.rows}"]
     lines += [f"- {split}: {rows} rows" for split, rows in sorted(result.rows_per_split.items())]
@@ -209,7 +215,7 @@ def validate_mmrs(
         result = validate(
             Path(folder),
             store=store,
-            run=_on(task_runner, check_task, "validate", progress, ahead, "shard"),
+            run=_on(task_runner, progress, ahead),
         )
     _report_validation(result, folder)
     return result.as_dict()
@@ -291,6 +297,7 @@ def build_mmrs(
         make_task_runner("threads", workers) as llm_threads,
     ):
         ahead = in_flight(task_runner, workers)
+        run = _on(task_runner, progress, ahead)  # the stages that convert and check
 
         def checked(folder: Path, built: BuildSummary) -> ValidationResult:
             """The build, validated in its staging folder: it replaces an earlier one only
@@ -298,7 +305,7 @@ def build_mmrs(
             return validate(
                 folder,
                 store=store,
-                run=_on(task_runner, check_task, "validate", progress, ahead, "shard"),
+                run=run,
                 checked=built.checks,
                 hash_threads=workers,
                 known_hashes=built.hashes,
@@ -306,12 +313,12 @@ def build_mmrs(
 
         built = run_build(
             config,
-            _on(task_runner, extract_task, "extract", progress, ahead),
-            _on(task_runner, render_task, "render", progress, ahead),
-            _on_llm(llm_threads, progress, in_flight(llm_threads, workers)),
+            run,
+            run,
+            _on(llm_threads, progress, in_flight(llm_threads, workers)),
             api_key,
             checked if check else None,
-            run_shards=_on(task_runner, shard_task, "shards", progress, ahead, "shard"),
+            run_shards=run,
         )
     summary = built.as_dict()
     _report_build(summary, out)

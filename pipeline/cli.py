@@ -26,8 +26,9 @@ from .build.run import (
     discover,
     parse_source_arg,
     plan_extract,
+    render_settings,
 )
-from .build.stages import ExtractJob, extract_batch
+from .build.stages import ConvertJob, ExtractJob, convert_batch, extract_batch
 from .build.workers import (
     RUNNERS,
     cache_store,
@@ -40,7 +41,7 @@ from .geometry.slicing import SLICE_AXES, parse_slice_policy
 from .io.images import PNG_LEVEL
 from .llm.client import API_KEY_ENV
 from .llm.paraphrase import MODES, rewrite_config
-from .qa.templates import load_templates
+from .qa.templates import load_templates, templates_digest
 from .shards.plan import MAX_SHARD_BYTES
 from .sources import REGISTRY
 from .splits import SplitRatios
@@ -70,6 +71,7 @@ def _checked_config(args: argparse.Namespace, sources: list[str]) -> BuildConfig
         tuple(parse_source_arg(v, slice_axis=args.slice_axis, slices=args.slices)
               for v in sources),
         Path(args.out).expanduser(),
+        seed=args.seed,
         ratios=SplitRatios.parse(args.split_ratios),
         templates_dir=Path(args.templates).expanduser() if args.templates else None,
         overwrite=args.overwrite,
@@ -148,8 +150,9 @@ def _extract_ahead(
     args: argparse.Namespace, config: BuildConfig
 ) -> tempfile.TemporaryDirectory | None:
     """Give the workers started ahead the build's first batches (AHEAD_BATCHES each) to
-    extract while Prefect starts; the flow's extract tasks of those batches take their
-    results. Returns the scratch store to clean up after the build when it has no cache."""
+    extract (without a cache: to convert) while Prefect starts; the flow's tasks of those
+    batches take their results. Returns the scratch store to clean up after the build when
+    it has no cache."""
     scratch = None if config.cache_dir is not None else scratch_folder(config.out, "ahead")
     store = config.cache_dir or Path(scratch.name)
     try:  # discovery stops once the first batches are planned: the flow discovers them all
@@ -157,11 +160,16 @@ def _extract_ahead(
             discover(config), config.batch_size, store, scratch is None, config.png_level
         )
         ahead = list(islice(jobs, AHEAD_BATCHES * args.workers))
-    except BaseException:  # a data root of the wrong layout
+        settings = render_settings(config, templates_digest(config.templates_dir))
+    except BaseException:  # a data root of the wrong layout, templates that cannot be read
         if scratch is not None:
             scratch.cleanup()
         raise
-    start_ahead(args.workers, extract_batch, ahead, ExtractJob.same_batch)
+    if scratch is None:
+        start_ahead(args.workers, extract_batch, ahead, ExtractJob.same_batch)
+    elif args.rewrite != "expand-templates":  # that one renders with templates yet to come
+        converts = [ConvertJob(job, settings) for job in ahead]
+        start_ahead(args.workers, convert_batch, converts, ConvertJob.same_batch)
     return scratch
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from pipeline.build import workers as orchestration
 from pipeline.build.run import BuildConfig, BuildError, SourceRequest, build
-from pipeline.build.stages import extract_batch
+from pipeline.build.stages import convert_batch, extract_batch
 from pipeline.cli import main
 from pipeline.demo import write_busi, write_kvasir
 from pipeline.sources import REGISTRY
@@ -211,30 +211,36 @@ def test_validate_fails_on_a_folder_that_is_not_a_build(
     assert "no manifest.json" in capsys.readouterr().err
 
 
-def test_workers_extract_the_first_batches_while_prefect_starts(
-    tmp_path: Path, capsys, prefect_api, monkeypatch
+@pytest.mark.parametrize("cached", [False, True], ids=["no-cache", "cache"])
+def test_workers_start_the_first_batches_while_prefect_starts(
+    tmp_path: Path, capsys, prefect_api, monkeypatch, cached: bool
 ) -> None:
-    """With --workers 2, the first 2 batches per worker are extracted before the flow asks
-    for them; the flow takes those results, and the scratch store is removed."""
+    """With --workers 2, the first 2 batches per worker are converted (with a cache:
+    extracted) before the flow asks for them; the flow takes those results, and a scratch
+    store made for them is removed."""
     write_busi(tmp_path / "data", 9)
     taken = []
     started_ahead = orchestration._started_ahead
+    first = extract_batch if cached else convert_batch  # render tasks ask too, later
 
     def record(stage, job):
         future = started_ahead(stage, job)
-        if stage is extract_batch:  # render tasks ask too, interleaved with extract's
-            taken.append((job.index, future is not None))
+        if stage is first:
+            index = job.index if cached else job.extract.index
+            taken.append((index, future is not None))
         return future
 
     monkeypatch.setattr(orchestration, "_started_ahead", record)
     out = tmp_path / "out"
+    store = ["--cache-dir", str(tmp_path / "cache")] if cached else ["--no-cache"]
     args = ["build", "--source", f"busi={tmp_path / 'data'}", "--out", str(out), "-q"]
-    args += ["--workers", "2", "--no-cache", "--batch-size", "2"]
+    args += ["--workers", "2", *store, "--batch-size", "2"]
     assert main(args) == 0
     assert "valid:" in capsys.readouterr().out
     assert sorted(index for index, ahead in taken if ahead) == [0, 1, 2, 3]
     assert len(taken) > 4
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "out"]
+    kept = ["cache", "data", "out"] if cached else ["data", "out"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == kept
     single = tmp_path / "single"
     assert main([*args[:4], str(single), "-q", "--no-cache", "--batch-size", "2"]) == 0
     files = json.loads((out / "manifest.json").read_text())["files"]

@@ -227,10 +227,15 @@ def test_a_killed_build_resumes_to_identical_output(prefect_api, tmp_path) -> No
     assert _files(tmp_path / "resumed") == _files(tmp_path / "straight")
 
 
-def test_a_stage_keeps_only_its_window_of_jobs_submitted() -> None:
+def test_a_stage_keeps_only_its_window_of_jobs_submitted(monkeypatch) -> None:
     """A stage takes a job from its iterator only while fewer than `ahead` jobs beyond the
     one waited for are submitted; results come in job order."""
-    from flows import _on
+    import flows
+
+    def stage(job: int) -> int:
+        return job * 2
+
+    monkeypatch.setitem(flows.STAGE_TASKS, stage, (stage, "test", "batch"))
 
     pulled: list[int] = []
     taken: list[int] = []
@@ -252,9 +257,6 @@ def test_a_stage_keeps_only_its_window_of_jobs_submitted() -> None:
             pulled.append(job)
             yield job
 
-    in_flight = [
-        len(pulled) - len(taken)
-        for _ in _on(Runner(), lambda job: job * 2, "test", False, 3)(None, jobs())
-    ]
+    in_flight = [len(pulled) - len(taken) for _ in flows._on(Runner(), False, 3)(stage, jobs())]
     assert taken == [job * 2 for job in range(10)]
     assert in_flight == [3] * 7 + [2, 1, 0]

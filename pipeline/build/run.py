@@ -4,6 +4,9 @@ The build streams: sources are discovered, planned into batches and extracted as
 runner asks for more work, so it holds the cases of the batches in flight, not all of them.
 A batch is rendered as soon as it and every batch before it are extracted: outcomes are
 recorded in discovery order, and an image identical to one converted earlier is left out.
+Without a cache, whose store nothing searches again, each batch is extracted and rendered
+at once (stages.convert_batch), and rendered again without the images found identical to
+earlier ones when it has any.
 Batches are units of work; shards, units of output, are planned per split and source by
 size once the source's batches are rendered, and written from the rendered rows, so the
 output does not depend on the batches. The orchestration is written once, here; what runs
@@ -60,12 +63,16 @@ from .output import (
 from .stages import (
     EXTRACT_CODE,
     RENDER_CODE,
+    CaseOutcome,
+    ConvertJob,
     ExtractJob,
-    ExtractResult,
     RenderJob,
+    RenderSettings,
     ShardWriteJob,
+    convert_batch,
     extract_batch,
     render_batch,
+    set_aside,
     write_shard_job,
 )
 
@@ -395,7 +402,10 @@ def run_build(
     not replace an earlier build in config.out (it stays in the staging folder).
     """
     check_config(config)
-    run_extract = run_extract or inline_runner(config.progress, "extract")
+    converting = config.cache_dir is None  # extract and render at once (stages.convert_batch)
+    run_extract = run_extract or inline_runner(
+        config.progress, "convert" if converting else "extract"
+    )
     run_render = run_render or inline_runner(config.progress, "render")
     run_rewrite = run_rewrite or inline_runner(config.progress, "rewrite")
     run_shards = run_shards or inline_runner(config.progress, "shards", "shard")
@@ -445,14 +455,13 @@ def _build(
             ),
             planned,
         )  # fmt: skip
-        extracted = run_extract(extract_batch, jobs)
         staging = staging_folder(config.out)
         (staging / "data").mkdir(parents=True)
         kept = False  # staging, as the build that failed its checks
         try:
             rewrite = None if llm is None else _rewriter(llm, store, run_rewrite)
             summary = _assemble(
-                config, staging, templates, uncounted, planned, jobs, extracted, run_render,
+                config, staging, templates, uncounted, planned, jobs, run_extract, run_render,
                 run_shards, store, rewrite,
             )  # fmt: skip
             summary.validation = None if check is None else check(staging, summary)
@@ -480,6 +489,13 @@ def _rewriter(
     return rewrite
 
 
+def render_settings(config: BuildConfig, templates_digest: str) -> RenderSettings:
+    """What the build's rows depend on besides their cases."""
+    return RenderSettings(
+        config.seed, config.ratios, config.templates_dir, templates_digest, config.check
+    )
+
+
 def build(config: BuildConfig) -> BuildSummary:
     """A whole build in this process, stage by stage (no orchestrator, no cache reuse)."""
     return run_build(config)
@@ -492,7 +508,7 @@ def _assemble(
     uncounted: deque[tuple[SourceRequest, Case | Problem]],
     planned: deque[ExtractJob],
     jobs: Iterator[ExtractJob],
-    extracted: Iterable[ExtractResult],
+    run_extract: StageRunner,
     run_render: StageRunner,
     run_shards: StageRunner,
     store: Path,
@@ -516,12 +532,12 @@ def _assemble(
             records.add(request, "skipped", item.case_id, item.file, item.reason)
         return None
 
-    def record(job: ExtractJob, result: ExtractResult) -> frozenset[tuple[str, str]]:
+    def record(job: ExtractJob, outcomes: tuple[CaseOutcome, ...]) -> frozenset[tuple[str, str]]:
         """Record a batch's outcomes in discovery order (so --strict stops at the first bad
         case); returns its images to leave out, (case id, image id): identical to one
         converted before, the whole case when every one of its images is."""
         skip: set[tuple[str, str]] = set()
-        for case, outcome in zip(job.cases, result.outcomes, strict=True):
+        for case, outcome in zip(job.cases, outcomes, strict=True):
             request = reach(case)  # batches hold the discovered cases, in order
             if outcome.status != "converted":
                 file = outcome.file or case.image
@@ -548,32 +564,45 @@ def _assemble(
         return frozenset(skip)
 
     sources: deque[SourceMeta] = deque()  # of each batch rendered, until its shards are planned
+    settings = render_settings(config, templates.digest)
 
-    def render_jobs() -> Iterator[RenderJob]:
-        """Each batch's render job, as soon as its extraction and every earlier one's is
-        recorded. What is left to do then needs neither the batch's cases (only its source
-        and store) nor their outcomes (render needs the key and payload): both are let go."""
-        for result in extracted:
-            job = planned.popleft()  # results come in job order
-            skip = record(job, result)
-            sources.append(job.source)
-            store = job.store
-            del job
-            yield RenderJob(
-                replace(result, outcomes=()),
-                skip,
-                config.seed,
-                config.ratios,
-                config.templates_dir,
-                templates.digest,
-                store,
-                config.check,
-            )
+    def recorded() -> None:
+        """Every batch is recorded: the rest of discovery is counted."""
         if planned or next(jobs, None) is not None:
             raise RuntimeError("the extract stage's runner did not return every batch's result")
         reach(None)
         records.handle.close()
         owner.clear()
+
+    def render_jobs() -> Iterator[RenderJob]:
+        """Each batch's render job, as soon as its extraction and every earlier one's is
+        recorded. What is left to do then needs neither the batch's cases (only its source
+        and store) nor their outcomes (render needs the key and payload): both are let go."""
+        for result in run_extract(extract_batch, jobs):
+            job = planned.popleft()  # results come in job order
+            skip = record(job, result.outcomes)
+            sources.append(job.source)
+            store = job.store
+            del job
+            yield RenderJob(replace(result, outcomes=()), skip, settings, store)
+        recorded()
+
+    def converted() -> Iterator[RenderResult]:
+        """In a store of this build only: each batch's rows, converted at once, as soon as
+        it and every earlier batch are recorded. A batch with images identical to ones
+        converted before is extracted and rendered again without them (stage by stage)."""
+        for result in run_extract(convert_batch, (ConvertJob(job, settings) for job in jobs)):
+            job = planned.popleft()  # results come in job order
+            skip = record(job, result.outcomes)
+            sources.append(job.source)
+            if skip:
+                set_aside(result.rendered)
+                again = next(run_extract(extract_batch, [job]))
+                yield next(run_render(render_batch, [RenderJob(again, skip, settings, job.store)]))
+                continue
+            del job
+            yield result.rendered
+        recorded()
 
     rendered: list[RenderResult] = []
     batches: list[SourceMeta] = []  # the source of each rendered batch
@@ -591,7 +620,8 @@ def _assemble(
 
         counted.append(drawing.submit(write_count_plots, summary.stats, staging / "plots"))
 
-    results = run_render(render_batch, render_jobs())
+    reusable = config.cache_dir is not None
+    results = run_render(render_batch, render_jobs()) if reusable else converted()
     if rewrite is not None:  # rewrites need every batch first
         results = rewrite(list(results), summary)
     with ThreadPoolExecutor(1, thread_name_prefix="mmrs-figures") as drawing:

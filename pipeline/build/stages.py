@@ -4,6 +4,11 @@
   written case by case into one payload file in the store, under a key made of the
   content hashes of every input file, the source's settings and the extract code; the
   payload's own content hash is recorded, and checked before it is used again.
+- convert_batch: both at once, for a store of this build only (nothing in it is found
+  again): each case is extracted and its rows rendered straight away, so no payload is
+  written and no batch waits for another to be rendered. Where the build finds images
+  identical to ones converted before, it sets the batch's parts aside and extracts and
+  renders it again stage by stage, leaving them out.
 - render_batch: a payload -> QA rows -> one part per split (shards/writer.py), noting
   where each image's rows are, written by the worker that holds the data, under a key
   made of the extract key, templates, seed, split ratios, the duplicates to leave out and
@@ -28,7 +33,7 @@ from __future__ import annotations
 import pickle
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
@@ -202,8 +207,24 @@ def read_payload(path: Path) -> Iterator[list[ExtractedCase] | None]:
             yield pickle.load(handle)
 
 
+def _extracted(case: Case, source: SourceMeta) -> tuple[CaseOutcome, list[ExtractedCase] | None]:
+    """How one case left extraction, and its images when it was converted; bad cases
+    become outcomes, never exceptions."""
+    try:
+        images = extract_case(case, source)
+    except CaseError as exc:
+        return CaseOutcome(case.case_id, "skipped", str(exc)), None
+    except PixelError as exc:
+        return CaseOutcome(case.case_id, "failed", exc.problem, file=exc.path), None
+    except Exception as exc:  # noqa: BLE001 - any other error fails this case only
+        return CaseOutcome(case.case_id, "failed", f"{type(exc).__name__}: {exc}"), None
+    each = tuple((i.slice_axis, i.slice_index, i.image_id) for i in images)
+    outcome = CaseOutcome(case.case_id, "converted", images=each, left_out=images[0].left_out)
+    return outcome, images
+
+
 def extract_batch(job: ExtractJob) -> ExtractResult:
-    """Extract every case of a batch; bad cases become outcomes, never exceptions.
+    """Extract every case of a batch (see _extracted).
 
     A batch whose key is already in the store is not extracted again.
     """
@@ -215,25 +236,30 @@ def extract_batch(job: ExtractJob) -> ExtractResult:
     # A store of this build only is never searched again: nothing there needs a hash.
     with PayloadWriter(job.payload(key), hashed=job.reusable) as payload:
         for case in job.cases:
-            try:
-                images = extract_case(case, job.source)
-            except CaseError as exc:
-                outcomes.append(CaseOutcome(case.case_id, "skipped", str(exc)))
-            except PixelError as exc:
-                outcomes.append(CaseOutcome(case.case_id, "failed", exc.problem, file=exc.path))
-            except Exception as exc:  # noqa: BLE001 - any other error fails this case only
-                reason = f"{type(exc).__name__}: {exc}"
-                outcomes.append(CaseOutcome(case.case_id, "failed", reason))
-            else:
-                payload.add(images)
-                each = tuple((i.slice_axis, i.slice_index, i.image_id) for i in images)
-                left = images[0].left_out
-                outcomes.append(CaseOutcome(case.case_id, "converted", images=each, left_out=left))
-                continue
-            payload.add(None)
+            outcome, images = _extracted(case, job.source)
+            outcomes.append(outcome)
+            payload.add(images)
     result = ExtractResult(key, payload.path, tuple(outcomes), job.reusable, payload.sha256)
     atomic_pickle(result, job.result(key), job.store)  # written last: marks the batch complete
     return result
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    """What a batch's rows depend on besides its cases."""
+
+    seed: int
+    ratios: SplitRatios
+    templates_dir: Path | None
+    templates_digest: str
+    check: bool = True  # check each part written (checks/shard.py)
+
+    def key(self, extract_key: str, skip: frozenset[tuple[str, str]]) -> str:
+        """A batch's render key: its extract key + templates, seed, ratios, left-out images
+        + the render code (and the checking code, when parts are checked)."""
+        settings = (self.seed, self.ratios, self.templates_digest, sorted(skip))
+        code = code_digest(RENDER_CODE + (CHECK_CODE if self.check else ()))
+        return cache_key("render", code, self.check, extract_key, settings)
 
 
 @dataclass(frozen=True)
@@ -241,20 +267,12 @@ class RenderJob:
     extract: ExtractResult
     # (case id, image id) of the images left out: identical to ones converted elsewhere
     skip: frozenset[tuple[str, str]]
-    seed: int
-    ratios: SplitRatios
-    templates_dir: Path | None
-    templates_digest: str
+    settings: RenderSettings
     store: Path
-    check: bool = True  # check each part written (checks/shard.py)
 
     @cached_property
     def key(self) -> str:
-        """The extract key + templates, seed, ratios, left-out cases + the render code (and
-        the checking code, when parts are checked)."""
-        settings = (self.seed, self.ratios, self.templates_digest, sorted(self.skip))
-        code = code_digest(RENDER_CODE + (CHECK_CODE if self.check else ()))
-        return cache_key("render", code, self.check, self.extract.key, settings)
+        return self.settings.key(self.extract.key, self.skip)
 
     def parts(self, key: str) -> Path:
         return self.store / "parts" / key
@@ -285,29 +303,34 @@ def _templates(directory: Path | None, digest: str) -> TemplateSet:
 
 
 def _write_rows(
-    job: RenderJob, key: str, staging: Path
+    settings: RenderSettings,
+    cases: Iterable[list[ExtractedCase] | None],
+    skip: frozenset[tuple[str, str]],
+    staging: Path,
+    hashed: bool,
 ) -> tuple[RenderResult, list[tuple[str, Path, list[Placed], str]]]:
-    """Render a batch's rows into one part per split it has rows in, in staging;
-    returns the counts and each part with its split, where each image's rows are and its
-    content hash (empty in a store of this build only)."""
-    planner = QAPlanner(_templates(job.templates_dir, job.templates_digest), job.seed)
+    """Render the rows of a batch's cases (each its images, or None), leaving out the
+    images in skip, into one part per split it has rows in, in staging; returns the
+    counts and each part with its split, where each image's rows are and its content hash
+    (made as written where `hashed`, else empty). The result's key is left empty."""
+    templates = _templates(settings.templates_dir, settings.templates_digest)
+    planner = QAPlanner(templates, settings.seed)
     writers: dict[str, PartWriter] = {}
     counted: dict[str, list] = {name: [] for name in STATS_COLUMNS}
     rendered_images = 0
-    for images in read_payload(job.extract.payload):
-        if images is not None and job.skip:
-            images = [i for i in images if (i.case.case_id, i.image_id) not in job.skip]
+    for images in cases:
+        if images is not None and skip:
+            images = [i for i in images if (i.case.case_id, i.image_id) not in skip]
         if not images:
             continue
         rendered_images += len(images)
         for item in images:
-            rows = render_case(item, planner, job.ratios)
+            rows = render_case(item, planner, settings.ratios)
             if not rows:
                 continue
             split = rows[0]["split"]  # a case's rows are all in its patient's split
-            if split not in writers:  # hashed as written where the store is searched again
-                path = staging / f"{split}.arrows"
-                writers[split] = PartWriter(path, hashed=job.extract.reusable)
+            if split not in writers:
+                writers[split] = PartWriter(staging / f"{split}.arrows", hashed=hashed)
             writers[split].add_image_rows(rows)
             for name, values in counted.items():
                 values += [row[name] for row in rows]
@@ -315,12 +338,41 @@ def _write_rows(
     stats.add(counted)
     written = [(split, writers[split].path, writers[split].close(), writers[split].sha256 or "")
                for split in splits.SPLITS if split in writers]  # fmt: skip
-    return RenderResult(key, (), rendered_images, stats), written
+    return RenderResult("", (), rendered_images, stats), written
 
 
 def _checks(path: Path, split: str) -> tuple[ShardResult, ...]:
     """Each group's checks of a part as written, as `mmrs validate` checks a row group."""
     return tuple(check_table(group, split) for group in read_part(path))
+
+
+def _render_into(
+    folder: Path,
+    key: str,
+    settings: RenderSettings,
+    cases: Iterable[list[ExtractedCase] | None],
+    skip: frozenset[tuple[str, str]],
+    store: Path,
+    stored: Callable[[], RenderResult | None],
+    hashed: bool,
+) -> RenderResult:
+    """Render a batch's rows into its parts folder (see _write_rows), checked unless told
+    not to: the whole batch appears at once, or another build's, when it stored the
+    same key first (`stored` finds it)."""
+    staging = private_name(folder)
+    staging.mkdir(parents=True)
+    try:
+        result, written = _write_rows(settings, cases, skip, staging, hashed)
+        parts = []
+        for split, path, images, sha256 in written:
+            checks = _checks(path, split) if settings.check else None
+            parts.append(Part(split, folder / path.name, sha256, tuple(images), checks))
+        rendered = replace(result, key=key, parts=tuple(parts))
+        atomic_pickle(rendered, staging / "result.pkl", store)
+        rendered = place_folder(staging, folder, stored) or rendered
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return rendered
 
 
 def render_batch(job: RenderJob) -> RenderResult:
@@ -329,24 +381,76 @@ def render_batch(job: RenderJob) -> RenderResult:
     stored = job.cached(key)
     if stored is not None:
         return stored
-    folder = job.parts(key)
-    staging = private_name(folder)
-    staging.mkdir(parents=True)
-    try:
-        result, written = _write_rows(job, key, staging)
-        parts = []
-        for split, path, images, sha256 in written:
-            checks = _checks(path, split) if job.check else None
-            parts.append(Part(split, folder / path.name, sha256, tuple(images), checks))
-        rendered = replace(result, parts=tuple(parts))
-        atomic_pickle(rendered, staging / "result.pkl", job.store)
-        # the whole batch appears at once; another build's, when it stored it first
-        rendered = place_folder(staging, folder, lambda: job.cached(key)) or rendered
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    if not job.extract.reusable:  # freed now by this worker, not at the build's end
+    reusable = job.extract.reusable  # hashed as written where the store is searched again
+    cases = read_payload(job.extract.payload)
+    rendered = _render_into(job.parts(key), key, job.settings, cases, job.skip, job.store,
+                            lambda: job.cached(key), reusable)  # fmt: skip
+    if not reusable:  # freed now by this worker, not at the build's end
         job.extract.payload.unlink(missing_ok=True)
     return rendered
+
+
+@dataclass(frozen=True)
+class ConvertJob:
+    """A batch to extract and render at once, in a store of this build only."""
+
+    extract: ExtractJob
+    settings: RenderSettings
+
+    def __post_init__(self) -> None:
+        if self.extract.reusable:
+            raise ValueError("a batch is converted at once only in a store of this build only")
+
+    @property
+    def store(self) -> Path:
+        return self.extract.store
+
+    @cached_property
+    def key(self) -> str:
+        return self.settings.key(self.extract.key, frozenset())
+
+    def parts(self, key: str) -> Path:
+        return self.store / "parts" / key
+
+    def cached(self, key: str) -> None:
+        """Nothing: a store of this build only is never searched again."""
+        return None
+
+    def same_batch(self, other: ConvertJob) -> bool:
+        """Whether other converts the same cases the same way (into any store)."""
+        return self.extract.same_batch(other.extract) and other.settings == self.settings
+
+
+@dataclass(frozen=True)
+class Converted:
+    """A converted batch: how each case left extraction, and the rows of every image."""
+
+    outcomes: tuple[CaseOutcome, ...]
+    rendered: RenderResult
+
+
+def set_aside(rendered: RenderResult) -> None:
+    """Remove the parts of a converted batch that is rendered again (in a store of this
+    build only, which nothing else reads)."""
+    for part in rendered.parts:
+        shutil.rmtree(part.path.parent, ignore_errors=True)
+
+
+def convert_batch(job: ConvertJob) -> Converted:
+    """Extract a batch's cases and render their rows as each is extracted: no payload, and
+    no batch's pixels held at once (see _extracted for bad cases)."""
+    outcomes: list[CaseOutcome] = []
+
+    def cases() -> Iterator[list[ExtractedCase] | None]:
+        for case in job.extract.cases:
+            outcome, images = _extracted(case, job.extract.source)
+            outcomes.append(outcome)
+            yield images
+
+    key = job.key
+    rendered = _render_into(job.parts(key), key, job.settings, cases(), frozenset(), job.store,
+                            lambda: None, hashed=False)  # fmt: skip
+    return Converted(tuple(outcomes), rendered)
 
 
 @dataclass(frozen=True)
@@ -357,10 +461,9 @@ class ShardWriteJob:
 
     @cached_property
     def key(self) -> str:
-        """The shard's images (a part's path in the store names its content: its render
-        key) + the writer code. Not its name: that is known once every shard is planned."""
-        pieces = [(part.relative_to(self.store).as_posix(), images)
-                  for part, images in self.pieces]  # fmt: skip
+        """The shard's images (a part's folder names its content: its render key) + the
+        writer code. Not its name: that is known once every shard is planned."""
+        pieces = [(part.parent.name, part.name, images) for part, images in self.pieces]
         return cache_key("shard", code_digest(SHARD_CODE), self.row_group_bytes, pieces)
 
     def path(self, key: str) -> Path:

@@ -132,6 +132,19 @@ def load_templates(directory: Path | None = None) -> TemplateSet:
     templates again in one process only reads them.
     """
     directory = directory or default_templates_dir()
+    texts, digest = _read_templates(directory)
+    if digest not in _COMPILED:
+        _COMPILED[digest] = _compile(directory, texts, digest)
+    return _COMPILED[digest]
+
+
+def templates_digest(directory: Path | None = None) -> str:
+    """The digest of the templates load_templates(directory) gives, without compiling them."""
+    return _read_templates(directory or default_templates_dir())[1]
+
+
+def _read_templates(directory: Path) -> tuple[list[tuple[Path, str]], str]:
+    """Each templates file with its text, and the digest of their names and texts."""
     files = sorted(directory.glob("*.yaml"))
     if not files:
         raise FileNotFoundError(f"no QA templates (*.yaml) in {directory}")
@@ -139,9 +152,7 @@ def load_templates(directory: Path | None = None) -> TemplateSet:
     digest = hashlib.sha256()
     for path, text in texts:
         digest.update(path.name.encode() + b"\0" + text.encode())
-    if digest.hexdigest() not in _COMPILED:
-        _COMPILED[digest.hexdigest()] = _compile(directory, texts, digest.hexdigest())
-    return _COMPILED[digest.hexdigest()]
+    return texts, digest.hexdigest()
 
 
 def _compile(directory: Path, texts: list[tuple[Path, str]], digest: str) -> TemplateSet:

@@ -155,26 +155,30 @@ def test_existing_output_is_kept_unless_overwrite(demo_root: Path, built: Path) 
         build(_config(demo_root, demo_root, overwrite=True))
 
 
-def test_cases_are_let_go_once_their_batch_is_recorded(demo_root: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("cached", [True, False], ids=["cache", "no-cache"])
+def test_cases_are_let_go_once_their_batch_is_recorded(
+    demo_root: Path, tmp_path: Path, cached: bool
+) -> None:
     """A build holds the cases of the batches not yet recorded only: memory stays flat as
-    the number of cases grows."""
+    the number of cases grows (batches extracted, then rendered; or converted at once)."""
     cases: list[weakref.ref] = []
     alive: list[int] = []
 
     def extract(stage, jobs):
-        for job in jobs:
-            cases.extend(weakref.ref(case) for case in job.cases)
-            result = stage(job)
-            del job
-            yield result
-
-    def render(stage, jobs):
-        for job in jobs:
+        for job in jobs:  # every earlier batch is recorded once the next one is asked for
             gc.collect()
             alive.append(sum(ref() is not None for ref in cases))
-            yield stage(job)
+            batch = job.cases if cached else job.extract.cases
+            cases.extend(weakref.ref(case) for case in batch)
+            result = stage(job)
+            del job, batch
+            yield result
 
-    summary = run_build(_config(demo_root, tmp_path / "out", batch_size=4), extract, render)
+    config = replace(
+        _config(demo_root, tmp_path / "out", batch_size=4),
+        cache_dir=tmp_path / "cache" if cached else None,
+    )
+    summary = run_build(config, extract)
     assert len(alive) > 3 and len(cases) == sum(c.discovered for c in summary.sources.values())
     assert alive == [0] * len(alive)
 
@@ -340,10 +344,12 @@ def test_batches_shrink_near_the_builds_end(tmp_path: Path) -> None:
     assert [j.cases for j in again] == [j.cases for j in jobs]
 
 
+@pytest.mark.parametrize("cached", [True, False], ids=["cache", "no-cache"])
 def test_a_sources_shards_are_written_once_its_batches_are_rendered(
-    demo_root: Path, tmp_path: Path
+    demo_root: Path, tmp_path: Path, cached: bool
 ) -> None:
-    """Shards stream: the first sources' are written while the last source renders."""
+    """Shards stream: the first sources' are written while the last source renders (in a
+    render task, or converted at once without a cache)."""
     events: list[str] = []
 
     def render(stage, jobs):
@@ -357,8 +363,12 @@ def test_a_sources_shards_are_written_once_its_batches_are_rendered(
             events.append("shard")
             yield stage(job)
 
-    config = _config(demo_root, tmp_path / "out", batch_size=2)
-    summary = run_build(config, run_render=render, run_shards=shards)
+    config = replace(
+        _config(demo_root, tmp_path / "out", batch_size=2),
+        cache_dir=tmp_path / "cache" if cached else None,
+    )
+    runners = {"run_render": render} if cached else {"run_extract": render}
+    summary = run_build(config, run_shards=shards, **runners)
     assert validate(tmp_path / "out", checked=summary.checks).ok
     last = max(i for i, event in enumerate(events) if event == "render")
     assert "shard" in events[:last]  # kvasir's and busi's before montgomery's last batch

@@ -117,16 +117,30 @@ def test_no_check_writes_the_same_shards_without_checks(root: Path, tmp_path: Pa
     assert _manifest_hashes(checked) == _manifest_hashes(unchecked)
 
 
+def _with_a_copy(root: Path, tmp_path: Path) -> tuple[Path, str]:
+    """Kvasir-SEG with a copy of its first image (and mask) that sorts last; the first
+    image's stem."""
+    copy = tmp_path / "Kvasir-SEG"
+    shutil.copytree(root / "Kvasir-SEG", copy)
+    first = sorted((copy / "images").iterdir())[0]
+    shutil.copy(first, copy / "images" / "zz_copy.jpg")  # sorts last: in the last batch
+    shutil.copy(copy / "masks" / first.name, copy / "masks" / "zz_copy.jpg")
+    return copy, first.stem
+
+
+def _copy_left_out(summary, out: Path, first: str) -> None:
+    counts = summary.sources["kvasir_seg"]
+    assert (counts.discovered, counts.converted, counts.skipped) == (8, 7, 1)
+    errors = [json.loads(line) for line in (out / "errors.jsonl").open()]
+    assert [e["case_id"] for e in errors] == ["zz_copy"]
+    assert errors[0]["reason"] == f"identical image already converted as kvasir_seg/{first}"
+
+
 def test_each_batch_is_rendered_once_it_and_all_before_it_are_extracted(
     root: Path, tmp_path: Path
 ) -> None:
     """No barrier between the stages; a later batch's copy of an earlier image is left out."""
-    kvasir = root / "Kvasir-SEG"
-    copy = tmp_path / "Kvasir-SEG"
-    shutil.copytree(kvasir, copy)
-    first = sorted((copy / "images").iterdir())[0]
-    shutil.copy(first, copy / "images" / "zz_copy.jpg")  # sorts last: in the last batch
-    shutil.copy(copy / "masks" / first.name, copy / "masks" / "zz_copy.jpg")
+    copy, first = _with_a_copy(root, tmp_path)
     events: list[tuple[str, int]] = []
 
     def extract(stage, jobs):
@@ -143,17 +157,39 @@ def test_each_batch_is_rendered_once_it_and_all_before_it_are_extracted(
 
     config = BuildConfig(
         (SourceRequest(REGISTRY["kvasir_seg"], copy),), tmp_path / "out", progress=False,
-        batch_size=3,
+        batch_size=3, cache_dir=tmp_path / "cache",
     )  # fmt: skip
     summary = run_build(config, extract, render)
     batches = len(events) // 2
     assert batches == 3
     assert events == [(kind, i) for i in range(batches) for kind in ("extracted", "render")]
-    counts = summary.sources["kvasir_seg"]
-    assert (counts.discovered, counts.converted, counts.skipped) == (8, 7, 1)
-    errors = [json.loads(line) for line in (tmp_path / "out" / "errors.jsonl").open()]
-    assert [e["case_id"] for e in errors] == ["zz_copy"]
-    assert errors[0]["reason"] == f"identical image already converted as kvasir_seg/{first.stem}"
+    _copy_left_out(summary, tmp_path / "out", first)
+
+
+def test_without_a_cache_a_batch_with_a_copy_is_converted_again_without_it(
+    root: Path, tmp_path: Path
+) -> None:
+    """Without a cache each batch is converted at once; the batch holding a copy of an
+    earlier image is extracted and rendered again, stage by stage, without it: the same
+    output as a build with a cache."""
+    copy, first = _with_a_copy(root, tmp_path)
+    events: list[str] = []
+
+    def run(stage, jobs):
+        for job in jobs:
+            events.append(stage.__name__)
+            yield stage(job)
+
+    config = BuildConfig(
+        (SourceRequest(REGISTRY["kvasir_seg"], copy),), tmp_path / "out", progress=False,
+        batch_size=3,
+    )  # fmt: skip
+    summary = run_build(config, run, run)
+    assert events == ["convert_batch"] * 3 + ["extract_batch", "render_batch"]
+    _copy_left_out(summary, tmp_path / "out", first)
+    cached = replace(config, out=tmp_path / "cached", cache_dir=tmp_path / "cache")
+    build(cached)
+    assert _manifest_hashes(tmp_path / "out") == _manifest_hashes(tmp_path / "cached")
 
 
 def test_validation_hashes_only_shards_whose_file_changed(
@@ -196,10 +232,17 @@ def _render_and_see_payloads(seen: list[bool]):
 
 
 def test_a_payload_of_this_build_only_is_deleted_once_rendered(root: Path, tmp_path: Path) -> None:
+    """Without a cache, only a batch holding a copy of an earlier image has a payload (it
+    is extracted again, then rendered); it goes once rendered. A cache keeps every one."""
+    copy, _ = _with_a_copy(root, tmp_path)
+    config = BuildConfig(
+        (SourceRequest(REGISTRY["kvasir_seg"], copy),), tmp_path / "out", progress=False,
+        batch_size=3,
+    )  # fmt: skip
     scratch: list[bool] = []
-    run_build(_config(root, tmp_path / "out"), run_render=_render_and_see_payloads(scratch))
-    assert len(scratch) > 3 and not any(scratch)
+    run_build(config, run_render=_render_and_see_payloads(scratch))
+    assert scratch == [False]
     cached: list[bool] = []  # a cache keeps them for the next build
-    config = _config(root, tmp_path / "cached", cache_dir=tmp_path / "cache")
+    config = replace(config, out=tmp_path / "cached", cache_dir=tmp_path / "cache")
     run_build(config, run_render=_render_and_see_payloads(cached))
-    assert len(cached) == len(scratch) and all(cached)
+    assert len(cached) == 3 and all(cached)
