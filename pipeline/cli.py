@@ -280,13 +280,17 @@ def _run_build_flow(
 ) -> dict:
     """The build-mmrs flow for the command's arguments (with workers started ahead)."""
     scratch = None
-    if _start_workers(args, partial(load_templates, config.templates_dir)):  # compiled early
+    started = _start_workers(args, partial(load_templates, config.templates_dir))  # compiled early
+    if started:
         scratch = _extract_ahead(args, config)
     try:
-        with long_lived():  # also matplotlib, for the card: imported while workers start
+        with long_lived():
             from flows import build_mmrs
 
-            from .release import plots  # noqa: F401
+            # matplotlib, for the card: while the workers start, where they do; else it is
+            # imported beside the last shards' writing (build/run.py).
+            if started:
+                from .release import plots  # noqa: F401
 
         _engine_errors_on_console(args.verbose)
         with without_heartbeats():

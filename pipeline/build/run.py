@@ -616,9 +616,7 @@ def _assemble(
         # Every batch is rendered: the figures of the rows' counts are drawn while the last
         # source's shards are written (the gallery needs the shards).
         summary.stats = Stats.total(result.stats for result in rendered)
-        from ..release.plots import write_count_plots  # matplotlib: only a build this far
-
-        counted.append(drawing.submit(write_count_plots, summary.stats, staging / "plots"))
+        counted.append(drawing.submit(_count_plots, summary.stats, staging / "plots"))
 
     reusable = config.cache_dir is not None
     results = run_render(render_batch, render_jobs()) if reusable else converted()
@@ -654,6 +652,14 @@ def _assemble(
         files[name] = file_digest(staging / name)
     _write_manifest(staging, config, templates, summary, files, shards, specs)
     return summary
+
+
+def _count_plots(stats: Stats, folder: Path) -> dict[str, Path]:
+    """The figures of the rows' counts; matplotlib is imported here, by the thread that
+    draws them, where a build has not imported it before (only a build this far needs it)."""
+    from ..release.plots import write_count_plots
+
+    return write_count_plots(stats, folder)
 
 
 def _write_specs(staging: Path, config: BuildConfig) -> dict[str, str]:
