@@ -183,6 +183,29 @@ def test_cases_are_let_go_once_their_batch_is_recorded(
     assert alive == [0] * len(alive)
 
 
+def test_a_build_without_a_cache_stores_no_pixels_between_extract_and_render(
+    demo_root: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """Each batch is converted at once: no payload is written; a build with a cache writes
+    one per batch (what a template change re-renders from)."""
+    from pipeline.build import stages
+
+    written: list[Path] = []
+    enter = stages.PayloadWriter.__enter__
+
+    def noted(writer):
+        written.append(writer.path)
+        return enter(writer)
+
+    monkeypatch.setattr(stages.PayloadWriter, "__enter__", noted)
+    config = _config(demo_root, tmp_path / "out", batch_size=4)
+    summary = build(config)
+    assert written == [] and summary.images > 4
+    build(replace(config, out=tmp_path / "cached", cache_dir=tmp_path / "cache"))
+    assert len(written) > 1
+    assert {p.parent for p in written} == {tmp_path / "cache" / "extract"}
+
+
 def _counted(source_name: str, found: list) -> object:
     """The registered source, noting in `found` each item it discovers."""
     source = REGISTRY[source_name]
