@@ -137,6 +137,19 @@ def _engine_errors_on_console(verbose: bool) -> None:
                 handler.addFilter(ENGINE_NOISE)
 
 
+def _flow_runner(args: argparse.Namespace) -> dict:
+    """The arguments build-mmrs and validate-mmrs share: who runs their tasks, with which
+    cache, and whether they show progress."""
+    return {
+        "workers": args.workers,
+        "runner": args.runner,
+        "dask_address": args.dask_address,
+        "cache": not args.no_cache,
+        "cache_dir": args.cache_dir,
+        "progress": not args.quiet,
+    }
+
+
 def _start_workers(args: argparse.Namespace, warm_up: Callable[[], object] | None = None) -> bool:
     """Start the worker processes before Prefect is imported: their start (and warm_up)
     overlaps that import. Whether they were (the build has a pool of them)."""
@@ -160,7 +173,9 @@ def _extract_ahead(
             discover(config), config.batch_size, store, scratch is None, config.png_level
         )
         ahead = list(islice(jobs, AHEAD_BATCHES * args.workers))
-        settings = render_settings(config, templates_digest(config.templates_dir))
+        if scratch is not None:  # converted at once, with the settings the flow makes
+            settings = render_settings(config, templates_digest(config.templates_dir))
+            converts = [ConvertJob(job, settings) for job in ahead]
     except BaseException:  # a data root of the wrong layout, templates that cannot be read
         if scratch is not None:
             scratch.cleanup()
@@ -168,7 +183,6 @@ def _extract_ahead(
     if scratch is None:
         start_ahead(args.workers, extract_batch, ahead, ExtractJob.same_batch)
     elif args.rewrite != "expand-templates":  # that one renders with templates yet to come
-        converts = [ConvertJob(job, settings) for job in ahead]
         start_ahead(args.workers, convert_batch, converts, ConvertJob.same_batch)
     return scratch
 
@@ -298,9 +312,6 @@ def _run_build_flow(
                 sources=sources,
                 out=args.out,
                 seed=args.seed,
-                workers=args.workers,
-                runner=args.runner,
-                dask_address=args.dask_address,
                 strict=args.strict,
                 split_ratios=args.split_ratios,
                 templates=args.templates,
@@ -308,12 +319,10 @@ def _run_build_flow(
                 batch_size=args.batch_size,
                 max_shard_bytes=args.max_shard_size,
                 png_level=args.png_level,
-                cache=not args.no_cache,
-                cache_dir=args.cache_dir,
-                progress=not args.quiet,
                 slice_axis=args.slice_axis,
                 slices=args.slices,
                 rewrite=args.rewrite,
+                **_flow_runner(args),
                 **llm,
             )
     finally:
@@ -332,15 +341,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     _engine_errors_on_console(args.verbose)
     with without_heartbeats():
-        result = validate_mmrs(
-            folder=args.folder,
-            workers=args.workers,
-            runner=args.runner,
-            dask_address=args.dask_address,
-            cache=not args.no_cache,
-            cache_dir=args.cache_dir,
-            progress=not args.quiet,
-        )
+        result = validate_mmrs(folder=args.folder, **_flow_runner(args))
     if args.json:
         print(json.dumps(result, indent=2))
     else:

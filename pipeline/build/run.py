@@ -402,10 +402,9 @@ def run_build(
     not replace an earlier build in config.out (it stays in the staging folder).
     """
     check_config(config)
-    converting = config.cache_dir is None  # extract and render at once (stages.convert_batch)
-    run_extract = run_extract or inline_runner(
-        config.progress, "convert" if converting else "extract"
-    )
+    # Without a cache, batches are extracted and rendered at once (stages.convert_batch).
+    first = "extract" if config.cache_dir is not None else "convert"
+    run_extract = run_extract or inline_runner(config.progress, first)
     run_render = run_render or inline_runner(config.progress, "render")
     run_rewrite = run_rewrite or inline_runner(config.progress, "rewrite")
     run_shards = run_shards or inline_runner(config.progress, "shards", "shard")
@@ -632,10 +631,10 @@ def _assemble(
         summary.sources[source.name].rows += result.stats.rows
         summary.images += result.images
     public = {r.source.name for r in config.sources if r.source.redistributable}
-    figures["gallery"] = staging / "plots" / "gallery.png"
-    from ..release.plots import gallery
+    from ..release.plots import write_gallery
 
-    gallery([staging / s["path"] for s in shards if s["source"] in public], figures["gallery"])
+    shown = [staging / s["path"] for s in shards if s["source"] in public]
+    figures["gallery"] = write_gallery(shown, staging / "plots")
     card = render_card(
         summary.as_dict(usage=False), [r.source for r in config.sources], config.seed,
         config.ratios, shards, templates.count(), _code_version(),

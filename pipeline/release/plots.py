@@ -130,9 +130,15 @@ def write_count_plots(stats: Stats, out: Path) -> dict[str, Path]:
     return figures
 
 
+def write_gallery(shown: list[Path], out: Path) -> Path:
+    """The gallery of rows from the `shown` shards into out/; returns its path."""
+    path = out / "gallery.png"
+    gallery(shown, path)
+    return path
+
+
 def write_plots(stats: Stats, out: Path, shown: list[Path]) -> dict[str, Path]:
     """Every figure into out/ (the gallery from the `shown` shards); returns them by name."""
     figures = write_count_plots(stats, out)
-    figures["gallery"] = out / "gallery.png"
-    gallery(shown, figures["gallery"])
+    figures["gallery"] = write_gallery(shown, out)
     return figures

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -55,11 +55,15 @@ def _compression() -> dict[str, str]:
     return {leaf: "none" if leaf in BYTES_LEAVES else "zstd" for leaf in leaves}
 
 
-def _distinct(values: list[bytes]) -> tuple[list[bytes], list[int]]:
-    """The distinct values (by content) in order of first use, and each value's index among
-    them. An image's rows share its bytes objects, so a value is looked up by identity
-    first, then compared only with values of its length: no value is hashed."""
-    distinct: list[bytes] = []
+Value = TypeVar("Value", bytes, pa.Buffer)
+
+
+def _distinct(values: list[Value]) -> tuple[list[Value], list[int]]:
+    """The distinct values (bytes, or Arrow buffers read in place) by content, in order of
+    first use, and each value's index among them. An image's rows share its bytes objects,
+    so a value is looked up by identity first, then compared only with values of its
+    length: no value is hashed."""
+    distinct: list[Value] = []
     by_object: dict[int, int] = {}
     by_length: dict[int, list[int]] = {}
     indices = []
@@ -227,46 +231,37 @@ def _used(dictionary: pa.Array, used: pa.Array) -> pa.Array:
     return dictionary.take(used)
 
 
-def _value(values: list[pa.Array], where: tuple[int, int]) -> pa.Buffer:
-    """The bytes of one value (chunk, place) of values, in place."""
-    return values[where[0]][where[1]].as_buffer()
-
-
 def _image_column(chunks: list[pa.StructArray], field: pa.Field) -> pa.StructArray:
     """An image column of rows taken from several row groups, as one dictionary array of its
     distinct values in order of first use.
 
     Each row group's dictionary holds distinct values (PartWriter), and values of rows not
-    taken. Only the values used are kept; one that another chunk uses too is found among
-    those of its length, so no value is hashed, and the distinct values are copied once
-    (not at all when the rows are one row group's or a run of one)."""
-    values, indices, paths = [], [], []
-    kept: list[tuple[int, int]] = []  # each distinct value: (chunk, place in its values)
-    by_length: dict[int, list[int]] = {}
-    for number, struct in enumerate(chunks):
+    taken. Only the values used are kept; one that another chunk uses too is found as
+    _distinct finds it (no value is hashed), and the distinct values are copied once (not
+    at all when the rows are one row group's or a run of one)."""
+    values, local, paths = [], [], []
+    for struct in chunks:
         data = struct.field("bytes")
         used = pc.unique(data.indices)  # in order of first use
         values.append(_used(data.dictionary, used))
-        final = []  # each used value's index among the distinct ones
-        for place, length in enumerate(pc.binary_length(values[-1]).to_pylist()):
-            same = by_length.setdefault(length, [])
-            value = values[-1][place].as_buffer()
-            found = next((k for k in same if _value(values, kept[k]).equals(value)), None)
-            if found is None:
-                found = len(kept)
-                kept.append((number, place))
-                same.append(found)
-            final.append(found)
-        local = pc.index_in(data.indices, value_set=used)
-        indices.append(pa.array(final, pa.int32()).take(local))
+        local.append(pc.index_in(data.indices, value_set=used))
         paths.append(struct.field("path"))
-    if len(values) == 1 and len(kept) == len(values[0]):
-        distinct = values[0]
-    elif len(kept) == sum(map(len, values)):  # no value used by two chunks
-        distinct = pa.concat_arrays(values)
+    places = [(chunk, place) for chunk, array in enumerate(values) for place in range(len(array))]
+    distinct, final = _distinct([values[chunk][place].as_buffer() for chunk, place in places])
+    first: dict[int, tuple[int, int]] = {}  # each distinct value: where it is first used
+    for where, index in zip(places, final, strict=True):
+        first.setdefault(index, where)
+    indices, start = [], 0
+    for array, within in zip(values, local, strict=True):
+        indices.append(pa.array(final[start : start + len(array)], pa.int32()).take(within))
+        start += len(array)
+    if len(values) == 1 and len(distinct) == len(values[0]):
+        kept = values[0]
+    elif len(distinct) == len(places):  # no value used by two chunks
+        kept = pa.concat_arrays(values)
     else:
-        distinct = pa.concat_arrays([values[chunk].slice(place, 1) for chunk, place in kept])
-    data = pa.DictionaryArray.from_arrays(pa.concat_arrays(indices), distinct)
+        kept = pa.concat_arrays([values[chunk].slice(place, 1) for chunk, place in first.values()])
+    data = pa.DictionaryArray.from_arrays(pa.concat_arrays(indices), kept)
     return pa.StructArray.from_arrays([data, pa.concat_arrays(paths)], fields=list(field.type))
 
 
