@@ -69,6 +69,7 @@ from .stages import (
     RenderJob,
     RenderSettings,
     ShardWriteJob,
+    ShardWritten,
     convert_batch,
     extract_batch,
     render_batch,
@@ -675,13 +676,15 @@ def _write_specs(staging: Path, config: BuildConfig) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class _Shard:
-    """A shard to write: its source and split, its job, and its images' checks (None when
-    not all were checked)."""
+    """A shard to write: its source and split, its job, its images' checks (None when not
+    all were checked), and the parts whose last images it takes (no later shard reads
+    them)."""
 
     source: SourceMeta
     split: str
     job: ShardWriteJob
     checks: list[ShardResult] | None
+    finished: tuple[Path, ...] = ()
 
 
 def _shard_jobs(
@@ -711,7 +714,8 @@ def _shard_jobs(
                         checks = None
                         continue
                     checks.append(part[0].checks[part[1]])
-                yield _Shard(sources[0], split, ShardWriteJob(pieces, store), checks)
+                finished = tuple(part.path for part, image in taken if image is part.images[-1])
+                yield _Shard(sources[0], split, ShardWriteJob(pieces, store), checks, finished)
 
 
 def _write_shards(
@@ -726,13 +730,21 @@ def _write_shards(
     data/<split>-<i>-of-<n>.parquet: moved from a store of this build only, else a file of
     its own (store.place_file: a reflink or a copy), so that no edit of an output reaches
     the cache. Record their hashes, and the checks made from their images', in the summary.
+    In a store of this build only, a part is removed once the shard that takes its last
+    images is written: the store holds the parts of the shards still to write, not every
+    part until the build ends.
 
     Returns the shards' content hashes and, per shard, its split, modality and source.
     """
     planned: list[_Shard] = []
     jobs = (shard.job for shard in _noted(_shard_jobs(batches, store, config.max_shard_bytes),
                                            planned))  # fmt: skip
-    written = list(run(write_shard_job, jobs))
+    written: list[ShardWritten] = []
+    for output in run(write_shard_job, jobs):  # in job order: every earlier shard is written
+        if config.cache_dir is None:
+            for part in planned[len(written)].finished:
+                part.unlink(missing_ok=True)
+        written.append(output)
     files: dict[str, str] = {}
     entries: list[dict[str, str]] = []
     for split in SPLITS:

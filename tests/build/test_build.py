@@ -398,6 +398,38 @@ def test_a_sources_shards_are_written_once_its_batches_are_rendered(
     assert events.count("shard") == len(_manifest(tmp_path / "out")["shards"])
 
 
+@pytest.mark.parametrize("cached", [True, False], ids=["cache", "no-cache"])
+def test_a_part_goes_once_its_last_images_are_in_a_written_shard(
+    demo_root: Path, tmp_path: Path, cached: bool
+) -> None:
+    """Without a cache, each shard finds the parts it takes from, and none that only
+    earlier shards took from. A cache keeps every part (a later build takes them)."""
+    seen: list[tuple[int, int]] = []  # per shard: parts taken before and not by it, alive
+
+    def shards(stage, jobs):
+        before: set[Path] = set()
+        for job in jobs:
+            taken = {path for path, _ in job.pieces}
+            alive = set(job.store.rglob("*.arrows"))
+            assert taken <= alive
+            seen.append((len(before - taken), len((before - taken) & alive)))
+            before |= taken
+            yield stage(job)
+
+    config = replace(
+        _config(demo_root, tmp_path / "out", batch_size=3, max_shard_bytes=150_000),
+        cache_dir=tmp_path / "cache" if cached else None,
+    )
+    summary = run_build(config, run_shards=shards)
+    assert validate(tmp_path / "out", checked=summary.checks).ok
+    assert len(seen) == len(_manifest(tmp_path / "out")["shards"])
+    assert sum(done for done, _ in seen) > 0  # parts were finished before the last shard
+    if cached:
+        assert all(alive == done for done, alive in seen)
+    else:
+        assert all(alive == 0 for _, alive in seen)
+
+
 def test_the_count_figures_are_drawn_while_the_last_shards_are_written(
     demo_root: Path, tmp_path: Path, monkeypatch
 ) -> None:
