@@ -208,9 +208,13 @@ class PRSMed(nn.Module):
 
         input_ids are LEFT-padded prompts, as `collate_prompts` gives them.
         """
-        mask_logits, _, embeds, _ = self.read_prompt(pixel_values, input_ids, attention_mask)
+        mask_logits, out, embeds, _ = self.read_prompt(pixel_values, input_ids, attention_mask)
         if self.preset.answers != "generate":
             return mask_logits, None
+        # generate goes on from the prompt's KV cache, less its last token: it reads at
+        # least one token past its cache (the prompt's last, then any mask tokens)
+        cache = out["cache"] if "cache" in out else out["past_key_values"]
+        cache.crop(-1)
         if self.mask_tokens:
             tokens = self.mask_embeddings(mask_logits).to(embeds.dtype)
             embeds = torch.cat([embeds, tokens], 1)
@@ -225,6 +229,7 @@ class PRSMed(nn.Module):
             num_beams=1,
             pad_token_id=self.lm.config.pad_token_id,
             eos_token_id=self.lm.config.eos_token_id,
+            **{self.cache_argument: cache},
         )
         return mask_logits, generated
 

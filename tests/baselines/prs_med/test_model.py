@@ -84,11 +84,13 @@ def test_a_row_gives_the_same_outputs_alone_and_batched_with_a_longer_row(tokeni
     assert torch.allclose(alone.mask_logits[0], mask_alone[0], atol=1e-5)
 
 
-def test_generation_reads_the_answer_as_training_does(tokenizer) -> None:
+@pytest.mark.parametrize("mask_tokens", [4, 0], ids=["mask-tokens", "papers-design"])
+def test_generation_reads_the_answer_as_training_does(tokenizer, mask_tokens: int) -> None:
     """Teacher forcing the greedy answer: each position's argmax is the generated token (the
-    mask tokens and positions are the same in both)."""
-    model = _model(tokenizer)
-    assert model.mask_tokens > 0
+    mask tokens and positions are the same in both; generation goes on from the prompt's
+    KV cache)."""
+    model = _model(tokenizer, mask_tokens=mask_tokens)
+    assert model.mask_tokens == mask_tokens
     pad = tokenizer.pad_token_id
     items = _items(tokenizer, model, QUESTIONS, torch.randn(2, 3, 128, 128))
     _, generated = _predict(model, items, pad)
