@@ -115,6 +115,14 @@ class BinaryMask:
     png: bytes | None  # the file itself when it already is a mask PNG (single-channel 0/255)
 
 
+def _one_frame(path: Path, image: Image.Image) -> None:
+    """A mask or label map file holds one frame: of several (an animated GIF, a multi-page
+    TIFF), which one is the mask is not known, so none is read."""
+    frames = getattr(image, "n_frames", 1)
+    if frames > 1:
+        raise PixelError(f"a mask must be one frame, the file holds {frames}", path)
+
+
 def read_mask(path: Path) -> BinaryMask:
     """Read a mask file as a boolean array.
 
@@ -125,6 +133,7 @@ def read_mask(path: Path) -> BinaryMask:
     """
     decoded = read_image(path)
     image = decoded.image
+    _one_frame(path, image)
     values = _raw_values(path, image)
     if image.mode in ("P", "1"):
         return BinaryMask(values > 0, None)
@@ -145,6 +154,7 @@ def read_binary_mask(path: Path) -> np.ndarray:
 def read_label_map(path: Path) -> np.ndarray:
     """Read a single-channel label map (palette indices or grey values) as integers."""
     image = read_image(path).image
+    _one_frame(path, image)
     if image.mode not in ("P", "L", "I", "I;16", "I;16B", "I;16L", "1"):
         raise PixelError(
             f"a label map must be single-channel or palette, got mode {image.mode!r}", path

@@ -90,6 +90,21 @@ def test_palette_masks_use_indices(tmp_path: Path) -> None:
     assert set(np.unique(labels)) == {0, 1, 2}
 
 
+@pytest.mark.parametrize("suffix", [".gif", ".tif"])
+def test_a_mask_file_of_several_frames_is_refused(tmp_path: Path, suffix: str) -> None:
+    """Which frame of an animated GIF or a multi-page TIFF is the mask is not known."""
+    frames = [Image.fromarray(_square()), Image.fromarray(_square()[:, ::-1].copy())]
+    path = tmp_path / f"m{suffix}"
+    frames[0].save(path, save_all=True, append_images=frames[1:])
+    for read in (read_mask, read_label_map):
+        with pytest.raises(
+            PixelError, match=f"m{suffix}: a mask must be one frame, the file holds 2"
+        ):
+            read(path)
+    frames[0].save(path)  # one frame: read as usual
+    assert np.array_equal(read_binary_mask(path), EXPECTED)
+
+
 def test_label_maps_must_be_lossless_single_channel(tmp_path: Path) -> None:
     Image.fromarray(np.stack([_square()] * 3, -1)).save(tmp_path / "rgb.png")
     with pytest.raises(PixelError, match="rgb.png: a label map must be single-channel"):
