@@ -52,7 +52,7 @@ def _open(path: Path, data: bytes, pixels: bool) -> tuple[Image.Image, tuple[int
     try:
         image = Image.open(io.BytesIO(data))
         size = image.size
-        if not pixels:
+        if not pixels and image.format in KEPT_FORMATS:  # its pixels are not encoded again
             image.draft(image.mode, (1, 1))  # JPEG: decode at the smallest DCT scale
         image.load()  # decode now: truncated and corrupt files fail here, not later
     except UnidentifiedImageError as exc:  # its message holds the buffer's repr
@@ -65,18 +65,26 @@ def _open(path: Path, data: bytes, pixels: bool) -> tuple[Image.Image, tuple[int
 
 
 def read_image(path: Path, pixels: bool = True) -> DecodedImage:
-    """Read and decode an image file; PixelError names the file when it is unreadable.
+    """Read and decode an image file; PixelError names the file when it is unreadable, or
+    holds several frames (an animated GIF, a multi-page TIFF: which one the case means is
+    not known; a camera's MPO is read as its first frame, its picture).
 
     pixels=False when only the file's soundness matters (its bytes are kept as they are):
     a JPEG is then decoded at 1/8 scale (libjpeg's DCT scaling), which still decodes all
     of its entropy-coded data, so a truncated file fails as it does in full, in about 70 %
-    of the time. Other formats are decoded in full either way.
+    of the time. Other formats are decoded in full either way, a camera's MPO (a JPEG with
+    a preview after it) included: its bytes are not kept, its pixels are encoded again.
     """
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise PixelError(f"cannot read file ({exc.strerror})", path) from exc
     image, (width, height) = _open(path, data, pixels)
+    frames = getattr(image, "n_frames", 1)
+    if frames > 1 and image.format != "MPO":  # a camera's MPO: its first frame is the picture
+        raise PixelError(
+            f"{frames} frames (animated or multi-page): which is meant is unknown", path
+        )
     return DecodedImage(data, image.format or "", width, height, image)
 
 
@@ -115,14 +123,6 @@ class BinaryMask:
     png: bytes | None  # the file itself when it already is a mask PNG (single-channel 0/255)
 
 
-def _one_frame(path: Path, image: Image.Image) -> None:
-    """A mask or label map file holds one frame: of several (an animated GIF, a multi-page
-    TIFF), which one is the mask is not known, so none is read."""
-    frames = getattr(image, "n_frames", 1)
-    if frames > 1:
-        raise PixelError(f"a mask must be one frame, the file holds {frames}", path)
-
-
 def read_mask(path: Path) -> BinaryMask:
     """Read a mask file as a boolean array.
 
@@ -133,7 +133,6 @@ def read_mask(path: Path) -> BinaryMask:
     """
     decoded = read_image(path)
     image = decoded.image
-    _one_frame(path, image)
     values = _raw_values(path, image)
     if image.mode in ("P", "1"):
         return BinaryMask(values > 0, None)
@@ -154,7 +153,6 @@ def read_binary_mask(path: Path) -> np.ndarray:
 def read_label_map(path: Path) -> np.ndarray:
     """Read a single-channel label map (palette indices or grey values) as integers."""
     image = read_image(path).image
-    _one_frame(path, image)
     if image.mode not in ("P", "L", "I", "I;16", "I;16B", "I;16L", "1"):
         raise PixelError(
             f"a label map must be single-channel or palette, got mode {image.mode!r}", path

@@ -57,6 +57,21 @@ def test_a_kept_image_keeps_its_own_bytes_whatever_the_level(tmp_path: Path) -> 
     assert one.image_bytes == other.image_bytes == case.image.read_bytes()
 
 
+def test_a_camera_mpo_is_encoded_again_at_its_full_size(tmp_path: Path) -> None:
+    """An MPO (a JPEG with a preview after it) is read as its first frame, in full: its
+    bytes are not kept, so its pixels are encoded again, never from a reduced decode."""
+    case = _case(tmp_path, ".png")
+    photo = Image.open(case.image)
+    mpo = tmp_path / "photo.jpg"
+    photo.save(mpo, format="MPO", save_all=True, append_images=[Image.new("RGB", (16, 12))])
+    case = replace(case, image=mpo)
+    (extracted,) = extract_case(case, _meta(3))
+    written = Image.open(io.BytesIO(extracted.image_bytes))
+    assert (written.format, written.size) == ("PNG", photo.size)
+    np.testing.assert_array_equal(np.asarray(written), np.asarray(Image.open(mpo)))
+    assert (extracted.width, extracted.height) == photo.size
+
+
 @pytest.mark.parametrize("level", ["10", "-1", "fast"])
 def test_a_level_outside_zlib_is_refused(level: str, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exit_:
