@@ -48,10 +48,24 @@ class DecodedImage:
     image: Image.Image  # decoded pixels (JPEG read with pixels=False: at 1/8 scale)
 
 
+def _frame_sizes(image: Image.Image) -> list[tuple[int, int]]:
+    """The size of each frame of an opened file (most files have one), back on the first."""
+    if getattr(image, "n_frames", 1) == 1:
+        return [image.size]
+    sizes = []
+    for frame in range(image.n_frames):
+        image.seek(frame)
+        sizes.append(image.size)
+    image.seek(0)
+    return sizes
+
+
 def _open(path: Path, data: bytes, pixels: bool) -> tuple[Image.Image, tuple[int, int]]:
     try:
         image = Image.open(io.BytesIO(data))
         size = image.size
+        # A camera's MPO: its first frame is the picture (the others, previews or views).
+        sizes = [size] if image.format == "MPO" else _frame_sizes(image)
         if not pixels and image.format in KEPT_FORMATS:  # its pixels are not encoded again
             image.draft(image.mode, (1, 1))  # JPEG: decode at the smallest DCT scale
         image.load()  # decode now: truncated and corrupt files fail here, not later
@@ -59,15 +73,19 @@ def _open(path: Path, data: bytes, pixels: bool) -> tuple[Image.Image, tuple[int
         raise PixelError("cannot decode image (not a known image format)", path) from exc
     except Image.DecompressionBombError as exc:
         raise PixelError(f"cannot decode image ({exc})", path) from exc
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise PixelError(f"cannot decode image ({exc})", path) from exc
+    if sizes.count(size) > 1:  # a thumbnail or a reduced level is not another picture
+        frames = f"{sizes.count(size)} frames of {size[0]}x{size[1]}"
+        raise PixelError(f"{frames} (animated or multi-page): which is meant is unknown", path)
     return image, size
 
 
 def read_image(path: Path, pixels: bool = True) -> DecodedImage:
-    """Read and decode an image file; PixelError names the file when it is unreadable, or
-    holds several frames (an animated GIF, a multi-page TIFF: which one the case means is
-    not known; a camera's MPO is read as its first frame, its picture).
+    """Read and decode an image file's first frame; PixelError names the file when it is
+    unreadable, or holds several frames of that size (an animated GIF, a stack in a TIFF:
+    which one the case means is not known). Smaller frames (a TIFF's thumbnail or reduced
+    levels) and a camera's MPO previews or views leave the first frame the picture.
 
     pixels=False when only the file's soundness matters (its bytes are kept as they are):
     a JPEG is then decoded at 1/8 scale (libjpeg's DCT scaling), which still decodes all
@@ -80,11 +98,6 @@ def read_image(path: Path, pixels: bool = True) -> DecodedImage:
     except OSError as exc:
         raise PixelError(f"cannot read file ({exc.strerror})", path) from exc
     image, (width, height) = _open(path, data, pixels)
-    frames = getattr(image, "n_frames", 1)
-    if frames > 1 and image.format != "MPO":  # a camera's MPO: its first frame is the picture
-        raise PixelError(
-            f"{frames} frames (animated or multi-page): which is meant is unknown", path
-        )
     return DecodedImage(data, image.format or "", width, height, image)
 
 

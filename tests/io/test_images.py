@@ -92,17 +92,21 @@ def test_palette_masks_use_indices(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("suffix", [".gif", ".tif"])
 def test_a_file_of_several_frames_is_refused(tmp_path: Path, suffix: str) -> None:
-    """Which frame of an animated GIF or a multi-page TIFF is the image or mask is not
-    known; a camera's MPO is its first frame."""
+    """Which frame of an animated GIF or a TIFF stack is the image or mask is not known; a
+    TIFF's thumbnail leaves its first frame the picture, and so do a camera MPO's views."""
     frames = [Image.fromarray(_square()), Image.fromarray(_square()[:, ::-1].copy())]
     path = tmp_path / f"m{suffix}"
     frames[0].save(path, save_all=True, append_images=frames[1:])
     for read in (read_image, read_mask, read_label_map):
-        with pytest.raises(PixelError, match=rf"m{suffix}: 2 frames \(animated or multi-page\)"):
+        with pytest.raises(PixelError, match=rf"m{suffix}: 2 frames of 40x40 \(animated"):
             read(path)
     frames[0].save(path)  # one frame: read as usual
     assert np.array_equal(read_binary_mask(path), EXPECTED)
-    photo = [Image.fromarray(np.stack([_square()] * 3, -1)), Image.new("RGB", (40, 40))]
+    if suffix == ".tif":  # with a thumbnail after it
+        frames[0].save(path, save_all=True, append_images=[frames[1].resize((10, 10))])
+        assert Image.open(path).n_frames == 2
+        assert np.array_equal(read_binary_mask(path), EXPECTED)
+    photo = [Image.fromarray(np.stack([_square()] * 3, -1)), Image.new("RGB", (40, 40))]  # views
     photo[0].save(tmp_path / "camera.mpo", save_all=True, append_images=photo[1:])
     decoded = read_image(tmp_path / "camera.mpo")
     assert (decoded.format, decoded.image.n_frames) == ("MPO", 2)
