@@ -765,12 +765,19 @@ def _arrange_montgomery(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return expected
 
 
-def test_montgomery_lungs_get_the_patients_sides(tmp_path: Path) -> None:
+@pytest.mark.parametrize("scale", [1, 16, 257], ids=["8-bit", "12-bit", "16-bit"])
+def test_montgomery_lungs_get_the_patients_sides(tmp_path: Path, scale: int) -> None:
     """The adapter declares PA films in radiological display: every left lung is the
     patient's left, every right lung the patient's right (found from the mediastinum:
-    these films are cropped to the thorax, so no body outline is seen whole)."""
+    these films are cropped to the thorax, so no body outline is seen whole). Films of
+    more than 8 bits are read at their own depth (not clipped at 255: white)."""
     root = tmp_path / "MontgomerySet"
     expected = _arrange_montgomery(root)
+    if scale > 1:
+        for film in (root / "CXR_png").glob("*.png"):
+            grey = np.asarray(Image.open(film)).astype(np.uint16)
+            Image.fromarray(grey * np.uint16(scale)).save(film)
+            assert Image.open(film).mode.startswith("I")
     source = REGISTRY["montgomery"]
     cases = [c for c in source.discover(root) if isinstance(c, Case)]
     assert len(cases) == len(expected)

@@ -14,7 +14,14 @@ import hashlib
 import numpy as np
 
 from ..geometry.patient import frame_2d, radiograph_frame
-from ..io.images import KEPT_FORMATS, encode_png, read_image, read_label_map, read_mask
+from ..io.images import (
+    KEPT_FORMATS,
+    encode_png,
+    grey_levels,
+    read_image,
+    read_label_map,
+    read_mask,
+)
 from ..sources.base import Case
 from .cases import CaseError, ExtractedCase, SourceMeta, analyse_targets, label_layers
 
@@ -86,7 +93,7 @@ def extract_image(case: Case, source: SourceMeta) -> ExtractedCase:
         files = ", ".join(f.path.name for f in case.masks)
         raise CaseError(f"empty mask for {', '.join(empty)} ({files})")
 
-    grey = display.apply(np.asarray(decoded.image.convert("L"))) if frame_of else None
+    grey = display.apply(grey_levels(decoded.image)) if frame_of else None
     found = frame_of(grey) if frame_of else None
     if display.changes_pixels:
         image_bytes = encode_png(display.apply(np.asarray(decoded.image)), source.png_level)

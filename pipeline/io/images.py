@@ -115,13 +115,23 @@ def _pixels(image: Image.Image) -> np.ndarray:
     return flat.reshape(image.height, image.width)
 
 
+DEEP_MODES = ("I;16", "I;16B", "I;16L", "I", "F")  # single-channel, more than 8 bits
+
+
+def grey_levels(image: Image.Image) -> np.ndarray:
+    """An image's grey levels for finding the body in it: a 16-bit or float image's own
+    values (8-bit grey would clip them at 255: a 12-bit film turns white), any other
+    through Pillow's convert("L")."""
+    return np.asarray(image if image.mode in DEEP_MODES else image.convert("L"))
+
+
 def _raw_values(path: Path, image: Image.Image) -> np.ndarray:
     """Single-channel values of a mask: palette indices, 0/1 for 1-bit, grey otherwise."""
     if image.mode in ("P", "L"):
         return _pixels(image)
     if image.mode == "1":
         return np.asarray(image, dtype=np.uint8)
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+    if image.mode in DEEP_MODES:
         return np.asarray(image)
     if image.mode in ("RGB", "RGBA", "LA", "CMYK", "YCbCr", "PA", "La", "RGBa"):
         return np.asarray(image.convert("L"))
