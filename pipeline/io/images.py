@@ -191,9 +191,23 @@ def read_label_map(path: Path) -> np.ndarray:
 PNG_LEVEL = 3
 
 
+def _png_ready(image: Image.Image) -> Image.Image:
+    """The image as PNG holds it losslessly: 32-bit integers within 16 bits as 16-bit grey;
+    values beyond, or floating-point ones, are refused (PNG holds at most 16-bit integers)."""
+    if image.mode == "F":
+        raise PixelError("floating-point pixels: a PNG cannot hold them losslessly")
+    if image.mode != "I":
+        return image
+    values = np.asarray(image)
+    low, high = (int(values.min()), int(values.max())) if values.size else (0, 0)
+    if low < 0 or high > 65535:
+        raise PixelError(f"32-bit pixels from {low} to {high}: a PNG holds 0 to 65535 at most")
+    return Image.fromarray(values.astype(np.uint16))
+
+
 def encode_png(pixels: np.ndarray | Image.Image, compress_level: int = PNG_LEVEL) -> bytes:
-    """Encode pixels as PNG (deterministic bytes for the same pixels)."""
-    image = pixels if isinstance(pixels, Image.Image) else Image.fromarray(pixels)
+    """Encode pixels as PNG, losslessly (deterministic bytes for the same pixels)."""
+    image = _png_ready(pixels if isinstance(pixels, Image.Image) else Image.fromarray(pixels))
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", compress_level=compress_level)
     return buffer.getvalue()

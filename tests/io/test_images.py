@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ from PIL import Image
 from pipeline.io.images import (
     PixelError,
     decode_mask,
+    encode_png,
     read_binary_mask,
     read_image,
     read_label_map,
@@ -111,6 +113,20 @@ def test_a_file_of_several_frames_is_refused(tmp_path: Path, suffix: str) -> Non
     decoded = read_image(tmp_path / "camera.mpo")
     assert (decoded.format, decoded.image.n_frames) == ("MPO", 2)
     assert np.asarray(decoded.image).max() > 200  # the first frame: the square, not black
+
+
+def test_deep_pixels_are_encoded_losslessly_or_refused() -> None:
+    """PNG holds at most 16-bit integers: 32-bit ones within that range are written as
+    16-bit grey, others and floating-point pixels are refused rather than cut."""
+    values = np.random.default_rng(0).integers(0, 65536, (30, 40), dtype=np.int32)
+    written = Image.open(io.BytesIO(encode_png(Image.fromarray(values))))
+    assert written.mode == "I;16"
+    np.testing.assert_array_equal(np.asarray(written), values)
+    values[0, 0], values[0, 1] = -1, 70000
+    with pytest.raises(PixelError, match="32-bit pixels from -1 to 70000: a PNG holds 0 to"):
+        encode_png(Image.fromarray(values))
+    with pytest.raises(PixelError, match="floating-point pixels"):
+        encode_png(Image.fromarray(values.astype(np.float32)))
 
 
 def test_label_maps_must_be_lossless_single_channel(tmp_path: Path) -> None:
