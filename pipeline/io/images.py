@@ -146,18 +146,42 @@ class BinaryMask:
     png: bytes | None  # the file itself when it already is a mask PNG (single-channel 0/255)
 
 
+def _palette_foreground(image: Image.Image, indices: np.ndarray) -> np.ndarray:
+    """A palette mask's foreground: its non-zero indices (0 the background, as in a label
+    image) where its palette starts with black or uses a colour that is not a grey. A
+    palette of greys that starts with another (white first, as some writers order it) is
+    read as grey, so that a white lesion on black is the lesion in either order."""
+    palette = image.getpalette("RGB") or []
+    if palette[:3] in ([], [0, 0, 0]):  # the usual order: black (a background) first
+        return indices > 0
+    greys = {}
+    for _, index in sorted(image.getcolors(256), key=lambda used: used[1]):
+        colour = palette[3 * index : 3 * index + 3]
+        if len(colour) < 3 or len(set(colour)) > 1:
+            return indices > 0  # colours: a class per index
+        greys[index] = colour[0]
+    cut = BINARY_THRESHOLD if max(greys.values(), default=0) > BINARY_THRESHOLD else 0
+    foreground = [index for index, grey in greys.items() if grey > cut]
+    table = np.zeros(256, dtype=bool)
+    table[foreground] = True
+    return table[indices]
+
+
 def read_mask(path: Path) -> BinaryMask:
     """Read a mask file as a boolean array.
 
-    Palette and 1-bit masks: foreground is any non-zero index. Others are read as grey
-    (RGB via Pillow's convert("L")): foreground is grey > 127, which survives lossy JPEG
-    masks; masks whose values never exceed 127 (0/1 masks, label values) use > 0 instead,
-    except JPEG masks, whose low values are compression noise.
+    1-bit masks: foreground is 1. Palette masks: any non-zero index, unless the palette
+    is of greys and does not start with black (_palette_foreground): then as grey.
+    Others are read as grey (RGB via Pillow's convert("L")): foreground is grey > 127,
+    which survives lossy JPEG masks; masks whose values never exceed 127 (0/1 masks, label
+    values) use > 0 instead, except JPEG masks, whose low values are compression noise.
     """
     decoded = read_image(path)
     image = decoded.image
     values = _raw_values(path, image)
-    if image.mode in ("P", "1"):
+    if image.mode == "P":
+        return BinaryMask(_palette_foreground(image, values), None)
+    if image.mode == "1":
         return BinaryMask(values > 0, None)
     if image.format == "JPEG" or values.max(initial=0) > BINARY_THRESHOLD:
         pixels = values > BINARY_THRESHOLD

@@ -129,6 +129,21 @@ def test_deep_pixels_are_encoded_losslessly_or_refused() -> None:
         encode_png(Image.fromarray(values.astype(np.float32)))
 
 
+def test_a_black_and_white_palette_means_the_same_in_either_order(tmp_path: Path) -> None:
+    """A white lesion on black is the lesion whether the palette lists black or white
+    first; class colours keep their indices (0 the background)."""
+    lesion = EXPECTED
+    for first, second, indices in (
+        ((0, 0, 0), (255, 255, 255), lesion),  # black first: the lesion is index 1
+        ((255, 255, 255), (0, 0, 0), ~lesion),  # white first: the lesion is index 0
+        ((255, 255, 255), (200, 0, 0), lesion),  # a white background, a red class 1
+    ):
+        image = Image.fromarray(indices.astype(np.uint8), mode="P")
+        image.putpalette([*first, *second] + [0] * 762)
+        image.save(tmp_path / "p.png")
+        assert np.array_equal(read_binary_mask(tmp_path / "p.png"), lesion), (first, second)
+
+
 def test_label_maps_must_be_lossless_single_channel(tmp_path: Path) -> None:
     Image.fromarray(np.stack([_square()] * 3, -1)).save(tmp_path / "rgb.png")
     with pytest.raises(PixelError, match="rgb.png: a label map must be single-channel"):
