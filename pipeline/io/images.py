@@ -133,9 +133,21 @@ def _raw_values(path: Path, image: Image.Image) -> np.ndarray:
         return np.asarray(image, dtype=np.uint8)
     if image.mode in DEEP_MODES:
         return np.asarray(image)
-    if image.mode in ("RGB", "RGBA", "LA", "CMYK", "YCbCr", "PA", "La", "RGBa"):
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        return _over_black(image)
+    if image.mode in ("RGB", "CMYK", "YCbCr"):
         return np.asarray(image.convert("L"))
     raise PixelError(f"unsupported mask mode {image.mode!r}", path)
+
+
+def _over_black(image: Image.Image) -> np.ndarray:
+    """The grey of a mask with an alpha channel as it shows over black: a mask drawn as
+    opaque strokes on a transparent ground (white, say, everywhere, the lesion in the
+    alpha alone) is its strokes, not the whole image."""
+    grey, alpha = np.moveaxis(np.asarray(image.convert("LA")), -1, 0)
+    if alpha.min() == 255:  # opaque: the grey as it is
+        return grey
+    return ((grey.astype(np.uint16) * alpha + 127) // 255).astype(np.uint8)
 
 
 @dataclass(frozen=True)

@@ -144,6 +144,19 @@ def test_a_black_and_white_palette_means_the_same_in_either_order(tmp_path: Path
         assert np.array_equal(read_binary_mask(tmp_path / "p.png"), lesion), (first, second)
 
 
+def test_a_mask_in_the_alpha_channel_is_read_as_it_shows_over_black(tmp_path: Path) -> None:
+    """White everywhere, the lesion opaque on a transparent ground: the lesion, not the
+    whole image; an opaque RGBA mask reads as its grey."""
+    drawn = np.full((40, 40, 4), 255, np.uint8)
+    drawn[..., 3] = _square()
+    Image.fromarray(drawn, "RGBA").save(tmp_path / "a.png")
+    assert np.array_equal(read_binary_mask(tmp_path / "a.png"), EXPECTED)
+    Image.fromarray(drawn[..., [3, 3, 3]], "RGB").convert("RGBA").save(tmp_path / "o.png")
+    assert np.array_equal(read_binary_mask(tmp_path / "o.png"), EXPECTED)
+    Image.fromarray(drawn[..., 2:], "LA").save(tmp_path / "la.png")
+    assert np.array_equal(read_binary_mask(tmp_path / "la.png"), EXPECTED)
+
+
 def test_label_maps_must_be_lossless_single_channel(tmp_path: Path) -> None:
     Image.fromarray(np.stack([_square()] * 3, -1)).save(tmp_path / "rgb.png")
     with pytest.raises(PixelError, match="rgb.png: a label map must be single-channel"):
