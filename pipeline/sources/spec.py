@@ -176,12 +176,9 @@ def load_spec(spec_path: Path) -> SourceInfo:
         for path in matched:
             if path.is_symlink() and not path.exists():  # a dangling link or a link loop
                 yield broken(name, path, _case_id(data_root, path))
-        used: set[Path] = set()
+        used: set[Path] = set()  # the masks an image's pattern found, even one it cannot use
         for image in images:
-            case = _case(data_root, image)
-            if isinstance(case, Case):
-                used.update(m.path for m in case.masks)
-            yield case
+            yield _case(data_root, image, used)
         # Masks the pattern can reach that no image claimed.
         reachable = _glob(
             data_root, _GLOB_CHARS.sub("*", masks_pattern.format(stem="*", name="*", parent="**"))
@@ -190,7 +187,9 @@ def load_spec(spec_path: Path) -> SourceInfo:
             if mask not in used and mask not in images:
                 yield Problem(name, mask, "mask has no image", stem(mask))
 
-    def _case(data_root: Path, image: Path) -> Discovered:
+    def _case(data_root: Path, image: Path, used: set[Path]) -> Discovered:
+        """The image's case, or why it is none; the mask files found go into used (an image
+        that is a problem reports its masks with it, not as masks without an image)."""
         relative = image.relative_to(data_root)
         parent = relative.parent.as_posix()
         pattern = masks_pattern.format(
@@ -204,6 +203,7 @@ def load_spec(spec_path: Path) -> SourceInfo:
                 f"{relative.as_posix()} (as {pattern!r})"
             )
         masks = [m for m in _glob(data_root, pattern) if m != image]
+        used.update(masks)
         case_id = _case_id(data_root, image)
         if not masks:
             return Problem(name, image, f"image has no mask (looked for {pattern!r})", case_id)

@@ -236,3 +236,21 @@ def test_images_that_are_links_to_nowhere_are_problems(tmp_path: Path) -> None:
         ("images/a/loop", "symbolic link loop (following it never reaches a file)"),
     ]
     assert [f.case_id for f in found if isinstance(f, Case)] == ["images/a/x"]
+
+
+def test_an_image_that_is_a_problem_reports_its_masks_with_it(tmp_path: Path) -> None:
+    """A case refused at discovery (here: no patient id) is one problem, its mask no
+    second one ("mask has no image"); a mask without any image still is one."""
+    for name in ("P1_a", "b", "orphan"):
+        if name != "orphan":
+            _write(tmp_path / "images" / f"{name}.png", np.zeros((8, 8), np.uint8))
+        _write(tmp_path / "masks" / f"{name}.png", np.full((8, 8), 255, np.uint8))
+    spec = _spec(tmp_path, 'name: s\nmodality: ct\nimages: "images/*.png"\n'
+                 'masks: "masks/{stem}.png"\ntarget: t\n'
+                 'patient_id_regex: "^images/(?P<patient_id>P\\\\d+)_"\n')  # fmt: skip
+    found = list(load_spec(spec).discover(tmp_path))
+    assert [f.case_id for f in found if isinstance(f, Case)] == ["images/P1_a"]
+    assert [(f.case_id, f.reason) for f in found if isinstance(f, Problem)] == [
+        ("images/b", "patient_id_regex does not match the image path"),
+        ("orphan", "mask has no image"),
+    ]
