@@ -20,6 +20,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
+from pipeline.io.images import as_rgb
+
 from .prompt import IGNORE, encode_example
 
 # SAM's pixel statistics (0-255 RGB): pretrained encoders expect them, random ones don't mind.
@@ -67,7 +69,7 @@ def _check_pixels(dataset, folder: str | Path, split: str) -> None:
 
 def image_array(image: Image.Image, size: int) -> np.ndarray:
     """An image as the encoder's normalised (3, size, size) float32 input."""
-    rgb = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+    rgb = as_rgb(image).resize((size, size), Image.Resampling.BILINEAR)
     pixels = (np.asarray(rgb, dtype=np.float32) - PIXEL_MEAN) / PIXEL_STD
     return np.ascontiguousarray(pixels.transpose(2, 0, 1))
 

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from pipeline.geometry.facts import compute_facts
+from pipeline.io.images import as_rgb
 
 from ..scoring.metrics import binarise, resize_prob
 from .checkpoint import load_checkpoint
@@ -90,7 +91,7 @@ def overlay(image: Image.Image, mask: np.ndarray) -> Image.Image:
     """The image with the mask tinted red and its outline drawn."""
     from scipy import ndimage
 
-    rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
+    rgb = np.asarray(as_rgb(image), dtype=np.float32)
     tinted = rgb.copy()
     tinted[mask] = 0.6 * rgb[mask] + 0.4 * np.array([255, 0, 0], dtype=np.float32)
     edge = mask & ~ndimage.binary_erosion(mask)

@@ -23,6 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
+from pipeline.io.images import as_rgb  # noqa: E402
 from pipeline.qa.templates import FAMILIES  # noqa: E402
 
 from .answers import Row, as_mask, consistent, row_mask, score_answer  # noqa: E402
@@ -383,7 +384,7 @@ def overlay(
     answer below it. Masks are boolean (or 0/255) at the image's size; images narrower
     than OVERLAY_MIN_WIDTH are enlarged by a whole factor (nearest)."""
     picture = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
-    picture = picture.convert("RGB")
+    picture = as_rgb(picture)
     scale = max(1, math.ceil(OVERLAY_MIN_WIDTH / picture.width))
     size = (picture.width * scale, picture.height * scale)
     canvas = np.array(picture.resize(size, Image.Resampling.NEAREST))

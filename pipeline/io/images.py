@@ -118,6 +118,17 @@ def _pixels(image: Image.Image) -> np.ndarray:
 DEEP_MODES = ("I;16", "I;16B", "I;16L", "I", "F")  # single-channel, more than 8 bits
 
 
+def as_rgb(image: Image.Image) -> Image.Image:
+    """An image as 8-bit RGB, to show or to feed a model: a 16-bit or float grey image
+    stretched over its own range first (Pillow's conversion clips it at 255: white)."""
+    if image.mode not in DEEP_MODES:
+        return image.convert("RGB")
+    values = np.asarray(image, dtype=np.float64)
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    scaled = (values - low) * (255 / (high - low)) if high > low else np.zeros_like(values)
+    return Image.fromarray(np.rint(scaled).astype(np.uint8)).convert("RGB")
+
+
 def grey_levels(image: Image.Image) -> np.ndarray:
     """An image's grey levels for finding the body in it: a 16-bit or float image's own
     values (8-bit grey would clip them at 255: a 12-bit film turns white), any other

@@ -21,6 +21,7 @@ from matplotlib.ticker import FuncFormatter  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from ..geometry.facts import ZONES  # noqa: E402
+from ..io.images import as_rgb  # noqa: E402
 from .stats import SIZE_BINS, Stats  # noqa: E402
 
 THUMBNAIL = 256  # gallery pixels per side, at most
@@ -95,7 +96,7 @@ def gallery(shards: list[Path], path: Path, count: int = 6) -> None:
                                     ha="center", va="center")  # fmt: skip
         np.atleast_1d(axes)[0].axis("off")
     for axis, row in zip(np.atleast_1d(axes), rows, strict=False):
-        image = Image.open(io.BytesIO(row["image"]["bytes"])).convert("RGB")
+        image = as_rgb(Image.open(io.BytesIO(row["image"]["bytes"])))
         image.thumbnail((THUMBNAIL, THUMBNAIL))  # small figures need small pixels
         mask_image = Image.open(io.BytesIO(row["mask"]["bytes"]))
         mask = np.asarray(mask_image.resize(image.size, Image.Resampling.NEAREST)) > 127

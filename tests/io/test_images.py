@@ -11,6 +11,7 @@ from PIL import Image
 
 from pipeline.io.images import (
     PixelError,
+    as_rgb,
     decode_mask,
     encode_png,
     read_binary_mask,
@@ -155,6 +156,22 @@ def test_a_mask_in_the_alpha_channel_is_read_as_it_shows_over_black(tmp_path: Pa
     assert np.array_equal(read_binary_mask(tmp_path / "o.png"), EXPECTED)
     Image.fromarray(drawn[..., 2:], "LA").save(tmp_path / "la.png")
     assert np.array_equal(read_binary_mask(tmp_path / "la.png"), EXPECTED)
+
+
+def test_a_deep_image_is_shown_over_its_own_range() -> None:
+    """A 12-bit film stretched to 8 bits (Pillow alone would clip it at 255: white); an
+    8-bit image as Pillow converts it."""
+    film = np.add.outer(np.arange(40), np.arange(60)).astype(np.uint16) * 40 + 100  # to 4000
+    shown = np.asarray(as_rgb(Image.fromarray(film)))
+    assert shown.shape == (40, 60, 3)
+    assert (shown[0, 0, 0], shown[-1, -1, 0]) == (0, 255)
+    assert len(np.unique(shown)) > 90  # the gradient, not white
+    np.testing.assert_array_equal(np.argsort(shown[..., 0].ravel(), kind="stable"),
+                                  np.argsort(film.ravel(), kind="stable"))  # fmt: skip
+    flat = Image.fromarray(np.full((4, 4), 3000, np.uint16))
+    assert np.asarray(as_rgb(flat)).max() == 0  # one value: nothing to stretch
+    grey = Image.fromarray(_square())
+    assert np.array_equal(np.asarray(as_rgb(grey)), np.asarray(grey.convert("RGB")))
 
 
 def test_label_maps_must_be_lossless_single_channel(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -215,3 +216,17 @@ def test_a_checkpoint_from_before_mask_tokens_loads_as_the_papers_design(
     pad = tokenizer.pad_token_id
     before, after = _predict(model, items, pad), _predict(loaded, items, pad)
     assert torch.equal(before[0], after[0]) and before[1].tolist() == after[1].tolist()
+
+
+def test_a_deep_image_reaches_the_encoder_as_its_8_bit_film() -> None:
+    """A 12-bit film (values x16) is the same input as its 8-bit film: stretched over its
+    range, not clipped white at 255."""
+    from PIL import Image
+
+    from baselines.prs_med.data import image_array
+
+    film = np.add.outer(np.arange(32), np.arange(32)).astype(np.uint8) * 4  # 0..248
+    film[0, 0], film[-1, -1] = 0, 255
+    deep = Image.fromarray(film.astype(np.uint16) * 16)
+    assert deep.mode == "I;16"
+    np.testing.assert_allclose(image_array(deep, 32), image_array(Image.fromarray(film), 32))
