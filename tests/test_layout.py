@@ -16,7 +16,7 @@ WINGS = {
     "qa": {"geometry"},
     "sources": {"io", "geometry"},
     "checks": {"io", "geometry", "qa"},
-    "release": {"geometry", "sources", "checks"},
+    "release": {"io", "geometry", "sources", "checks"},
     "shards": {"checks", "release"},
     "llm": {"geometry", "qa", "shards"},
     "build": {"io", "geometry", "qa", "sources", "checks", "release", "shards", "llm"},
