@@ -190,6 +190,9 @@ def load_spec(spec_path: Path) -> SourceInfo:
     def _case(data_root: Path, image: Path, used: set[Path]) -> Discovered:
         """The image's case, or why it is none; the mask files found go into used (an image
         that is a problem reports its masks with it, not as masks without an image)."""
+        if image in used:  # an earlier image's mask, which `images` matches too
+            reason = "a mask of another image, matched by `images` too (leave it out: exclude)"
+            return Problem(name, image, reason, _case_id(data_root, image))
         relative = image.relative_to(data_root)
         parent = relative.parent.as_posix()
         pattern = masks_pattern.format(

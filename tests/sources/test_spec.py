@@ -254,3 +254,17 @@ def test_an_image_that_is_a_problem_reports_its_masks_with_it(tmp_path: Path) ->
         ("images/b", "patient_id_regex does not match the image path"),
         ("orphan", "mask has no image"),
     ]
+
+
+def test_masks_that_images_matches_too_are_named_as_such(tmp_path: Path) -> None:
+    """Masks beside their images, and an `images` glob that takes them too: each is one
+    problem that says what it is and how to leave it out."""
+    _write(tmp_path / "imgs" / "a.png", np.zeros((8, 8), np.uint8))
+    _write(tmp_path / "imgs" / "a_mask.png", np.full((8, 8), 255, np.uint8))
+    spec = _spec(tmp_path, 'name: s\nmodality: ct\nimages: "imgs/*.png"\n'
+                 'masks: "imgs/{stem}_mask.png"\ntarget: t\n')  # fmt: skip
+    found = list(load_spec(spec).discover(tmp_path))
+    assert [f.case_id for f in found if isinstance(f, Case)] == ["imgs/a"]
+    assert [(f.case_id, f.reason) for f in found if isinstance(f, Problem)] == [
+        ("imgs/a_mask", "a mask of another image, matched by `images` too (leave it out: exclude)")
+    ]
