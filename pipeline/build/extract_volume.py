@@ -28,10 +28,9 @@ from ..geometry.slicing import (
     pixel_spacing,
     resize,
     square_shape,
-    to_grey,
     window_range,
 )
-from ..io.images import encode_png
+from ..io.images import encode_png, to_grey
 from ..io.volumes import (
     GeometryError,
     in_scanner_coordinates,

@@ -293,16 +293,6 @@ def window_range(window: Window, volume: np.ndarray, modality: str) -> tuple[flo
     return float(low), float(high)
 
 
-def to_grey(pixels: np.ndarray, low: float, high: float) -> np.ndarray:
-    """Window a slice to uint8; NaN and infinite voxels become black; a flat window black."""
-    values = pixels.astype(np.float32)
-    if high <= low:
-        return np.zeros(values.shape, dtype=np.uint8)
-    scaled = (values - low) * (255.0 / (high - low))
-    scaled = np.nan_to_num(scaled, nan=0.0, posinf=0.0, neginf=0.0)
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
-
-
 def body_threshold(volume: np.ndarray, modality: str) -> float:
     """Body/background threshold: -500 HU for CT in HU, else Otsu (padding ignored)."""
     sample = volume[:: max(1, volume.shape[0] // MIDLINE_SLICES), ::2, ::2]

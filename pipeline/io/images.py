@@ -118,15 +118,25 @@ def _pixels(image: Image.Image) -> np.ndarray:
 DEEP_MODES = ("I;16", "I;16B", "I;16L", "I", "F")  # single-channel, more than 8 bits
 
 
+def to_grey(pixels: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Window pixels to uint8; NaN and infinite values become black; a flat window black."""
+    values = pixels.astype(np.float32)
+    if high <= low:
+        return np.zeros(values.shape, dtype=np.uint8)
+    scaled = (values - low) * (255.0 / (high - low))
+    scaled = np.nan_to_num(scaled, nan=0.0, posinf=0.0, neginf=0.0)
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
 def as_rgb(image: Image.Image) -> Image.Image:
     """An image as 8-bit RGB, to show or to feed a model: a 16-bit or float grey image
-    stretched over its own range first (Pillow's conversion clips it at 255: white)."""
+    windowed over its own (finite) range first (Pillow's conversion clips it at 255)."""
     if image.mode not in DEEP_MODES:
         return image.convert("RGB")
-    values = np.asarray(image, dtype=np.float64)
-    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
-    scaled = (values - low) * (255 / (high - low)) if high > low else np.zeros_like(values)
-    return Image.fromarray(np.rint(scaled).astype(np.uint8)).convert("RGB")
+    values = np.asarray(image)
+    finite = values[np.isfinite(values)]
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    return Image.fromarray(to_grey(values, low, high)).convert("RGB")
 
 
 def grey_levels(image: Image.Image) -> np.ndarray:

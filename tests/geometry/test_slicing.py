@@ -259,7 +259,8 @@ def test_four_d_volume_needs_a_channel(tmp_path: Path) -> None:
 
 
 def test_windows_constant_and_nan_volumes(tmp_path: Path) -> None:
-    from pipeline.geometry.slicing import parse_window, to_grey, window_range
+    from pipeline.geometry.slicing import parse_window, window_range
+    from pipeline.io.images import to_grey
 
     ct = np.array([[[-1000.0, 40.0, 240.0, np.nan]]])
     low, high = window_range(parse_window("abdomen"), ct, "ct")
