@@ -73,7 +73,8 @@ class ExtractedCase:
     slice_axis: str | None = None
     slice_index: int | None = None
     spacing_mm: tuple[float, float, float] | None = None  # column, row, slice
-    # The case's slices that could not be written, (slice index, why): a series' gaps
+    # The case's slices that could not be written, (slice index, why): a series' gaps, and
+    # slices whose image is the same as an earlier slice's (one image, one set of rows)
     left_out: tuple[tuple[int, str], ...] = ()
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 from collections.abc import Mapping
+from dataclasses import replace
 
 import numpy as np
 
@@ -157,6 +158,8 @@ def extract_volume(case: Case, source: SourceMeta) -> list[ExtractedCase]:
             windows[window] = window_range(window, oriented.view, source.modality)
 
     slices: list[ExtractedCase] = []
+    first: dict[str, int] = {}  # each image id: the slice that made it first
+    identical: list[tuple[int, str]] = []  # later slices with the same image, left out
     for index in chosen:
         pixels = display_slice(oriented.view, axis_name, index)
         shape = square_shape(pixels.shape, row_mm, col_mm)
@@ -179,6 +182,11 @@ def extract_volume(case: Case, source: SourceMeta) -> list[ExtractedCase]:
             grey = resize(to_grey(pixels, *windows[window]), shape, nearest=False)
             image_bytes = encode_png(grey, source.png_level)
             image_id = hashlib.sha256(image_bytes).hexdigest()
+            source_index = oriented.source_index(axis, index)
+            if image_id in first:  # one image, one set of rows: the first slice's
+                identical.append((source_index, _identical(source, case, first[image_id])))
+                continue
+            first[image_id] = source_index
             asked = {t: masks[t] for t in targets}
             slices.append(
                 ExtractedCase(
@@ -192,9 +200,8 @@ def extract_volume(case: Case, source: SourceMeta) -> list[ExtractedCase]:
                         asked, frame, seen, image_id, display_names=source.display_names
                     ),
                     slice_axis=axis_name,
-                    slice_index=oriented.source_index(axis, index),
+                    slice_index=source_index,
                     spacing_mm=(finest, finest, slice_mm),
-                    left_out=missing,
                 )
             )
     if not slices:
@@ -202,4 +209,9 @@ def extract_volume(case: Case, source: SourceMeta) -> list[ExtractedCase]:
             f"no slice of {case.image.name} has a target covering "
             f"{settings.slices.min_pixels} pixels or more"
         )
-    return slices
+    left_out = (*missing, *identical)
+    return [replace(item, left_out=left_out) for item in slices]
+
+
+def _identical(source: SourceMeta, case: Case, index: int) -> str:
+    return f"identical image already converted as {source.name}/{case.case_id} (slice {index})"

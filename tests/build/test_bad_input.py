@@ -341,3 +341,33 @@ def test_slices_shared_by_two_series_are_left_out_and_reported(tmp_path: Path) -
         cases_of.setdefault(row["image_id"], set()).add(row["case_id"])
     assert all(len(cases) == 1 for cases in cases_of.values())
     assert validate(out).ok
+
+
+def test_slices_of_one_volume_with_the_same_image_keep_the_first(tmp_path: Path) -> None:
+    """Slices whose windowed image is the same (repeated slices, a constant region): one
+    image, one set of rows, the first slice's; each later one reported with its slice."""
+    pytest.importorskip("SimpleITK")
+    import phantoms
+    import pyarrow.parquet as pq
+
+    image, labels = phantoms.phantom_arrays()
+    hu = (image - 200).astype(np.int16)
+    hu[15] = hu[16] = hu[14]  # the lesion spans slices 13..20
+    phantoms.write(phantoms.to_image(hu), tmp_path / "images" / "p1.nii.gz")
+    phantoms.write(phantoms.to_image(labels), tmp_path / "labels" / "p1.nii.gz")
+    spec = tmp_path / "ct.yaml"
+    spec.write_text(
+        "name: ct\nmodality: ct\nimages: images/*.nii.gz\nmasks: labels/{name}\n"
+        "labels: {1: lesion}\nwindow: abdomen\nslices: {mode: all, negatives: 0}\n"
+    )
+    out = tmp_path / "out"
+    summary = build(BuildConfig((SourceRequest(load_spec(spec), tmp_path),), out, progress=False))
+    assert (summary.sources["ct"].converted, summary.images) == (1, 6)
+    reason = "identical image already converted as ct/images/p1 (slice 14)"
+    reported = [(e["slice_axis"], e["slice_index"], e["status"], e["reason"]) for e in _errors(out)]
+    assert reported == [("axial", index, "skipped", reason) for index in (15, 16)]
+    rows = [r for s in sorted((out / "data").glob("*.parquet")) for r in pq.read_table(
+        s, columns=["row_id", "slice_index"]).to_pylist()]  # fmt: skip
+    assert sorted({r["slice_index"] for r in rows}) == [13, 14, 17, 18, 19, 20]
+    assert len({r["row_id"] for r in rows}) == len(rows)
+    assert validate(out).ok
