@@ -239,6 +239,25 @@ def test_dcmqi_dicom_series_nrrd_labels_and_seg(tmp_path: Path) -> None:
         assert liver.patient_side == same.patient_side
 
 
+@pytest.mark.parametrize("name", ["00_liver.dcm", "zz_liver.dcm"])
+def test_a_dicom_seg_in_its_series_folder_is_read_beside_the_slices(
+    tmp_path: Path, name: str
+) -> None:
+    """A SEG stored among the slices it segments (sorted before or after them) is not a
+    second series of the folder: the case reads as with the SEG kept apart."""
+    series = tmp_path / "ct"
+    shutil.copytree(DCMQI / "ct-3slice", series)
+    shutil.copy(DCMQI / "liver.dcm", series / name)
+    common = {"modality": "ct", "window": "abdomen", "slices": {"mode": "all"}}
+    beside = _spec(tmp_path, "beside", images="ct/", masks=f"ct/{name}", **common)
+    (inside,) = _extract(beside, tmp_path).values()
+    apart = _spec(tmp_path, "apart", images="ct-3slice/", masks="liver.dcm", **common)
+    (alone,) = _extract(apart, DCMQI).values()
+    assert [i.image_id for i in inside] == [i.image_id for i in alone]
+    for a, b in zip(inside, alone, strict=True):
+        assert [t.mask_png for t in a.targets] == [t.mask_png for t in b.targets]
+
+
 def test_dicom_seg_of_another_series_is_refused(tmp_path: Path) -> None:
     from pipeline.io.images import PixelError
 

@@ -17,6 +17,8 @@ import numpy as np
 from .images import PixelError
 
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+# DICOM files that are not slices: a DICOMDIR (an index) and a DICOM-SEG (masks)
+OTHER_KINDS = ("1.2.840.10008.1.3.10", SEG_SOP_CLASS)
 POSITION_TOLERANCE_MM = 0.01
 
 
@@ -52,14 +54,30 @@ def segment_labels(path: Path) -> dict[int, str]:
 
 
 def _series_uid(image_path: Path) -> str | None:
+    """The series of an image's slices (a SEG beside them in the folder is not one)."""
     pydicom = import_pydicom()
     files = sorted(image_path.iterdir()) if image_path.is_dir() else [image_path]
     for file in files:
         try:
-            return str(pydicom.dcmread(file, stop_before_pixels=True).SeriesInstanceUID)
+            header = pydicom.dcmread(file, stop_before_pixels=True)
+            if str(header.get("SOPClassUID", "")) not in OTHER_KINDS:
+                return str(header.SeriesInstanceUID)
         except Exception:  # noqa: BLE001 - skip files that are not DICOM
             continue
     return None
+
+
+def not_slices(paths: list[str]) -> bool:
+    """Whether every file is DICOM that holds no slice (a DICOM-SEG, a DICOMDIR)."""
+    pydicom = import_pydicom()
+    for path in paths:
+        try:
+            header = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception:  # noqa: BLE001 - not DICOM: not one of these either
+            return False
+        if str(header.get("SOPClassUID", "")) not in OTHER_KINDS:
+            return False
+    return True
 
 
 def _frame_item(dataset, frame: int, name: str, path: Path):

@@ -17,11 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .dicomseg import SEG_SOP_CLASS, import_pydicom
+from .dicomseg import OTHER_KINDS, import_pydicom
 from .images import PixelError
 
-# DICOM files that are not slices: a DICOMDIR (an index) and a DICOM-SEG (masks)
-OTHER_KINDS = ("1.2.840.10008.1.3.10", SEG_SOP_CLASS)
 # Slice positions agree when within this (mm) or this fraction of the spacing, whichever is
 # larger: positions are written with a few decimals.
 POSITION_TOLERANCE_MM = 0.01

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .dicomseg import is_seg, read_seg
+from .dicomseg import is_seg, not_slices, read_seg
 from .dicomseries import Gaps, check_series
 from .images import PixelError
 from .nifti import NiftiError, check_nifti
@@ -54,7 +54,13 @@ def is_volume(path: Path) -> bool:
 
 def _series_files(folder: Path, allow_gaps: bool = False) -> tuple[list[str], Gaps | None]:
     sitk = _sitk()
-    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    series = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    if len(series) > 1:  # a DICOM-SEG beside the slices is a series of its own to GDCM
+        series = [
+            uid
+            for uid in series
+            if not not_slices(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))
+        ]
     if not series:
         raise PixelError("no DICOM series found", folder)
     if len(series) > 1:
