@@ -22,6 +22,7 @@ from typing import BinaryIO
 import numpy as np
 
 CHUNK = 1 << 22  # bytes read at a time: the file is never held whole
+HEADER_BYTES = 544  # read before the header is parsed: NIfTI-2's 540 and its extension flag
 GZIP = 16 + zlib.MAX_WBITS  # zlib's gzip mode: header, deflate data, CRC-32 and length
 # NIfTI datatype codes of floats -> numpy kind (the values ITK would zero when non-finite)
 FLOATS = {16: "f4", 64: "f8"}
@@ -91,6 +92,20 @@ def _chunks(path: Path) -> Iterator[bytes]:
             raise NiftiError(f"corrupt gzip stream ({exc})") from exc
 
 
+def _headed(chunks: Iterator[bytes], first: int) -> Iterator[bytes]:
+    """The same bytes, the first chunk at least `first` long (or all there is): a gzip
+    stream of several members may end its first one within the header."""
+    head = b""
+    for chunk in chunks:
+        head += chunk
+        if len(head) >= first:
+            yield head
+            yield from chunks
+            return
+    if head:
+        yield head
+
+
 def _inflated(stream: BinaryIO) -> Iterator[bytes]:
     """The members of a gzip stream, inflated, each checked whole (zlib checks its CRC and
     length). Bytes after the last member that do not start another are ignored, as zlib's
@@ -124,10 +139,10 @@ def check_nifti(path: Path) -> np.ndarray | None:
     header: NiftiHeader | None = None
     size, pending, voxel = 0, b"", 0
     dtype, flags = None, None
-    for chunk in _chunks(path):
+    for chunk in _headed(_chunks(path), HEADER_BYTES):
         start, size = size, size + len(chunk)
         if header is None:
-            header = _parse(chunk[:544])
+            header = _parse(chunk[:HEADER_BYTES])
             kind = FLOATS.get(header.datatype)
             dtype = np.dtype(header.byteorder + kind) if kind else None
         if dtype is None or size <= header.vox_offset:

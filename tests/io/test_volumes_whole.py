@@ -61,10 +61,14 @@ def test_a_nifti_that_is_not_whole_is_refused_with_the_reason(tmp_path: Path) ->
         assert caught.value.path == path and str(path) not in caught.value.problem
     assert read_volume(_damaged(tmp_path, "whole.nii.gz", packed)).GetSize() == (72, 60, 24)
     # Whole data with bytes after the gzip stream (as zlib, ITK's reader, ignores them), in
-    # two gzip members, or with a wrong bitpix (the datatype sizes the voxels): read.
+    # gzip members (the first may end within the header), or with a wrong bitpix (the
+    # datatype sizes the voxels): read.
     for name, data in {
         "padded.nii.gz": packed + b"trailing bytes",
         "members.nii.gz": gzip.compress(raw[:1000]) + gzip.compress(raw[1000:]),
+        "short.nii.gz": b"".join(
+            gzip.compress(raw[a:b]) for a, b in ((0, 200), (200, 400), (400, None))
+        ),
         "bitpix.nii": raw[:72] + (0).to_bytes(2, "little") + raw[74:],
     }.items():
         assert read_volume(_damaged(tmp_path, name, data)).GetSize() == (72, 60, 24), name
