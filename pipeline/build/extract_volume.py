@@ -36,6 +36,7 @@ from ..io.volumes import (
     GeometryError,
     in_scanner_coordinates,
     missing_slices,
+    orientation_known,
     read_labels,
     read_volume,
     voxel_view,
@@ -147,9 +148,10 @@ def extract_volume(case: Case, source: SourceMeta) -> list[ExtractedCase]:
         _leave_out(case, missing, geometry[2], axis_name, oriented, areas)
     chosen = settings.slices.choose(areas, oriented.view.shape[axis])
     threshold = body_threshold(oriented.view, source.modality)
-    body = midline(oriented, threshold)
+    known = orientation_known(case.image, image)  # else no side: the patient's left is unknown
+    body = midline(oriented, threshold) if known else None
     outlines = VolumeBody(oriented, threshold)
-    scanner = in_scanner_coordinates(case.image, image)
+    scanner = known and in_scanner_coordinates(case.image, image)
     row_mm, col_mm, slice_mm = pixel_spacing(oriented, axis_name)
     windows = {}
     for target in areas:

@@ -173,6 +173,33 @@ def missing_slices(image) -> tuple[tuple[int, str], ...]:
     return tuple((int(k), str(why)) for k, why in json.loads(image.GetMetaData(MISSING_SLICES)))
 
 
+# NRRD `space` values that name the patient's axes (teem writes the long forms)
+ANATOMICAL_NRRD_SPACES = {
+    f"{space}{time}"
+    for space in ("right-anterior-superior", "left-anterior-superior", "left-posterior-superior")
+    for time in ("", "-time")
+}
+
+
+def orientation_known(path: Path, image) -> bool:
+    """Whether the file says how its axes lie in the patient: not a NIfTI whose qform and
+    sform codes are both 0 (NIfTI's "no particular spatial orientation"), nor an NRRD
+    without an anatomical `space`; SimpleITK gives both an identity direction, which would
+    pass for LPS. DICOM, MetaImage (whose world is LPS) and the others: known."""
+    name = path.name.lower()
+    if name.endswith((".nii", ".nii.gz")):
+        codes = {
+            image.GetMetaData(key)
+            for key in ("qform_code_name", "sform_code_name")
+            if image.HasMetaDataKey(key)
+        }
+        return bool(codes - {"NIFTI_XFORM_UNKNOWN"})
+    if name.endswith((".nrrd", ".nhdr")):
+        space = image.GetMetaData("NRRD_space") if image.HasMetaDataKey("NRRD_space") else ""
+        return space.lower() in ANATOMICAL_NRRD_SPACES
+    return True
+
+
 def in_scanner_coordinates(path: Path, image) -> bool:
     """Whether physical x = 0 is the scanner's (table) centre: DICOM, or a NIfTI whose
     transform in use is marked scanner-anatomical. Other formats do not say.

@@ -140,6 +140,41 @@ def test_right_lesion_is_right_and_slice_index_is_the_source_files(tmp_path: Pat
     assert only.slice_index == int(np.argmax(areas))
 
 
+def _without_orientation(array: np.ndarray, path: Path) -> None:
+    """The phantom array (LPS [S, P, L]) in a file that says nothing of the patient's axes:
+    a NIfTI with qform and sform codes 0, or an NRRD with spacings but no space."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.name.endswith(".nii.gz"):
+        import nibabel as nib
+
+        nifti = nib.Nifti1Image(np.ascontiguousarray(array.transpose(2, 1, 0)), None)
+        nifti.header.set_zooms(phantoms.SPACING)
+        nifti.set_qform(None, code=0)
+        nifti.set_sform(None, code=0)
+        nib.save(nifti, str(path))
+        return
+    kind = {"int16": "short", "uint8": "unsigned char"}[array.dtype.name]
+    header = (
+        f"NRRD0004\ntype: {kind}\ndimension: 3\nsizes: {' '.join(map(str, array.shape[::-1]))}"
+        f"\nspacings: {' '.join(map(str, phantoms.SPACING))}\nendian: little\nencoding: raw\n\n"
+    )
+    path.write_bytes(header.encode() + array.astype(f"<{array.dtype.str[1:]}").tobytes())
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd"])
+def test_a_file_without_the_patients_axes_gives_no_side(tmp_path: Path, suffix: str) -> None:
+    """SimpleITK reads such a file with an identity direction, which would pass for LPS:
+    its lesion (on the left in LPS, on the right by NIfTI's own default) has no side."""
+    image, labels = phantoms.phantom_arrays()
+    _without_orientation(image, tmp_path / "images" / f"p1{suffix}")
+    _without_orientation(labels, tmp_path / "labels" / f"p1{suffix}")
+    spec = _spec(tmp_path, f"images/*{suffix}", "labels/{name}", slices="{mode: all}")
+    slices = _slices(tmp_path, spec)
+    assert any(t.facts.present for s in slices for t in s.targets)
+    assert {t.patient_side for s in slices for t in s.targets} == {None}
+    assert all(t.frame is None for s in slices for t in s.targets)
+
+
 def test_crop_without_body_is_null_unless_scanner_coordinates_make_it_certain(
     tmp_path: Path,
 ) -> None:
