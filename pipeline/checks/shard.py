@@ -194,6 +194,11 @@ def _with_pixels(table: pa.Table, rows: list[dict[str, Any]]) -> tuple[list, lis
             continue
         if mask_sizes[m] != image_sizes[i]:
             problems.append(f"mask {mask_sizes[m]} and image {image_sizes[i]} differ")
+        if (row["width"], row["height"]) != image_sizes[i]:
+            problems.append(
+                f"width x height is {row['width']} x {row['height']}; the image is "
+                f"{image_sizes[i][0]} x {image_sizes[i][1]}"
+            )
         derived = mask_rows[m]
         for column in FACT_COLUMNS:
             if derived[column] != row[column] and not _same(derived[column], row[column]):
@@ -303,6 +308,7 @@ def check_table(
         elif row["row_id"] in row_ids:
             part.violations.append(f"{label}: row_id appears twice")
         row_ids.add(row["row_id"])
+        problems += [f"no {key}" for key in ("case_id", "patient_id") if not row[key]]
         if part.withheld and not re.fullmatch(r"[0-9a-f]{64}", row["image_id"] or ""):
             problems.append("image_id is not a SHA-256")
         patients.add((row["source"], row["patient_id"]))

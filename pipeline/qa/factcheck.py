@@ -17,7 +17,7 @@ import re
 
 from ..geometry.facts import ZONES, Facts
 from .names import named_side, readable_name
-from .templates import LETTERS, NUMBER_WORDS, location_zones
+from .templates import FAMILIES, LETTERS, NUMBER_WORDS, location_zones
 
 _QUADRANT = re.compile(r"\b(upper|lower) (left|right) quadrant\b")
 _ZONE = re.compile(r"\b(?:(upper|middle|lower) (left|center|right)|center)\b")
@@ -158,8 +158,12 @@ def check_answer(
     row asks about; `name` the target's name in the text (`target`, the source's, when
     None). The side a name carries must agree with `patient_side` where both are known.
     """
+    if question_type not in FAMILIES:  # no family's checks would read its answer
+        return [f"unknown question_type {question_type!r}"]
     named = named_side(name or target)
     problems: list[str] = []
+    if options is not None and question_type != "multiple_choice":
+        problems.append(f"options on a {question_type} row (only multiple choice has them)")
     if named is not None and patient_side is not None and patient_side != named:
         problems.append(f"the {name or target} is named {named} but patient_side is {patient_side}")
     blanked = (target, name or readable_name(target), relation[0] if relation else None)
@@ -178,6 +182,12 @@ def check_answer(
             problems.append("negative answer does not say the target is absent")
         if zones_in(answer) or quadrants_in(answer):
             problems.append("negative answer states a position")
+        if sizes_in(answer):
+            problems.append(f"negative answer states a size {sizes_in(answer)}")
+        if any(numbers_in(answer)):
+            problems.append(f"negative answer states a count {numbers_in(answer)}")
+        if yes_no_in(answer) == "yes":
+            problems.append("negative answer says yes")
         return problems
     if not facts.present:
         return [*problems, f"{question_type} row but the mask is empty"]

@@ -241,3 +241,41 @@ def test_a_manifest_that_names_paths_outside_the_folder_is_refused(folder: Path)
     manifest["counts"]["busi"]["rows"] = "many"
     _write_manifest(folder, manifest)
     assert validate(folder).violations == ["manifest.json: counts.busi.rows must be int, not str"]
+
+
+def _set(**values: object) -> Callable[[dict], None]:
+    def edit(row: dict) -> None:
+        for key, value in values.items():
+            row[key] = value.format(**row) if isinstance(value, str) else value
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("question_type", "edit", "named"),
+    [
+        # a false count under a type no family checks
+        ("count", _set(question_type="counting", answer="There are seven."),
+         "unknown question_type 'counting'"),
+        ("count", _set(question_type=None, answer="There are seven."),
+         "unknown question_type None"),
+        # a negative row (empty mask) whose answer asserts the target after all
+        ("negative", _set(answer="Yes, a large {target} is present, not a small one."),
+         "negative answer says yes"),
+        ("negative", _set(answer="Three {target} regions are visible, none of them tiny."),
+         "negative answer states a count [3]"),
+        ("position", _set(options=["upper left", "center", "lower left", "upper right"]),
+         "options on a position row"),
+        ("position", _set(width=9999, height=1), "width x height is 9999 x 1; the image is"),
+        ("position", _set(patient_id=None), "no patient_id"),
+        ("position", _set(case_id=""), "no case_id"),
+    ],
+)  # fmt: skip
+def test_row_columns_that_state_what_the_image_does_not_are_named(
+    folder: Path, question_type: str, edit: Callable[[dict], None], named: str
+) -> None:
+    shard, row_id = _edit_rows(folder, question_type, edit)
+    result = validate(folder)
+    assert any(v.startswith(f"{shard} row {row_id}") and named in v for v in result.violations), (
+        result.violations
+    )
