@@ -25,7 +25,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..checks.folder import validate
+from ..checks.folder import ValidationResult, validate
 from ..checks.manifest import ManifestError, read_manifest
 from ..schema import IMAGE_COLUMNS, schema_with_features
 from ..store import StoreError, file_digest, place_file
@@ -157,6 +157,8 @@ def plan_upload(folder: Path, scratch: Path, rights: bool = False) -> list[Uploa
         [] if rights else [s for s in sources.values() if s.get("redistributable") is not True]
     )
     blocked = {s["name"] for s in restricted}
+    if restricted:  # the staged set holds their rows without pixels: check them with theirs
+        _valid(folder, validate(folder), "the folder does not validate")
     repo = scratch / "repo"
     missing = [name for name in manifest["files"] if not (folder / name).is_file()]
     if missing:
@@ -204,14 +206,16 @@ def plan_upload(folder: Path, scratch: Path, rights: bool = False) -> list[Uploa
     public = _public_manifest(manifest, files, withheld)
     (repo / "manifest.json").write_text(json.dumps(public, indent=2) + "\n")
     uploads.append(Upload("manifest.json", repo / "manifest.json", "for the files uploaded"))
-    result = validate(repo)
+    _valid(folder, validate(repo), "the files to upload do not validate")
+    return sorted(uploads, key=lambda u: u.path_in_repo)
+
+
+def _valid(folder: Path, result: ValidationResult, what: str) -> None:
     if not result.ok:
         quoted = "; ".join(result.violations[:REPORTED])
         raise PublishError(
-            f"{folder}: the files to upload do not validate ({result.violation_count} "
-            f"violation(s): {quoted}); nothing was sent"
+            f"{folder}: {what} ({result.violation_count} violation(s): {quoted}); nothing was sent"
         )
-    return sorted(uploads, key=lambda u: u.path_in_repo)
 
 
 def publish(

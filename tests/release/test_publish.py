@@ -17,6 +17,7 @@ from pipeline.checks.folder import validate
 from pipeline.demo import write_kvasir, write_montgomery
 from pipeline.release.publish import PublishError, publish, strip_pixels
 from pipeline.sources import REGISTRY, load_spec
+from pipeline.store import file_digest
 
 huggingface_hub = pytest.importorskip("huggingface_hub")
 
@@ -209,7 +210,31 @@ def test_a_set_that_does_not_validate_is_not_sent(built, hub, tmp_path) -> None:
     shard = next(s["path"] for s in manifest["shards"] if s["source"] == "kvasir_seg")
     with (folder / shard).open("ab") as handle:  # a shard whose pixels would be stripped
         handle.write(b"\0")
-    with pytest.raises(PublishError, match=f"{shard}: content differs from the manifest's hash"):
+    unreadable = f"{Path(shard).name}: not a readable Parquet file"
+    with pytest.raises(PublishError, match=f"the folder does not validate .*{unreadable}"):
+        publish(folder, "someone/mmrs")
+    assert hub == []
+
+
+def test_a_withheld_shard_is_validated_with_its_pixels_before_anything_is_sent(
+    built, hub, tmp_path
+) -> None:
+    """Rows whose mask is another image's agree with their own fact columns: only their
+    pixels, which the upload leaves out, show them false."""
+    folder = tmp_path / "copy"
+    shutil.copytree(built, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    name = next(s["path"] for s in manifest["shards"] if s["source"] == "kvasir_seg")
+    table = pq.read_table(folder / name)
+    rows = table.to_pylist()
+    other = next(r["mask"] for r in rows if r["image_id"] != rows[0]["image_id"])
+    for row in rows:
+        if row["image_id"] == rows[0]["image_id"]:
+            row["mask"] = other
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), folder / name)
+    manifest["files"][name] = file_digest(folder / name)
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    with pytest.raises(PublishError, match="the folder does not validate"):
         publish(folder, "someone/mmrs")
     assert hub == []
 
