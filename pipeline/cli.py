@@ -610,6 +610,9 @@ def main(argv: list[str] | None = None) -> int:
     except (BuildError, ValueError, OSError) as exc:  # the traceback: -v (Prefect's log)
         print(f"mmrs: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: what the command wrote beside its output is gone
+        print("mmrs: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

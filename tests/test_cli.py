@@ -117,6 +117,24 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "pipeline.cli", "build", "-q", *args]
 
 
+def test_ctrl_c_is_one_line_and_exit_status_130(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline import cli
+
+    def interrupted(args) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_build", interrupted)
+    data = write_kvasir(tmp_path, 1, size=(40, 40))
+    try:
+        status = cli.main(["build", "--source", f"kvasir_seg={data}", "--out", str(tmp_path)])
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C reached the shell as a traceback")
+    assert status == 130
+    assert capsys.readouterr().err == "mmrs: interrupted\n"
+
+
 def test_errors_inside_the_flow_are_one_line_unless_verbose(
     tmp_path: Path, prefect_api: str
 ) -> None:
