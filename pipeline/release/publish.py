@@ -147,7 +147,9 @@ def _link(local: Path, staged: Path) -> None:
 
 def plan_upload(folder: Path, scratch: Path, rights: bool = False) -> list[Upload]:
     """Stage every file of the commit under scratch/repo as the Hub will hold it (pixels
-    removed where the licence rule says so), validate that set, and return it."""
+    removed where the licence rule says so; the folder validated in full first, as the
+    staged set checks withheld rows without their pixels), validate that set, and return
+    it."""
     try:
         manifest = read_manifest(folder)
     except ManifestError as exc:
