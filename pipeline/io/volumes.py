@@ -301,7 +301,7 @@ def read_labels(path: Path, reference, image_path: Path, channel: int | None = N
         slack = max(reference.GetSpacing()) + GRID_TOLERANCE_MM
         if (low < ref_low - slack).any() or (high > ref_high + slack).any():
             raise GeometryError(
-                f"{path.name} does not lie within its image: labels {describe_grid(labels)}; "
+                f"{path} does not lie within its image: labels {describe_grid(labels)}; "
                 f"image {describe_grid(reference)}"
             )
         labels = sitk.Resample(labels, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
