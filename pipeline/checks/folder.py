@@ -61,6 +61,7 @@ from .shard import (
     unpacked,
 )
 
+SLICE_COLUMNS = ("slice_axis", "slice_index", "spacing_mm")  # a volume slice's, else null
 SHARD_NAME = re.compile(r"(?P<split>[a-z]+)-(?P<index>\d{5})-of-(?P<total>\d{5})\.parquet")
 MAX_REPORTED = 50  # violations listed in full; all are counted
 
@@ -190,6 +191,23 @@ def _check_files(folder: Path, manifest: dict[str, Any], result: ValidationResul
             result.add(f"{name}: content differs from the manifest's hash")
 
 
+def _slice_columns(parquet: pq.ParquetFile, volume: bool) -> list[str]:
+    """Rows of a volume source have every slice column, rows of a 2D source none."""
+    table = parquet.read(columns=["row_id", *SLICE_COLUMNS])
+    nulls = [table.column(name).null_count for name in SLICE_COLUMNS]
+    if nulls == ([0] * 3 if volume else [table.num_rows] * 3):
+        return []  # every row as it should be: no row read one by one
+    problems = []
+    for row in table.to_pylist():
+        given = [name for name in SLICE_COLUMNS if row[name] is not None]
+        if volume and len(given) < len(SLICE_COLUMNS):
+            problems.append(f"row {row['row_id']}: a volume slice's row without all of "
+                            f"{list(SLICE_COLUMNS)}")  # fmt: skip
+        elif not volume and given:
+            problems.append(f"row {row['row_id']}: {given} on a row of a 2D source")
+    return problems
+
+
 def validate(
     folder: Path,
     progress: bool = False,
@@ -224,6 +242,7 @@ def validate(
         result.add(f"{name}: in the manifest's shards, missing from the folder")
     withheld = withheld_sources(manifest)
     source_of = {s["path"]: s["source"] for s in manifest["shards"]}
+    volumes = {s["name"]: s.get("volume") is not None for s in manifest["config"]["sources"]}
     jobs: list[ShardJob] = []
     files = manifest["files"]
     complete = (manifest.get("withheld") or {}).get("shards", {})
@@ -244,6 +263,10 @@ def validate(
         if not parquet.schema_arrow.remove_metadata().equals(SCHEMA):
             result.add(f"{shard.name}: schema differs from the row contract")
             continue
+        source = source_of.get(f"data/{shard.name}")
+        if source in volumes:
+            for problem in _slice_columns(parquet, volumes[source]):
+                result.add(f"{shard.name} {problem}")
         sha256 = (known_hashes or {}).get(file_identity(shard))
         held = source_of.get(f"data/{shard.name}") in withheld
         jobs.append(ShardJob(shard, name["split"], store, sha256, held))

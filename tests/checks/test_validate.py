@@ -268,6 +268,8 @@ def _set(**values: object) -> Callable[[dict], None]:
          "options on a position row"),
         ("position", _set(width=9999, height=1), "width x height is 9999 x 1; the image is"),
         ("position", _set(patient_id=None), "no patient_id"),
+        ("position", _set(slice_axis="axial", slice_index=3, spacing_mm=[1.0, 1.0, 1.0]),
+         "['slice_axis', 'slice_index', 'spacing_mm'] on a row of a 2D source"),
         ("position", _set(case_id=""), "no case_id"),
     ],
 )  # fmt: skip
@@ -279,3 +281,25 @@ def test_row_columns_that_state_what_the_image_does_not_are_named(
     assert any(v.startswith(f"{shard} row {row_id}") and named in v for v in result.violations), (
         result.violations
     )
+
+
+def test_a_volume_slices_row_without_its_slice_is_named(tmp_path: Path) -> None:
+    pytest.importorskip("SimpleITK")
+    import phantoms
+
+    from pipeline.sources.spec import load_spec
+
+    image, labels = phantoms.phantom_arrays()
+    phantoms.write(phantoms.to_image(image), tmp_path / "images" / "p1.nii.gz")
+    phantoms.write(phantoms.to_image(labels), tmp_path / "labels" / "p1.nii.gz")
+    spec = tmp_path / "mr.yaml"
+    spec.write_text(
+        "name: mr\nmodality: mri\nimages: images/*.nii.gz\nmasks: labels/{name}\n"
+        "labels: {1: lesion}\n"
+    )
+    out = tmp_path / "out"
+    build(BuildConfig((SourceRequest(load_spec(spec), tmp_path),), out, progress=False))
+    assert validate(out).ok
+    shard, row_id = _edit_rows(out, "position", _set(slice_index=None))
+    named = f"{shard} row {row_id}: a volume slice's row without all of"
+    assert any(v.startswith(named) for v in validate(out).violations)
