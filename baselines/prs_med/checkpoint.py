@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .model import PRSMed, build_model
@@ -25,6 +26,7 @@ from .presets import Preset
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
+TOKENIZER = "tokenizer.json"  # what tokenizer.save_pretrained writes for a fast tokenizer
 STATE = "training_state.pt"
 FORMAT = "mmrs-prs-med/1"
 
@@ -68,7 +70,12 @@ def read_config(folder: Path) -> dict[str, Any]:
     path = Path(folder) / CONFIG
     if not path.is_file():
         raise FileNotFoundError(f"{folder}: not a baseline checkpoint (no {CONFIG})")
-    config = json.loads(path.read_text())
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not JSON ({exc})") from exc
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: not a baseline checkpoint (not a JSON object)")
     if config.get("format") != FORMAT:
         raise ValueError(f"{path}: not a baseline checkpoint (format {config.get('format')!r})")
     return config
@@ -76,7 +83,11 @@ def read_config(folder: Path) -> dict[str, Any]:
 
 def load_weights(model: PRSMed, folder: Path) -> None:
     """Load a checkpoint's weights into a model built from the same preset."""
-    weights = load_file(Path(folder) / WEIGHTS)
+    path = Path(folder) / WEIGHTS
+    try:
+        weights = load_file(path)
+    except (SafetensorError, OSError) as exc:
+        raise ValueError(f"{path}: cannot read the weights ({exc})") from exc
     expected = {name for name, param in model.named_parameters() if param.requires_grad}
     missing = sorted(set(expected) - set(weights))
     unexpected = sorted(set(weights) - set(dict(model.named_parameters())))
@@ -94,6 +105,8 @@ def load_checkpoint(folder: str | Path, device: str = "cpu") -> tuple[PRSMed, An
 
     folder = Path(folder)
     config = read_config(folder)
+    if not (folder / TOKENIZER).is_file():
+        raise FileNotFoundError(f"{folder}: not a baseline checkpoint (no {TOKENIZER})")
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = build_model(Preset.from_dict(config["preset"]), tokenizer)
     load_weights(model, folder)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from pipeline.geometry.facts import compute_facts
 from pipeline.io.images import as_rgb
@@ -110,8 +110,13 @@ def predict_image(
     image_path = Path(image_path)
     if not image_path.is_file():
         raise FileNotFoundError(f"{image_path}: no such image")
-    with Image.open(image_path) as opened:
-        image = opened.copy()
+    try:
+        with Image.open(image_path) as opened:
+            image = opened.copy()  # decoded here: a truncated file fails here
+    except UnidentifiedImageError as exc:
+        raise ValueError(f"{image_path}: not an image format Pillow reads") from exc
+    except (OSError, SyntaxError) as exc:
+        raise ValueError(f"{image_path}: cannot read the image ({exc})") from exc
     predictor = Predictor(checkpoint, device)
     prediction = predictor.predict([image], [question])[0]
     mask = mask_at(prediction.prob, image.width, image.height)

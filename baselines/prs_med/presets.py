@@ -57,6 +57,23 @@ _PAPER_LORA = {
 }
 
 
+# The Python types a preset field's annotation allows (an int passes for a float)
+_KINDS: dict[str, tuple[type, ...]] = {
+    "int": (int,),
+    "float": (int, float),
+    "bool": (bool,),
+    "str": (str,),
+    "str | None": (str, type(None)),
+    "dict[str, Any]": (dict,),
+    "dict[str, Any] | None": (dict, type(None)),
+}
+_AT_LEAST = {
+    "image_size": 1, "lm_image_grid": 1, "mask_tokens": 0, "mask_grid": 1,
+    "tokenizer_vocab": 1, "max_answer_tokens": 1, "batch_size": 1, "epochs": 1,
+    "warmup_steps": 0, "num_workers": 0, "weight_decay": 0, "lm_loss_weight": 0, "grad_clip": 0,
+}  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Preset:
     """Everything that defines a model and how it trains."""
@@ -90,6 +107,21 @@ class Preset:
     grad_clip: float = 1.0
     mixed_precision: str = "no"  # "bf16": autocast, with fp32 master weights, on GPUs
     num_workers: int = 2
+
+    def __post_init__(self) -> None:
+        """Every field of its type, and counts and rates within range (a `--set` value, a
+        preset file or a checkpoint's config: an error that names the field, not a
+        failure deep in training)."""
+        for item in fields(self):
+            value = getattr(self, item.name)
+            kinds = _KINDS[item.type]
+            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+                raise ValueError(f"preset field {item.name}: expected {item.type}, got {value!r}")
+            low = _AT_LEAST.get(item.name)
+            if low is not None and value < low:
+                raise ValueError(f"preset field {item.name} must be at least {low}, got {value!r}")
+        if self.lr <= 0:
+            raise ValueError(f"preset field lr must be above 0, got {self.lr!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -50,6 +50,20 @@ def test_predict_prints_an_answer_and_writes_the_mask_at_the_image_size(
     assert said.startswith("The target is in the ") or said.startswith("No target")
 
 
+def test_predict_names_an_image_it_cannot_read(
+    runs: dict[str, Path], small_build: Path, tmp_path: Path, capsys
+) -> None:
+    image = next((small_build.parent / "Kvasir-SEG" / "images").iterdir())
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(image.read_bytes()[: image.stat().st_size // 2])
+    garbage = tmp_path / "garbage.png"
+    garbage.write_bytes(b"not an image")
+    for path, reason in ((cut, "cannot read the image"), (garbage, "not an image format")):
+        code = main(["predict", str(runs["tiny"]), str(path), "--question", "Where?"])
+        assert code == 2
+        assert capsys.readouterr().err.startswith(f"mmrs: error: {path}: {reason}")
+
+
 def test_evaluate_scores_every_system_on_the_same_rows(
     runs: dict[str, Path], small_build: Path, tmp_path: Path
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -200,6 +201,41 @@ def test_a_checkpoint_of_another_preset_is_refused(tokenizer, tmp_path) -> None:
     path.write_text(json.dumps(config))
     with pytest.raises(ValueError, match="do not fit the preset"):
         load_checkpoint(tmp_path / "ckpt")
+
+
+@pytest.mark.parametrize(
+    ("damage", "error", "named"),
+    [
+        ("model.safetensors", ValueError, "model.safetensors: cannot read the weights"),
+        ("config.json", ValueError, "config.json: not JSON"),
+        ("tokenizer.json", FileNotFoundError, "not a baseline checkpoint (no tokenizer.json)"),
+    ],
+)
+def test_a_damaged_checkpoint_names_its_file(tokenizer, tmp_path, damage, error, named) -> None:
+    model = _model(tokenizer)
+    save_checkpoint(tmp_path / "ckpt", model, tokenizer, {"preset": resolve("tiny").to_dict()})
+    path = tmp_path / "ckpt" / damage
+    if damage == "tokenizer.json":
+        path.unlink()
+    else:
+        path.write_text("{")
+    with pytest.raises(error, match=re.escape(named)):
+        load_checkpoint(tmp_path / "ckpt")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        ({"image_size": "big"}, "preset field image_size: expected int, got 'big'"),
+        ({"freeze_encoder": 1}, "preset field freeze_encoder: expected bool, got 1"),
+        ({"epochs": 0}, "preset field epochs must be at least 1, got 0"),
+        ({"mask_tokens": -1}, "preset field mask_tokens must be at least 0, got -1"),
+        ({"lr": 0}, "preset field lr must be above 0, got 0"),
+    ],
+)
+def test_preset_values_of_the_wrong_type_or_range_are_named(overrides, named) -> None:
+    with pytest.raises(ValueError, match=re.escape(named)):
+        resolve("tiny", overrides)
 
 
 def test_a_checkpoint_from_before_mask_tokens_loads_as_the_papers_design(
