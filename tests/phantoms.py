@@ -58,6 +58,12 @@ def write(image: sitk.Image, path: Path) -> Path:
     return path
 
 
+def write_case(root: Path, image: np.ndarray, labels: np.ndarray, name: str = "p1") -> None:
+    """A case as images/<name>.nii.gz and labels/<name>.nii.gz under root."""
+    write(to_image(image), root / "images" / f"{name}.nii.gz")
+    write(to_image(labels), root / "labels" / f"{name}.nii.gz")
+
+
 def write_nifti_one_transform(image: sitk.Image, path: Path, keep: str) -> Path:
     """A NIfTI with only its qform (keep="qform") or only its sform (keep="sform") set."""
     import nibabel as nib

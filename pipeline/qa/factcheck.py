@@ -182,10 +182,11 @@ def check_answer(
             problems.append("negative answer does not say the target is absent")
         if zones_in(answer) or quadrants_in(answer):
             problems.append("negative answer states a position")
-        if sizes_in(answer):
-            problems.append(f"negative answer states a size {sizes_in(answer)}")
-        if any(numbers_in(answer)):
-            problems.append(f"negative answer states a count {numbers_in(answer)}")
+        sizes, counts = sizes_in(answer), numbers_in(answer)
+        if sizes:
+            problems.append(f"negative answer states a size {sizes}")
+        if any(counts):
+            problems.append(f"negative answer states a count {counts}")
         if yes_no_in(answer) == "yes":
             problems.append("negative answer says yes")
         return problems

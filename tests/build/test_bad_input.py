@@ -296,6 +296,16 @@ def test_a_newline_in_a_file_name_keeps_its_pair(tmp_path: Path) -> None:
     ]
 
 
+def _ct_build(root: Path, out: Path):
+    """A CT spec source of root's images/ and labels/ (every slice, no negatives), built."""
+    spec = root / "ct.yaml"
+    spec.write_text(
+        "name: ct\nmodality: ct\nimages: images/*.nii.gz\nmasks: labels/{name}\n"
+        "labels: {1: lesion}\nwindow: abdomen\nslices: {mode: all, negatives: 0}\n"
+    )
+    return build(BuildConfig((SourceRequest(load_spec(spec), root),), out, progress=False))
+
+
 def test_slices_shared_by_two_series_are_left_out_and_reported(tmp_path: Path) -> None:
     """Like identical images: each slice identical to one converted before is left out
     (reported with its slice), a series whose every slice was converted is skipped."""
@@ -308,15 +318,9 @@ def test_slices_shared_by_two_series_are_left_out_and_reported(tmp_path: Path) -
     changed = hu.copy()
     changed[17:] += 20  # p2 shares p1's slices below 17 (the lesion spans 13..20)
     for name, volume in (("p1", hu), ("p2", changed), ("p3", hu)):
-        phantoms.write(phantoms.to_image(volume), tmp_path / "images" / f"{name}.nii.gz")
-        phantoms.write(phantoms.to_image(labels), tmp_path / "labels" / f"{name}.nii.gz")
-    spec = tmp_path / "ct.yaml"
-    spec.write_text(
-        "name: ct\nmodality: ct\nimages: images/*.nii.gz\nmasks: labels/{name}\n"
-        "labels: {1: lesion}\nwindow: abdomen\nslices: {mode: all, negatives: 0}\n"
-    )
+        phantoms.write_case(tmp_path, volume, labels, name)
     out = tmp_path / "out"
-    summary = build(BuildConfig((SourceRequest(load_spec(spec), tmp_path),), out, progress=False))
+    summary = _ct_build(tmp_path, out)
     counts = summary.sources["ct"]
     assert (counts.converted, counts.skipped) == (2, 1)
     errors = _errors(out)
@@ -353,15 +357,9 @@ def test_slices_of_one_volume_with_the_same_image_keep_the_first(tmp_path: Path)
     image, labels = phantoms.phantom_arrays()
     hu = (image - 200).astype(np.int16)
     hu[15] = hu[16] = hu[14]  # the lesion spans slices 13..20
-    phantoms.write(phantoms.to_image(hu), tmp_path / "images" / "p1.nii.gz")
-    phantoms.write(phantoms.to_image(labels), tmp_path / "labels" / "p1.nii.gz")
-    spec = tmp_path / "ct.yaml"
-    spec.write_text(
-        "name: ct\nmodality: ct\nimages: images/*.nii.gz\nmasks: labels/{name}\n"
-        "labels: {1: lesion}\nwindow: abdomen\nslices: {mode: all, negatives: 0}\n"
-    )
+    phantoms.write_case(tmp_path, hu, labels)
     out = tmp_path / "out"
-    summary = build(BuildConfig((SourceRequest(load_spec(spec), tmp_path),), out, progress=False))
+    summary = _ct_build(tmp_path, out)
     assert (summary.sources["ct"].converted, summary.images) == (1, 6)
     reason = "identical image already converted as ct/images/p1 (slice 14)"
     reported = [(e["slice_axis"], e["slice_index"], e["status"], e["reason"]) for e in _errors(out)]

@@ -290,8 +290,7 @@ def test_a_volume_slices_row_without_its_slice_is_named(tmp_path: Path) -> None:
     from pipeline.sources.spec import load_spec
 
     image, labels = phantoms.phantom_arrays()
-    phantoms.write(phantoms.to_image(image), tmp_path / "images" / "p1.nii.gz")
-    phantoms.write(phantoms.to_image(labels), tmp_path / "labels" / "p1.nii.gz")
+    phantoms.write_case(tmp_path, image, labels)
     spec = tmp_path / "mr.yaml"
     spec.write_text(
         "name: mr\nmodality: mri\nimages: images/*.nii.gz\nmasks: labels/{name}\n"
