@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -81,6 +82,17 @@ def _distinct(values: list[Value]) -> tuple[list[Value], list[int]]:
     return distinct, indices
 
 
+def _binary(values: list[bytes]) -> pa.BinaryArray:
+    """Values as one binary array, their bytes joined once: pa.array would grow a buffer
+    (each growth a copy, into fresh pages) to the row group's size."""
+    offsets = np.zeros(len(values) + 1, dtype=np.int64)
+    np.cumsum([len(value) for value in values], out=offsets[1:])
+    if offsets[-1] > np.iinfo(np.int32).max:  # beyond what binary's offsets reach
+        return pa.array(values, pa.binary())
+    buffers = [None, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(b"".join(values))]
+    return pa.Array.from_buffers(pa.binary(), len(values), buffers)
+
+
 def _dictionary(values: list[bytes]) -> pa.DictionaryArray:
     """Values that repeat (an image's rows share its bytes) as distinct values + indices.
 
@@ -88,9 +100,7 @@ def _dictionary(values: list[bytes]) -> pa.DictionaryArray:
     different rows included).
     """
     distinct, indices = _distinct(values)
-    return pa.DictionaryArray.from_arrays(
-        pa.array(indices, pa.int32()), pa.array(distinct, pa.binary())
-    )
+    return pa.DictionaryArray.from_arrays(pa.array(indices, pa.int32()), _binary(distinct))
 
 
 def _written(field: pa.Field) -> pa.Field:

@@ -7,10 +7,18 @@ import random
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.schema import SCHEMA
-from pipeline.shards.writer import BYTES_LEAVES, PartWriter, Placed, read_part, write_shard
+from pipeline.shards.writer import (
+    BYTES_LEAVES,
+    PartWriter,
+    Placed,
+    _binary,
+    read_part,
+    write_shard,
+)
 
 
 def _image_rows(index: int, rng: random.Random) -> list[dict[str, Any]]:
@@ -75,6 +83,13 @@ def test_a_shard_is_the_same_whatever_the_parts(tmp_path: Path) -> None:
     for index in range(parquet.num_row_groups):  # each image and mask stored once
         group = parquet.read_row_group(index).column("image").combine_chunks().field("bytes")
         assert len(set(group.dictionary.to_pylist())) == len(group.dictionary)
+
+
+def test_values_joined_into_one_binary_array_are_those_given() -> None:
+    for values in ([], [b""], [b"ab", b"", b"cde", b"ab"], [bytes(range(256)) * 40] * 3):
+        array = _binary(values)
+        assert array.type == pa.binary() and array.null_count == 0
+        assert array.to_pylist() == values
 
 
 def test_a_part_notes_where_each_image_is_and_its_bytes(tmp_path: Path) -> None:
