@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
 import tempfile
 from collections.abc import Callable
@@ -135,6 +136,27 @@ def _engine_errors_on_console(verbose: bool) -> None:
                 handler.removeFilter(ENGINE_NOISE)
             else:
                 handler.addFilter(ENGINE_NOISE)
+
+
+def _start_embedded_server() -> None:
+    """Where no Prefect API is set, start Prefect's embedded server now, with SIGINT blocked:
+    the server keeps that mask, so a terminal's Ctrl-C stops the command alone, whose flow
+    run then records its end on a server still up; Prefect stops the server at exit.
+
+    Started by the flow itself, the server shared the command's process group: Ctrl-C
+    stopped it too, and the flow's client retried it for over a minute before a traceback.
+    """
+    from prefect import get_client
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+
+    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+        return  # a server of the user's, or none: the flow says so itself
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        with get_client(sync_client=True):  # starts the server the flow's clients then share
+            pass  # (and closes this client's connections)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def _flow_runner(args: argparse.Namespace) -> dict:
@@ -307,6 +329,7 @@ def _run_build_flow(
                 from .release import plots  # noqa: F401
 
         _engine_errors_on_console(args.verbose)
+        _start_embedded_server()
         with without_heartbeats():
             return build_mmrs(
                 sources=sources,
@@ -340,6 +363,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         from flows import validate_mmrs
 
     _engine_errors_on_console(args.verbose)
+    _start_embedded_server()
     with without_heartbeats():
         result = validate_mmrs(folder=args.folder, **_flow_runner(args))
     if args.json:
@@ -355,6 +379,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
         from flows import publish_mmrs
 
     _engine_errors_on_console(args.verbose)
+    _start_embedded_server()
     files = publish_mmrs(
         folder=args.folder,
         repo_id=args.repo_id,

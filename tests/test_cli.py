@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -133,6 +134,43 @@ def test_ctrl_c_is_one_line_and_exit_status_130(
         pytest.fail("Ctrl-C reached the shell as a traceback")
     assert status == 130
     assert capsys.readouterr().err == "mmrs: interrupted\n"
+
+
+def test_ctrl_c_stops_a_build_on_prefects_embedded_server_at_once(tmp_path: Path) -> None:
+    """Without PREFECT_API_URL the build runs on Prefect's embedded server. A terminal's
+    Ctrl-C (SIGINT to the whole process group) once the flow runs ends the build at once
+    with its one line, and leaves no process behind: the server, which must outlive the
+    signal to record the run's end, is stopped as the command exits."""
+    data = write_kvasir(tmp_path, 300)
+    out = tmp_path / "out"
+    env = {name: value for name, value in os.environ.items() if not name.startswith("PREFECT_API")}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect")  # the server's own database
+    command = _cli("--source", f"kvasir_seg={data}", "--out", str(out), "--no-cache")
+    build_process = subprocess.Popen(
+        command, env=env, start_new_session=True, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180  # a new database takes the server a while
+        staging = tmp_path / ".out.partial"  # made by the flow, on the server
+        while not staging.exists() and build_process.poll() is None:
+            assert time.monotonic() < deadline, "the flow did not start"
+            time.sleep(0.05)
+        assert build_process.poll() is None, build_process.communicate()[1]
+        os.killpg(build_process.pid, signal.SIGINT)
+        interrupted = time.monotonic()
+        _, err = build_process.communicate(timeout=120)
+        waited = time.monotonic() - interrupted
+    finally:
+        if build_process.poll() is None:
+            os.killpg(build_process.pid, signal.SIGKILL)
+            build_process.communicate()
+    assert build_process.returncode == 130, err
+    assert err.endswith("mmrs: interrupted\n") and "Traceback" not in err, err
+    assert waited < 15, f"{waited:.1f} s after Ctrl-C"
+    with pytest.raises(ProcessLookupError):  # nothing of the command's group is left
+        os.killpg(build_process.pid, 0)
+    assert not out.exists()
 
 
 def test_errors_inside_the_flow_are_one_line_unless_verbose(
