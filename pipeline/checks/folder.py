@@ -268,7 +268,7 @@ def validate(
             for problem in _slice_columns(parquet, volumes[source]):
                 result.add(f"{shard.name} {problem}")
         sha256 = (known_hashes or {}).get(file_identity(shard))
-        held = source_of.get(f"data/{shard.name}") in withheld
+        held = source in withheld
         jobs.append(ShardJob(shard, name["split"], store, sha256, held))
     for split, total in totals.items():
         count = sum(1 for s in shards if s.name.startswith(f"{split}-"))

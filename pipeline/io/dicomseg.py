@@ -53,6 +53,11 @@ def segment_labels(path: Path) -> dict[int, str]:
     }
 
 
+def may_hold_slices(header) -> bool:
+    """Whether a DICOM file may hold image slices: it is none of OTHER_KINDS."""
+    return str(header.get("SOPClassUID", "")) not in OTHER_KINDS
+
+
 def _series_uid(image_path: Path) -> str | None:
     """The series of an image's slices (a SEG beside them in the folder is not one)."""
     pydicom = import_pydicom()
@@ -60,7 +65,7 @@ def _series_uid(image_path: Path) -> str | None:
     for file in files:
         try:
             header = pydicom.dcmread(file, stop_before_pixels=True)
-            if str(header.get("SOPClassUID", "")) not in OTHER_KINDS:
+            if may_hold_slices(header):
                 return str(header.SeriesInstanceUID)
         except Exception:  # noqa: BLE001 - skip files that are not DICOM
             continue
@@ -75,7 +80,7 @@ def not_slices(paths: list[str]) -> bool:
             header = pydicom.dcmread(path, stop_before_pixels=True)
         except Exception:  # noqa: BLE001 - not DICOM: not one of these either
             return False
-        if str(header.get("SOPClassUID", "")) not in OTHER_KINDS:
+        if may_hold_slices(header):
             return False
     return True
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .dicomseg import OTHER_KINDS, import_pydicom
+from .dicomseg import import_pydicom, may_hold_slices
 from .images import PixelError
 
 # Slice positions agree when within this (mm) or this fraction of the spacing, whichever is
@@ -83,7 +83,7 @@ def _check_unlisted(path: Path, series: str) -> None:
     """A file of the folder that is not in the series: fine unless it is DICOM that could be
     one of its slices (an image, a file of this series, or one cut before its series UID)."""
     header = _header(path)
-    if header is None or str(header.get("SOPClassUID", "")) in OTHER_KINDS:
+    if header is None or not may_hold_slices(header):
         return  # not a slice: notes, a DICOMDIR, a DICOM-SEG
     uid = header.get("SeriesInstanceUID")
     if uid is not None and str(uid) != series and "Rows" not in header:
