@@ -173,6 +173,54 @@ def test_ctrl_c_stops_a_build_on_prefects_embedded_server_at_once(tmp_path: Path
     assert not out.exists()
 
 
+def _running(group: int) -> list[str]:
+    """The processes of a process group that have not exited (zombies left out)."""
+    listed = subprocess.run(
+        ["ps", "-o", "stat=,args=", "-g", str(group)], capture_output=True, text=True
+    ).stdout.splitlines()
+    return [line for line in listed if line.strip() and not line.lstrip().startswith("Z")]
+
+
+def test_ctrl_c_reaches_the_workers_and_stops_them_quietly(
+    tmp_path: Path, prefect_api: str
+) -> None:
+    """A terminal's Ctrl-C reaches the worker processes too. With more workers than
+    batches some are idle: each worker ends without a traceback and takes no further job,
+    the command prints its one line, and nothing is left beside the output folder."""
+    data = write_kvasir(tmp_path, 40, size=(1000, 800))  # two batches for four workers
+    out = tmp_path / "out"
+    env = {**os.environ, "PREFECT_API_URL": prefect_api}
+    command = _cli("--source", f"kvasir_seg={data}", "--out", str(out), "--no-cache",
+                   "--workers", "4")  # fmt: skip
+    build_process = subprocess.Popen(
+        command, env=env, start_new_session=True, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        staging = tmp_path / ".out.partial"  # made by the flow, its workers started
+        while not staging.exists() and build_process.poll() is None:
+            assert time.monotonic() < deadline, "the flow did not start"
+            time.sleep(0.02)
+        assert build_process.poll() is None, build_process.communicate()[1]
+        os.killpg(build_process.pid, signal.SIGINT)
+        interrupted = time.monotonic()
+        _, err = build_process.communicate(timeout=60)
+        waited = time.monotonic() - interrupted
+        while _running(build_process.pid) and time.monotonic() < interrupted + 10:
+            time.sleep(0.05)  # the pool's fork server ends once the command has
+        left = _running(build_process.pid)
+    finally:
+        if build_process.poll() is None or _running(build_process.pid):
+            os.killpg(build_process.pid, signal.SIGKILL)
+            build_process.communicate()
+    assert build_process.returncode == 130, err
+    assert err == "mmrs: interrupted\n", err
+    assert waited < 15, f"{waited:.1f} s after Ctrl-C"
+    assert not left, left
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["Kvasir-SEG"]
+
+
 def test_errors_inside_the_flow_are_one_line_unless_verbose(
     tmp_path: Path, prefect_api: str
 ) -> None:

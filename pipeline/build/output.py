@@ -7,7 +7,8 @@ new build replaces an earlier one without touching anything else.
 - Under the lock, what a build killed midway left beside the folder is put right:
   `.<out>.partial` (where a build is assembled), `.<out>.previous` (the earlier build's
   files while the new one moves in: moved back, or removed once the new one is whole) and
-  the scratch stores `.<out>.store-*` and `.<out>.ahead-*`.
+  the scratch stores `.<out>.store-*` and `.<out>.ahead-*` (removed again as the lock is
+  let go, however the build ended).
 - A folder holds an MMRS build when its manifest.json says so (format "mmrs/1", the shape
   `mmrs validate` reads) and lists the build's files. `--overwrite` replaces only such a
   build, and only the files its manifest lists (and the manifest): anything a user added
@@ -130,6 +131,9 @@ def hold(out: Path) -> Iterator[None]:
         recover(out)
         yield
     finally:
+        # Again as the lock is let go: a worker still writing when its build was stopped
+        # (Ctrl-C, a failed task) may have written there after the build removed them.
+        _remove_scratch(out)
         with _HELD_LOCK:
             del _HELD[lock]
         lock.unlink(missing_ok=True)  # while still held: the next build opens a new file
@@ -175,6 +179,11 @@ def recover(out: Path) -> None:
             shutil.rmtree(previous)
     if partial.exists():
         shutil.rmtree(partial)
+    _remove_scratch(out)
+
+
+def _remove_scratch(out: Path) -> None:
+    """The scratch folders beside out (SCRATCH): only a build holding its lock uses them."""
     for what in SCRATCH:
         place = sibling(out, f"{what}-")
         for scratch in place.parent.glob(glob.escape(place.name) + "*"):

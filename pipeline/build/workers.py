@@ -15,6 +15,7 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import os
+import signal
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -135,10 +136,38 @@ def _new_pool(workers: int) -> ProcessPoolExecutor:
 
 
 def _start_worker() -> None:
-    """Each worker keeps its freed buffers (malloc.py), and its collections skip the
-    modules the fork server imported (frozen: see collector.py)."""
+    """Each worker keeps its freed buffers (malloc.py), its collections skip the modules
+    the fork server imported (frozen: see collector.py), and it ends quietly on Ctrl-C
+    (_interrupted)."""
     keep_freed_buffers()
     gc.freeze()
+    signal.signal(signal.SIGINT, _interrupted)
+
+
+_RUNNING = False  # whether this worker is running a job (_run)
+INTERRUPTED = 130  # a worker's exit status when Ctrl-C stopped it (as a shell reports it)
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    """A terminal's Ctrl-C reaches the whole process group, the workers too. The command
+    reports it; a worker stops its job (which cleans up as it unwinds: see _run) or, idle,
+    exits, in either case without a traceback and without taking another job."""
+    if _RUNNING:
+        raise KeyboardInterrupt
+    raise SystemExit(INTERRUPTED)  # a process's quiet end
+
+
+def _run(function: Callable[..., Result], *args: Any) -> Result:
+    """function(*args), a job, in a worker. Interrupted, the worker exits once the job has
+    cleaned up: the pool would otherwise hand it the next job queued."""
+    global _RUNNING
+    _RUNNING = True
+    try:
+        return function(*args)
+    except KeyboardInterrupt:
+        os._exit(INTERRUPTED)
+    finally:
+        _RUNNING = False
 
 
 def _nothing() -> None:
@@ -157,7 +186,7 @@ def start_workers(workers: int, warm_up: Callable[[], object] | None = None) -> 
     pool = _new_pool(workers)
     hand = ThreadPoolExecutor(1, thread_name_prefix="mmrs-start-workers")
     for _ in range(workers):  # one job per worker: the pool forks them all now
-        hand.submit(pool.submit, warm_up or _nothing)
+        hand.submit(pool.submit, _run, warm_up or _nothing)
     _STARTED[workers] = (pool, hand)
 
 
@@ -171,7 +200,7 @@ def start_ahead(
     takes, for a job same(started, job) as one of these, its result instead of running it
     again. What the orchestrator never asks for is cancelled when the pool closes."""
     pool, hand = _STARTED[workers]
-    _AHEAD[stage] = (same, [(job, hand.submit(pool.submit, stage, job)) for job in jobs])
+    _AHEAD[stage] = (same, [(job, hand.submit(pool.submit, _run, stage, job)) for job in jobs])
 
 
 def _started_ahead(stage: Callable[[Job], Result], job: Job) -> Future | None:
@@ -232,4 +261,4 @@ def on_worker(stage: Callable[[Job], Result], job: Job) -> Result:
         keep_freed_buffers()
         return stage(job)
     handed = _started_ahead(stage, job)
-    return (handed.result() if handed is not None else pool.submit(stage, job)).result()
+    return (handed.result() if handed is not None else pool.submit(_run, stage, job)).result()

@@ -161,6 +161,23 @@ def test_a_build_killed_anywhere_is_put_right_by_the_next_one(data: Path, tmp_pa
     assert _left_beside(out) == []
 
 
+def test_scratch_written_late_is_removed_as_the_lock_is_let_go(tmp_path: Path) -> None:
+    """A worker still writing into a scratch store after its build removed it (stopped by
+    Ctrl-C or a failed task) leaves nothing once the build lets its lock go; a nested hold
+    (the flow's inside the command's) leaves the outer build's scratch alone."""
+    out = tmp_path / "out"
+    with hold(out):
+        late = tmp_path / ".out.store-late" / "parts" / ".key.123.tmp"
+        late.mkdir(parents=True)
+        (late / "part.arrow").write_bytes(b"rows")
+        (tmp_path / ".out.ahead-late").mkdir()
+        with hold(out):
+            pass
+        assert _left_beside(out) == [".out.ahead-late", ".out.lock", ".out.store-late"]
+    assert _left_beside(out) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 def test_a_build_that_fails_its_checks_keeps_the_earlier_one(tmp_path: Path) -> None:
     """A patient whose images the spec's official splits put in two splits fails the
     build's validation: the earlier (valid) build stays in place, untouched, and the new one
