@@ -136,6 +136,45 @@ def test_ctrl_c_is_one_line_and_exit_status_130(
     assert capsys.readouterr().err == "mmrs: interrupted\n"
 
 
+def _running(group: int) -> list[str]:
+    """The processes of a process group that have not exited (zombies left out)."""
+    listed = subprocess.run(
+        ["ps", "-o", "stat=,args=", "-g", str(group)], capture_output=True, text=True
+    ).stdout.splitlines()
+    return [line for line in listed if line.strip() and not line.lstrip().startswith("Z")]
+
+
+def _ctrl_c_once_the_flow_runs(
+    command: list[str], env: dict[str, str], out: Path, start_timeout: float
+) -> tuple[subprocess.Popen, str, float, list[str]]:
+    """Run a build in a process group of its own and, once its flow has made the staging
+    folder beside out, send SIGINT to the group as a terminal's Ctrl-C does. Returns the
+    ended process, its stderr, the seconds it took to end, and the group's processes
+    still running 10 s after the signal."""
+    build_process = subprocess.Popen(
+        command, env=env, start_new_session=True, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + start_timeout
+        staging = out.parent / f".{out.name}.partial"
+        while not staging.exists() and build_process.poll() is None:
+            assert time.monotonic() < deadline, "the flow did not start"
+            time.sleep(0.02)
+        assert build_process.poll() is None, build_process.communicate()[1]
+        os.killpg(build_process.pid, signal.SIGINT)
+        interrupted = time.monotonic()
+        _, err = build_process.communicate(timeout=120)
+        waited = time.monotonic() - interrupted
+        while _running(build_process.pid) and time.monotonic() < interrupted + 10:
+            time.sleep(0.05)
+        return build_process, err, waited, _running(build_process.pid)
+    finally:
+        if build_process.poll() is None or _running(build_process.pid):
+            os.killpg(build_process.pid, signal.SIGKILL)
+            build_process.communicate()
+
+
 def test_ctrl_c_stops_a_build_on_prefects_embedded_server_at_once(tmp_path: Path) -> None:
     """Without PREFECT_API_URL the build runs on Prefect's embedded server. A terminal's
     Ctrl-C (SIGINT to the whole process group) once the flow runs ends the build at once
@@ -146,25 +185,8 @@ def test_ctrl_c_stops_a_build_on_prefects_embedded_server_at_once(tmp_path: Path
     env = {name: value for name, value in os.environ.items() if not name.startswith("PREFECT_API")}
     env["PREFECT_HOME"] = str(tmp_path / "prefect")  # the server's own database
     command = _cli("--source", f"kvasir_seg={data}", "--out", str(out), "--no-cache")
-    build_process = subprocess.Popen(
-        command, env=env, start_new_session=True, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 180  # a new database takes the server a while
-        staging = tmp_path / ".out.partial"  # made by the flow, on the server
-        while not staging.exists() and build_process.poll() is None:
-            assert time.monotonic() < deadline, "the flow did not start"
-            time.sleep(0.05)
-        assert build_process.poll() is None, build_process.communicate()[1]
-        os.killpg(build_process.pid, signal.SIGINT)
-        interrupted = time.monotonic()
-        _, err = build_process.communicate(timeout=120)
-        waited = time.monotonic() - interrupted
-    finally:
-        if build_process.poll() is None:
-            os.killpg(build_process.pid, signal.SIGKILL)
-            build_process.communicate()
+    # a new database takes the server a while
+    build_process, err, waited, _ = _ctrl_c_once_the_flow_runs(command, env, out, 180)
     assert build_process.returncode == 130, err
     assert err.endswith("mmrs: interrupted\n") and "Traceback" not in err, err
     assert waited < 15, f"{waited:.1f} s after Ctrl-C"
@@ -173,47 +195,19 @@ def test_ctrl_c_stops_a_build_on_prefects_embedded_server_at_once(tmp_path: Path
     assert not out.exists()
 
 
-def _running(group: int) -> list[str]:
-    """The processes of a process group that have not exited (zombies left out)."""
-    listed = subprocess.run(
-        ["ps", "-o", "stat=,args=", "-g", str(group)], capture_output=True, text=True
-    ).stdout.splitlines()
-    return [line for line in listed if line.strip() and not line.lstrip().startswith("Z")]
-
-
 def test_ctrl_c_reaches_the_workers_and_stops_them_quietly(
     tmp_path: Path, prefect_api: str
 ) -> None:
     """A terminal's Ctrl-C reaches the worker processes too. With more workers than
     batches some are idle: each worker ends without a traceback and takes no further job,
-    the command prints its one line, and nothing is left beside the output folder."""
+    the command prints its one line, and nothing is left beside the output folder (the
+    pool's fork server ends just after the command)."""
     data = write_kvasir(tmp_path, 40, size=(1000, 800))  # two batches for four workers
     out = tmp_path / "out"
     env = {**os.environ, "PREFECT_API_URL": prefect_api}
     command = _cli("--source", f"kvasir_seg={data}", "--out", str(out), "--no-cache",
                    "--workers", "4")  # fmt: skip
-    build_process = subprocess.Popen(
-        command, env=env, start_new_session=True, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 120
-        staging = tmp_path / ".out.partial"  # made by the flow, its workers started
-        while not staging.exists() and build_process.poll() is None:
-            assert time.monotonic() < deadline, "the flow did not start"
-            time.sleep(0.02)
-        assert build_process.poll() is None, build_process.communicate()[1]
-        os.killpg(build_process.pid, signal.SIGINT)
-        interrupted = time.monotonic()
-        _, err = build_process.communicate(timeout=60)
-        waited = time.monotonic() - interrupted
-        while _running(build_process.pid) and time.monotonic() < interrupted + 10:
-            time.sleep(0.05)  # the pool's fork server ends once the command has
-        left = _running(build_process.pid)
-    finally:
-        if build_process.poll() is None or _running(build_process.pid):
-            os.killpg(build_process.pid, signal.SIGKILL)
-            build_process.communicate()
+    build_process, err, waited, left = _ctrl_c_once_the_flow_runs(command, env, out, 120)
     assert build_process.returncode == 130, err
     assert err == "mmrs: interrupted\n", err
     assert waited < 15, f"{waited:.1f} s after Ctrl-C"
