@@ -145,27 +145,35 @@ def _start_worker() -> None:
 
 
 _RUNNING = False  # whether this worker is running a job (_run)
-INTERRUPTED = 130  # a worker's exit status when Ctrl-C stopped it (as a shell reports it)
+_STOPPED = False  # whether Ctrl-C has reached this worker
+
+
+class Interrupted(Exception):
+    """A worker's job, stopped (or not started) because Ctrl-C reached the worker."""
 
 
 def _interrupted(signum: int, frame: object) -> None:
-    """A terminal's Ctrl-C reaches the whole process group, the workers too. The command
-    reports it; a worker stops its job (which cleans up as it unwinds: see _run) or, idle,
-    exits, in either case without a traceback and without taking another job."""
+    """A terminal's Ctrl-C reaches the whole process group, the workers too; the command
+    reports it. A worker stops the job it runs and starts no other (see _run): the pool
+    stays whole, so every job cleans up as it unwinds and the workers end as it closes."""
+    global _STOPPED
+    _STOPPED = True
     if _RUNNING:
         raise KeyboardInterrupt
-    raise SystemExit(INTERRUPTED)  # a process's quiet end
 
 
 def _run(function: Callable[..., Result], *args: Any) -> Result:
-    """function(*args), a job, in a worker. Interrupted, the worker exits once the job has
-    cleaned up: the pool would otherwise hand it the next job queued."""
+    """function(*args), a job, in a worker. Once Ctrl-C has reached the worker, the job
+    ends (or does not start) with Interrupted, an ordinary exception that the pool hands
+    back as the job's outcome, as it does any other."""
     global _RUNNING
     _RUNNING = True
     try:
+        if _STOPPED:
+            raise KeyboardInterrupt
         return function(*args)
     except KeyboardInterrupt:
-        os._exit(INTERRUPTED)
+        raise Interrupted("stopped by Ctrl-C") from None
     finally:
         _RUNNING = False
 
