@@ -131,8 +131,8 @@ def hold(out: Path) -> Iterator[None]:
         recover(out)
         yield
     finally:
-        # Again as the lock is let go: a worker still writing when its build was stopped
-        # (Ctrl-C, a failed task) may have written there after the build removed them.
+        # Again as the lock is let go: a build removes its scratch store before its worker
+        # pool closes, and a worker's job stopped by Ctrl-C may still write as it unwinds.
         _remove_scratch(out)
         with _HELD_LOCK:
             del _HELD[lock]

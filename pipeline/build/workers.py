@@ -137,7 +137,7 @@ def _new_pool(workers: int) -> ProcessPoolExecutor:
 
 def _start_worker() -> None:
     """Each worker keeps its freed buffers (malloc.py), its collections skip the modules
-    the fork server imported (frozen: see collector.py), and it ends quietly on Ctrl-C
+    the fork server imported (frozen: see collector.py), and Ctrl-C stops its job quietly
     (_interrupted)."""
     keep_freed_buffers()
     gc.freeze()

@@ -162,8 +162,8 @@ def test_a_build_killed_anywhere_is_put_right_by_the_next_one(data: Path, tmp_pa
 
 
 def test_scratch_written_late_is_removed_as_the_lock_is_let_go(tmp_path: Path) -> None:
-    """A worker still writing into a scratch store after its build removed it (stopped by
-    Ctrl-C or a failed task) leaves nothing once the build lets its lock go; a nested hold
+    """What a worker wrote into a scratch store after its build removed it (a job stopped
+    by Ctrl-C, still unwinding) is gone once the build lets its lock go; a nested hold
     (the flow's inside the command's) leaves the outer build's scratch alone."""
     out = tmp_path / "out"
     with hold(out):
