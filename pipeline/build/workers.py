@@ -169,7 +169,7 @@ def _run(function: Callable[..., Result], *args: Any) -> Result:
     global _RUNNING
     _RUNNING = True
     try:
-        if _STOPPED:
+        if _STOPPED:  # checked once marked running: a Ctrl-C in between raises here
             raise KeyboardInterrupt
         return function(*args)
     except KeyboardInterrupt:
