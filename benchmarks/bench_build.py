@@ -11,7 +11,7 @@ measures, each in its own fresh subprocess:
 * the DECODE-ONLY FLOOR: the same without the mask PNGs. The build keeps a source mask that
   already is a single-channel 0/255 PNG as it is (these are), so it encodes no output here;
   the build's time is reported against both floors.
-* the BUILD: `python -m pipeline.cli build --source isic2018=ROOT --out OUT -q --overwrite
+* the BUILD: `python -m pipeline build --source isic2018=ROOT --out OUT -q --overwrite
   --workers W --no-cache --runner R --batch-size B` (discovery, conversion, Parquet, card,
   manifest and the final validation), through the build-mmrs Prefect flow. By default one
   Prefect server on 127.0.0.1 serves every build (PREFECT_API_URL), as in a deployment;
@@ -42,11 +42,11 @@ included) for both floor and build, so `ratio = build wall (workers=1) / floor w
 floor's own work loop, timed inside its process with time.perf_counter, is reported as
 well, with `build wall / floor loop` as a stricter second ratio, and the CPU time (user +
 system, from os.wait4: the process and the children it reaped; not a Prefect server it talks
-to, nor the worker processes of a build with several, which its fork server starts) with
-`build cpu / floor cpu` at one worker, which other load on the machine moves less than wall
-time. Ratios and speed-up are taken between medians;
-their range over the repeats (each repeat runs the floors, then every build, back to back,
-then every build again for its memory) is printed with them.
+to, nor the worker processes its fork server starts: a one-worker build's converts its
+first batches, so its CPU ratio leaves them out) with `build cpu / floor cpu` at one
+worker, which other load on the machine moves less than wall time. Ratios and speed-up
+are taken between medians; their range over the repeats (each repeat runs the floors, then
+every build, back to back, then every build again for its memory) is printed with them.
 
 Memory: each repeat runs every build a second time, untimed, while /proc of the subprocess
 and all its descendants is polled (default every 50 ms): peak of the summed VmRSS, peak of
@@ -580,7 +580,7 @@ def build_command(
 ) -> list[str]:
     given = [arg for source in sources for arg in ("--source", source)]
     return [
-        python, "-m", "pipeline.cli", "build", *given, "--out", str(out),
+        python, "-m", "pipeline", "build", *given, "--out", str(out),
         "-q", "--overwrite", "--workers", str(workers), "--no-cache",
         "--runner", args.runner, "--batch-size", str(args.batch_size),
     ]  # fmt: skip
@@ -803,8 +803,8 @@ def print_size(result: dict[str, Any], repeats: int) -> None:
         )
         print(
             f"  ratio build(w=1) cpu / floor cpu    = "
-            f"{result['ratio_build_w1_to_floor_cpu']:.2f}  (user + system: less moved by "
-            f"other load on the machine than wall time)"
+            f"{result['ratio_build_w1_to_floor_cpu']:.2f}  (user + system of the command's "
+            f"process, not of the worker that converts its first batches)"
         )
         print(
             f"  ratio build(w=1) wall / decode-only floor wall = "

@@ -220,7 +220,7 @@ def cli_build(spec: Path, root: Path, workdir: Path) -> float:
     env = {**os.environ, "PYTHONPATH": str(PROJECT), "PREFECT_HOME": str(workdir / "prefect")}
     env.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     out = str(workdir / "out")
-    command = [sys.executable, "-m", "pipeline.cli", "build", "--source", f"{spec}={root}"]
+    command = [sys.executable, "-m", "pipeline", "build", "--source", f"{spec}={root}"]
     command += ["--out", out, "--no-cache", "--runner", "threads", "-q"]
     start = time.perf_counter()
     subprocess.run(command, cwd=PROJECT, env=env, capture_output=True, check=True)

@@ -31,11 +31,13 @@ from .build.run import (
 )
 from .build.stages import ConvertJob, ExtractJob, convert_batch, extract_batch
 from .build.workers import (
-    RUNNERS,
+    add_worker_options,
+    at_least_one,
     cache_store,
     default_cache_dir,
     start_ahead,
     start_workers,
+    starts_workers,
     without_heartbeats,
 )
 from .geometry.slicing import SLICE_AXES, parse_slice_policy
@@ -174,8 +176,9 @@ def _flow_runner(args: argparse.Namespace) -> dict:
 
 def _start_workers(args: argparse.Namespace, warm_up: Callable[[], object] | None = None) -> bool:
     """Start the worker processes before Prefect is imported: their start (and warm_up)
-    overlaps that import. Whether they were (the build has a pool of them)."""
-    if args.runner == "threads" and not args.dask_address and args.workers > 1:
+    overlaps that import. Whether they were (starts_workers: a build starts its one worker
+    too, to convert its first batches while Prefect starts: _extract_ahead)."""
+    if starts_workers(args.command, args):
         start_workers(args.workers, warm_up)
         return True
     return False
@@ -316,7 +319,8 @@ def _run_build_flow(
 ) -> dict:
     """The build-mmrs flow for the command's arguments (with workers started ahead)."""
     scratch = None
-    started = _start_workers(args, partial(load_templates, config.templates_dir))  # compiled early
+    warm_up = partial(load_templates, config.templates_dir)  # compiled early
+    started = _start_workers(args, warm_up)
     if started:
         scratch = _extract_ahead(args, config)
     try:
@@ -442,17 +446,6 @@ def cmd_sources(args: argparse.Namespace) -> int:
     return 0
 
 
-def _count(value: str) -> int:
-    """A whole number of at least 1, for argparse."""
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {value!r}")
-    return number
-
-
 def _png_level(value: str) -> int:
     """A zlib level, 0 (none) to 9 (smallest), for argparse."""
     try:
@@ -465,14 +458,7 @@ def _png_level(value: str) -> int:
 
 
 def _runner_options(command: argparse.ArgumentParser) -> None:
-    command.add_argument("--workers", type=_count, default=1, help="parallel workers (default 1)")
-    command.add_argument(
-        "--runner",
-        choices=RUNNERS,
-        default="threads",
-        help="Prefect task runner (default threads; their CPU work on --workers processes)",
-    )
-    command.add_argument("--dask-address", help="attach to a running Dask scheduler")
+    add_worker_options(command)
     command.add_argument("--cache-dir", help=f"task cache (default {default_cache_dir()})")
     command.add_argument(
         "--no-cache", action="store_true", help="neither reuse nor keep task results"
@@ -556,7 +542,7 @@ def parser() -> argparse.ArgumentParser:
     )
     b.add_argument(
         "--batch-size",
-        type=_count,
+        type=at_least_one,
         default=BATCH_SIZE,
         help=f"most cases per task, fewer near the build's end (default {BATCH_SIZE}); "
         "the output is the same for any",

@@ -22,7 +22,7 @@ errors.jsonl with its file and reason.
 from __future__ import annotations
 
 import json
-import math
+import os
 import re
 import shutil
 from collections import Counter, deque
@@ -306,6 +306,23 @@ def _cleaned(reason: str | None, root: Path) -> str | None:
     return _ADDRESS.sub("", reason)
 
 
+def case_bytes(case: Case) -> int:
+    """About what converting a case costs: the bytes of its image and mask files (decoding
+    and encoding grow with them; a BMP costs more than a PNG of the same pixels, and its
+    file is larger too). A folder (a DICOM series) counts the files it holds; a file that
+    cannot be read counts nothing (the extract stage reports it)."""
+    total = 0
+    for path in (case.image, *(mask.path for mask in case.masks)):
+        try:
+            if path.is_dir():
+                total += sum(entry.stat().st_size for entry in os.scandir(path) if entry.is_file())
+            else:
+                total += path.stat().st_size
+        except OSError:
+            pass
+    return total
+
+
 def plan_extract(
     discovered: Iterable[tuple[SourceRequest, Case | Problem]],
     batch_size: int,
@@ -318,15 +335,19 @@ def plan_extract(
 
     A batch is a unit of work only (the output is the same whatever the batches): at most
     batch_size cases, and from the last batch_size * BATCH_SHARE cases of the build on, a
-    BATCH_SHARE-th of the cases left (at least MIN_BATCH), so that the last batches are
-    short and every worker has work to the end, whatever the sources' sizes. The batches
-    depend only on the cases, in order, and batch_size (a resumed build finds its own).
+    BATCH_SHARE-th of the work left (at least MIN_BATCH cases), the work of a case taken as
+    the bytes of its files (case_bytes): so the last batches are short and every worker
+    has work to the end, whatever the sources' sizes and however much a case of each
+    costs (a BMP source's cases several times a PNG source's). The batches depend only on
+    the cases, in order, their files' sizes and batch_size (a resumed build finds its own).
     """
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
     cases = ((request, item) for request, item in discovered if isinstance(item, Case))
     horizon = batch_size * BATCH_SHARE
     ahead: deque[tuple[SourceRequest, Case]] = deque()  # discovered, not yet in a batch
+    # The work of each case ahead (at least 1: a case whose files cannot be sized counts).
+    works: deque[int] = deque()
     index = 0
     while True:
         while len(ahead) < horizon:  # how far the build's end is, if it is that close
@@ -334,13 +355,19 @@ def plan_extract(
             if found is None:
                 break
             ahead.append(found)
+            works.append(max(case_bytes(found[1]), 1))
         if not ahead:
             return
         request = ahead[0][0]
-        size = batch_size
-        if len(ahead) < horizon:
-            size = min(size, max(MIN_BATCH, math.ceil(len(ahead) / BATCH_SHARE)))
-        size = min(size, sum(1 for _ in takewhile(lambda a, r=request: a[0] is r, ahead)))
+        size = min(batch_size, sum(1 for _ in takewhile(lambda a, r=request: a[0] is r, ahead)))
+        if len(ahead) < horizon:  # the end is near: a share of the work left
+            share, taken, work = sum(works) / BATCH_SHARE, 0, 0
+            while taken < size and (taken < MIN_BATCH or work < share):
+                work += works[taken]
+                taken += 1
+            size = taken
+        for _ in range(size):
+            works.popleft()
         meta = SourceMeta.of(request.source, png_level)
         # No local keeps the job while this waits: its cases go once it is recorded.
         yield ExtractJob(index, meta, tuple(ahead.popleft()[1] for _ in range(size)), store,

@@ -4,7 +4,8 @@ Kept apart from flows.py so the defaults are set before Prefect is first importe
 
 The default `threads` runner runs tasks on threads of the flow's process; with several
 workers, each CPU-bound task hands its job to a pool of that many worker processes
-(`worker_pool`, `on_worker`). Threads alone would share one interpreter lock, and
+(`worker_pool`, `on_worker`); the command starts them ahead, a build even its one worker,
+for its first batches. Threads alone would share one interpreter lock, and
 Prefect's own process runner starts the whole task engine (Prefect included) in every
 worker; the pool's processes hold only the stage code, forked from a server that
 imported it once.
@@ -12,6 +13,7 @@ imported it once.
 
 from __future__ import annotations
 
+import argparse
 import gc
 import multiprocessing
 import os
@@ -21,6 +23,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
+from multiprocessing import forkserver
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -39,6 +42,49 @@ RUNNERS = ("threads", "processes", "dask")
 # needs it): pyarrow imports it on a process's first pa.array call, about 0.3 s that each
 # worker would pay again. The fork server skips what is missing.
 WORKER_MODULES = ["pipeline.build.stages", "pipeline.checks.folder", "scipy.ndimage", "pandas"]
+
+
+# The fewest --workers with which each command starts its worker processes before Prefect
+# is imported (cli.py): a build's one worker converts its first batches while Prefect starts.
+FEWEST_STARTED = {"build": 1, "validate": 2}
+
+
+def at_least_one(value: str) -> int:
+    """A whole number of at least 1, for argparse."""
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {value!r}")
+    return number
+
+
+def add_worker_options(command: argparse.ArgumentParser) -> None:
+    """--workers, --runner and --dask-address: of the commands that run stages (cli.py),
+    and of the first look at a command's arguments (__main__.py)."""
+    command.add_argument(
+        "--workers", type=at_least_one, default=1, help="parallel workers (default 1)"
+    )
+    command.add_argument(
+        "--runner",
+        choices=RUNNERS,
+        default="threads",
+        help="Prefect task runner (default threads; their CPU work on --workers processes)",
+    )
+    command.add_argument("--dask-address", help="attach to a running Dask scheduler")
+
+
+def starts_workers(command: str | None, args: argparse.Namespace) -> bool:
+    """Whether `command` with these worker options starts its worker processes before
+    Prefect is imported (the threads runner's own pool, FEWEST_STARTED)."""
+    fewest = FEWEST_STARTED.get(command or "")
+    return (
+        fewest is not None
+        and args.runner == "threads"
+        and not args.dask_address
+        and args.workers >= fewest
+    )
 
 
 def apply_prefect_defaults() -> None:
@@ -123,6 +169,14 @@ def _forkserver() -> multiprocessing.context.BaseContext:
     return context
 
 
+def start_fork_server() -> None:
+    """Start the workers' fork server now: it imports WORKER_MODULES (about 0.7 s) in a
+    process of its own while the caller goes on (__main__.py: before the command's own
+    imports). The pools started later fork their workers from it."""
+    _forkserver()
+    forkserver.ensure_running()
+
+
 # Pools started ahead, by worker count, each with the thread that hands it its first jobs.
 _STARTED: dict[int, tuple[ProcessPoolExecutor, ThreadPoolExecutor]] = {}
 # Jobs given to a pool started ahead before the orchestrator asks for them, by stage: the
@@ -145,7 +199,7 @@ def _start_worker() -> None:
 
 
 _RUNNING = False  # whether this worker is running a job (_run)
-_STOPPED = False  # whether Ctrl-C has reached this worker
+_STOPPED = False  # whether Ctrl-C has reached this worker (or the one a build started ahead)
 
 
 class Interrupted(Exception):
@@ -239,16 +293,23 @@ def worker_pool(
 
     While open, `on_worker` runs jobs there, from any thread that inherits this context
     (Prefect's thread runner copies it into every task). Workers started ahead by
-    start_workers are used, else new ones are started.
+    start_workers are used, else new ones are started. A build with one worker runs its
+    jobs in its own process; a worker started ahead for it only hands back the jobs it was
+    given ahead, and is stopped as this closes.
     """
-    if runner != "threads" or dask_address or workers < 2:
+    if runner != "threads" or dask_address:
         yield None
         return
-    pool, hand = _STARTED.pop(workers, None) or (_new_pool(workers), None)
+    started = _STARTED.pop(workers, None)
+    if started is None and workers < 2:
+        yield None
+        return
+    pool, hand = started or (_new_pool(workers), None)
     with pool:
-        token = _POOL.set(pool)
+        used = pool if workers > 1 else None
+        token = _POOL.set(used)
         try:
-            yield pool
+            yield used
         finally:
             _POOL.reset(token)
             if hand is not None:
@@ -257,16 +318,25 @@ def worker_pool(
 
 
 def on_worker(stage: Callable[[Job], Result], job: Job) -> Result:
-    """stage(job) on the open worker pool when there is one (the result of the same job
-    started ahead, if it was), else in this thread.
+    """stage(job): the result of the same job started ahead, if it was, else on the open
+    worker pool when there is one, else in this thread.
 
     Either way the process that runs it keeps its freed buffers (pipeline/build/malloc.py),
     whichever runner started it; a flow's process whose tasks go to the pool does not
     (it converts no images, and would only hold on to what it frees).
     """
+    global _STOPPED
+    handed = _started_ahead(stage, job)
+    if handed is not None:
+        try:
+            return handed.result().result()
+        except Interrupted:  # Ctrl-C reached the worker, so this process too: no job starts
+            _STOPPED = True
+            raise
     pool = _POOL.get()
     if pool is None:
+        if _STOPPED:
+            raise Interrupted("stopped by Ctrl-C")
         keep_freed_buffers()
         return stage(job)
-    handed = _started_ahead(stage, job)
-    return (handed.result() if handed is not None else pool.submit(_run, stage, job)).result()
+    return pool.submit(_run, stage, job).result()

@@ -338,7 +338,8 @@ def test_shards_are_the_fewest_within_the_maximum(demo_root: Path, built: Path, 
 
 def test_batches_shrink_near_the_builds_end(tmp_path: Path) -> None:
     """At most batch_size cases; near the build's end a share of what is left, so the last
-    tasks are short whatever the sources' sizes; never two sources in one batch."""
+    tasks are short whatever the sources' sizes; never two sources in one batch. (These
+    cases have no files: each counts as the least work, so the share is of the cases.)"""
     from pipeline.build.run import MIN_BATCH, plan_extract
     from pipeline.sources.base import Case, Problem
 
@@ -365,6 +366,45 @@ def test_batches_shrink_near_the_builds_end(tmp_path: Path) -> None:
     # The same cases give the same batches (a resumed build finds its own).
     again = list(plan_extract(iter(discovered), 64, tmp_path))
     assert [j.cases for j in again] == [j.cases for j in jobs]
+
+
+def test_batches_near_the_end_share_the_bytes_left_not_the_cases(tmp_path: Path) -> None:
+    """Near the build's end a batch takes a quarter of the work left, a case's work being
+    the bytes of its files: a source whose cases cost ten times more gets batches of fewer
+    cases (at least MIN_BATCH), so the last tasks stay short whatever the sources hold."""
+    from pipeline.build.run import MIN_BATCH, case_bytes, plan_extract
+    from pipeline.sources.base import Case, MaskFile
+
+    discovered = []
+    for name, count, size in (("kvasir_seg", 150, 1000), ("busi", 150, 10)):
+        request = SourceRequest(REGISTRY[name], tmp_path)
+        for i in range(count):
+            image, mask = tmp_path / f"{name}{i}.png", tmp_path / f"{name}{i}_mask.png"
+            image.write_bytes(bytes(size - 4))
+            mask.write_bytes(bytes(4))
+            case = Case(name, f"c{i}", f"p{i}", image, (MaskFile(mask, target="lesion"),))
+            discovered.append((request, case))
+    assert case_bytes(discovered[0][1]) == 1000
+    sizes = [(job.source.name, len(job.cases)) for job in plan_extract(discovered, 64, tmp_path)]
+    # 300 cases, a horizon of 256: the first batch is a whole one. Then 86 heavy cases
+    # (86,000 bytes) and 150 light ones (1,500) are left: a quarter of the bytes is 22
+    # heavy cases, so MIN_BATCH; the light source's 1,500 bytes, 38 of its cases.
+    assert MIN_BATCH == 32
+    assert [n for name, n in sizes if name == "kvasir_seg"] == [64, 32, 32, 22]
+    assert [n for name, n in sizes if name == "busi"] == [38, 32, 32, 32, 16]
+
+
+def test_a_cases_work_counts_a_series_folder_and_not_a_missing_file(tmp_path: Path) -> None:
+    from pipeline.build.run import case_bytes
+    from pipeline.sources.base import Case, MaskFile
+
+    series = tmp_path / "series"
+    (series / "nested").mkdir(parents=True)
+    for index, size in enumerate((100, 250)):
+        (series / f"{index}.dcm").write_bytes(bytes(size))
+    (series / "nested" / "other.dcm").write_bytes(bytes(1000))  # not the series' own
+    mask = MaskFile(tmp_path / "gone.png", target="lesion")
+    assert case_bytes(Case("s", "c", "p", series, (mask,))) == 350
 
 
 @pytest.mark.parametrize("cached", [True, False], ids=["cache", "no-cache"])

@@ -10,6 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
+import pytest
+
 from pipeline.build import workers as orchestration
 from pipeline.build.workers import on_worker, start_ahead, start_workers, worker_pool
 
@@ -32,6 +34,7 @@ def test_workers_started_ahead_are_warmed_up_and_used(tmp_path: Path) -> None:
 
 
 def test_no_pool_for_one_worker_or_other_runners() -> None:
+    """Without workers started ahead, one worker or another runner means no pool."""
     for runner, workers in (("threads", 1), ("processes", 2), ("dask", 2)):
         with worker_pool(runner, workers) as pool:
             assert pool is None
@@ -114,3 +117,41 @@ def test_flows_run_in_the_command_send_no_heartbeats_unless_asked(monkeypatch) -
     monkeypatch.setenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "60")  # the user's setting wins
     with without_heartbeats():
         assert get_current_settings().flows.heartbeat_frequency is not None
+
+
+def test_one_worker_started_ahead_hands_back_its_jobs_and_the_rest_run_here(
+    tmp_path: Path,
+) -> None:
+    """A build with one worker converts its first batches on a worker started ahead; the
+    flow takes those results and runs every other job in its own process."""
+    ahead, later = tmp_path / "ahead", tmp_path / "later"
+    ahead.mkdir()
+    later.mkdir()
+    start_workers(1)
+    start_ahead(1, _run_once, [("a", ahead)], _same_name)
+    with worker_pool("threads", 1) as pool:
+        assert pool is None
+        worker = on_worker(_run_once, ("a", later))  # taken from the job started ahead
+        assert worker != os.getpid()
+        assert [p.name for p in ahead.iterdir()] == [f"a-{worker}"]
+        assert on_worker(_run_once, ("b", later)) == os.getpid()
+    assert [p.name for p in later.iterdir()] == [f"b-{os.getpid()}"]
+
+
+def _interrupted(job: object) -> None:
+    raise orchestration.Interrupted("stopped by Ctrl-C")
+
+
+def test_ctrl_c_in_a_job_started_ahead_starts_no_job_here(monkeypatch, tmp_path: Path) -> None:
+    """Ctrl-C reaches the worker started ahead and this process alike: once a job started
+    ahead ends interrupted, no job starts in this process either."""
+    monkeypatch.setattr(orchestration, "_STOPPED", False)  # and back after the test
+    monkeypatch.setattr(orchestration, "_new_pool", lambda workers: ThreadPoolExecutor(1))
+    start_workers(1)
+    start_ahead(1, _interrupted, [("a", tmp_path)], _same_name)
+    with worker_pool("threads", 1):
+        with pytest.raises(orchestration.Interrupted):
+            on_worker(_interrupted, ("a", tmp_path))
+        with pytest.raises(orchestration.Interrupted):
+            on_worker(_run_once, ("b", tmp_path))
+    assert not list(tmp_path.iterdir())
