@@ -20,12 +20,12 @@ class _Look(argparse.ArgumentParser):
 def starts_workers_early(argv: list[str]) -> bool:
     """Whether the command in argv will start worker processes (workers.starts_workers),
     from a first look at its command and worker options only."""
-    look = _Look(add_help=False, exit_on_error=False)
+    look = _Look(add_help=False)
     look.add_argument("command", nargs="?")
     add_worker_options(look)
     try:
         args, rest = look.parse_known_args(argv)
-    except (argparse.ArgumentError, ValueError):
+    except ValueError:
         return False
     return starts_workers(args.command, args) and not {"-h", "--help"} & set(rest)
 

@@ -31,6 +31,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from itertools import groupby, islice, takewhile
 from pathlib import Path
+from stat import S_ISDIR
 from typing import Any, TypeVar
 
 from tqdm import tqdm
@@ -314,10 +315,11 @@ def case_bytes(case: Case) -> int:
     total = 0
     for path in (case.image, *(mask.path for mask in case.masks)):
         try:
-            if path.is_dir():
+            info = path.stat()
+            if S_ISDIR(info.st_mode):
                 total += sum(entry.stat().st_size for entry in os.scandir(path) if entry.is_file())
             else:
-                total += path.stat().st_size
+                total += info.st_size
         except OSError:
             pass
     return total
